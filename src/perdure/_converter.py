@@ -1,0 +1,137 @@
+"""The payload converter: user values to JSON and back, typed by annotations.
+
+Histories stay readable and portable: arguments, results and signal bodies are
+JSON. Decoding is driven by the type hints of the function that receives the
+value (dataclasses, msgspec Structs, pydantic models, TypedDicts, primitives).
+Pickle never.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from perdure._errors import PayloadDecodingError, PayloadEncodingError, PayloadTooLargeError
+
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "PayloadConverter"]
+
+DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
+"""Default cap on one encoded payload (arguments, result or signal body)."""
+
+
+def _is_pydantic_model(obj: Any) -> bool:
+    return hasattr(obj, "model_dump") and hasattr(type(obj), "model_validate")
+
+
+def _enc_hook(obj: Any) -> Any:
+    if _is_pydantic_model(obj):
+        return obj.model_dump(mode="json")
+    raise NotImplementedError(type(obj))
+
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    validate = getattr(tp, "model_validate", None)
+    if validate is not None:
+        return validate(obj)
+    raise NotImplementedError(tp)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_any = msgspec.json.Decoder()
+
+
+class PayloadConverter:
+    """Encodes values to JSON bytes and decodes them by type hint.
+
+    ``max_payload_bytes`` bounds one payload so that a runaway value fails fast
+    with :class:`PayloadTooLargeError` instead of bloating the history.
+    """
+
+    def __init__(self, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> None:
+        self.max_payload_bytes = max_payload_bytes
+        self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+    def encode(self, value: Any, *, what: str = "value") -> bytes:
+        """Encode one value; ``what`` names it in errors ("argument 1 of call_model")."""
+        try:
+            data = _encoder.encode(value)
+        except (TypeError, NotImplementedError, msgspec.EncodeError) as exc:
+            raise PayloadEncodingError(
+                f"cannot serialize {what} of type {type(value).__name__} to JSON ({exc}); "
+                "pass JSON-compatible values: primitives, lists, dicts, dataclasses, "
+                "msgspec Structs or pydantic models"
+            ) from None
+        if len(data) > self.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"{what} is {len(data)} bytes encoded, over the limit of "
+                f"{self.max_payload_bytes} bytes; store large data elsewhere (a file, an "
+                "object store) and pass a reference, or raise max_payload_bytes"
+            )
+        return data
+
+    def encode_args(self, args: Sequence[Any], *, what: str) -> bytes:
+        """Encode positional arguments as one JSON array."""
+        for index, arg in enumerate(args):
+            # encode one by one first so that the error names the argument
+            self.encode(arg, what=f"argument {index + 1} of {what}")
+        return self.encode(list(args), what=f"arguments of {what}")
+
+    def decode(self, data: bytes, hint: Any = Any, *, what: str = "value") -> Any:
+        """Decode JSON bytes into ``hint`` (``Any`` keeps plain JSON values)."""
+        if hint is Any or hint is inspect.Parameter.empty or (hint is None and data == b"null"):
+            return _any.decode(data)
+        decoder = self._decoders.get(hint)
+        if decoder is None:
+            try:
+                decoder = msgspec.json.Decoder(hint, dec_hook=_dec_hook)
+            except TypeError:
+                decoder = _any
+            self._decoders[hint] = decoder
+        try:
+            return decoder.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+            raise PayloadDecodingError(
+                f"cannot decode {what} as {getattr(hint, '__name__', hint)}: {exc}; "
+                "check that the sender and the receiving function agree on the type"
+            ) from None
+
+    def decode_args(self, data: bytes, hints: Sequence[Any], *, what: str) -> list[Any]:
+        """Decode a JSON array of arguments, each by its parameter's hint."""
+        try:
+            raws = _raw_list.decode(data)
+        except msgspec.DecodeError as exc:
+            raise PayloadDecodingError(f"malformed arguments for {what}: {exc}") from None
+        out = []
+        for index, raw in enumerate(raws):
+            hint = hints[index] if index < len(hints) else Any
+            out.append(self.decode(bytes(raw), hint, what=f"argument {index + 1} of {what}"))
+        return out
+
+
+def parameter_hints(fn: Callable[..., Any], *, skip_self: bool = False) -> list[Any]:
+    """Type hints of ``fn``'s positional parameters, ``Any`` where missing."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        hints = {}
+    params = list(inspect.signature(fn).parameters.values())
+    if skip_self and params:
+        params = params[1:]
+    return [
+        hints.get(p.name, Any)
+        for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def return_hint(fn: Callable[..., Any]) -> Any:
+    """The return type hint of ``fn``, ``Any`` where missing."""
+    try:
+        return typing.get_type_hints(fn).get("return", Any)
+    except Exception:
+        return Any

@@ -1,0 +1,241 @@
+"""Perdure's error hierarchy.
+
+Every error Perdure raises on purpose derives from :class:`PerdureError`::
+
+    PerdureError
+    ├── ConfigurationError            bad setup: database URL, options
+    │   └── InvalidDatabaseURLError
+    ├── SchemaVersionError            database schema newer than this code
+    ├── PayloadError                  a value that cannot cross the durable boundary
+    │   ├── PayloadEncodingError      argument/result not serializable to JSON
+    │   ├── PayloadDecodingError      stored payload does not match the type hint
+    │   └── PayloadTooLargeError
+    ├── InvalidArgumentError          arguments that do not fit the function
+    ├── WorkflowAlreadyStartedError   id reuse policy refused a start
+    ├── WorkflowNotFoundError
+    ├── UnknownWorkflowTypeError      no definition registered under that name
+    ├── UnknownActivityTypeError
+    ├── UnknownHandlerError           signal/query name the workflow does not define
+    ├── NotInWorkflowError            workflow API called outside workflow code
+    ├── NotInActivityError            activity API called outside an activity
+    ├── NondeterminismError           replay produced other commands than history
+    ├── QueryError
+    │   ├── QueryRejectedError        the query handler raised
+    │   └── QueryTimeoutError         no worker answered in time
+    ├── WorkflowFailureError          client side: the workflow did not complete
+    └── FailureError                  failures that cross the durable boundary
+        ├── ApplicationError          raised by user code; may be non-retryable
+        ├── ActivityError             an activity failed, as seen by its workflow
+        ├── TimeoutFailure            an activity/workflow timeout fired
+        ├── CancelledFailure          cancellation, as recorded in history
+        └── TerminatedFailure         the workflow was terminated
+
+Internal control flow (evicting a cached workflow) uses ``BaseException``
+subclasses so that ``except Exception`` in user code cannot swallow it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ActivityError",
+    "ApplicationError",
+    "CancelledFailure",
+    "ConfigurationError",
+    "FailureError",
+    "InvalidArgumentError",
+    "InvalidDatabaseURLError",
+    "NondeterminismError",
+    "NotInActivityError",
+    "NotInWorkflowError",
+    "PayloadDecodingError",
+    "PayloadEncodingError",
+    "PayloadError",
+    "PayloadTooLargeError",
+    "PerdureError",
+    "QueryError",
+    "QueryRejectedError",
+    "QueryTimeoutError",
+    "SchemaVersionError",
+    "TerminatedFailure",
+    "TimeoutFailure",
+    "UnknownActivityTypeError",
+    "UnknownHandlerError",
+    "UnknownWorkflowTypeError",
+    "WorkflowAlreadyStartedError",
+    "WorkflowFailureError",
+    "WorkflowNotFoundError",
+]
+
+
+class PerdureError(Exception):
+    """Root of every error Perdure raises on purpose."""
+
+
+class ConfigurationError(PerdureError):
+    """Perdure was set up with options it cannot use."""
+
+
+class InvalidDatabaseURLError(ConfigurationError):
+    """A database URL that Perdure cannot parse or does not support."""
+
+
+class SchemaVersionError(PerdureError):
+    """The database schema is newer than this version of Perdure understands."""
+
+
+class PayloadError(PerdureError):
+    """A value could not cross the durable boundary (JSON in history)."""
+
+
+class PayloadEncodingError(PayloadError):
+    """A value could not be serialized to JSON."""
+
+
+class PayloadDecodingError(PayloadError):
+    """A stored payload could not be decoded into the expected type."""
+
+
+class PayloadTooLargeError(PayloadError):
+    """A payload exceeds the configured maximum size."""
+
+
+class InvalidArgumentError(PerdureError, ValueError):
+    """A call's arguments do not fit the function it names (count, kind)."""
+
+
+class WorkflowAlreadyStartedError(PerdureError):
+    """A workflow with this id is running (or the id reuse policy refuses reuse)."""
+
+    def __init__(self, message: str, *, workflow_id: str, run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+
+
+class WorkflowNotFoundError(PerdureError):
+    """No workflow run exists with the given id."""
+
+
+class UnknownWorkflowTypeError(PerdureError):
+    """No workflow definition is registered under that name."""
+
+
+class UnknownActivityTypeError(PerdureError):
+    """No activity definition is registered under that name."""
+
+
+class UnknownHandlerError(PerdureError):
+    """A signal or query name that the workflow does not define."""
+
+
+class NotInWorkflowError(PerdureError):
+    """A ``perdure.workflow`` function was called outside workflow code."""
+
+
+class NotInActivityError(PerdureError):
+    """A ``perdure.activity`` function was called outside an activity."""
+
+
+class NondeterminismError(PerdureError):
+    """Replaying a history produced commands other than the recorded ones.
+
+    The workflow task is retried later (after a fix is deployed); the workflow
+    never silently diverges from its history.
+    """
+
+
+class QueryError(PerdureError):
+    """A query could not be answered."""
+
+
+class QueryRejectedError(QueryError):
+    """The query handler raised an exception."""
+
+
+class QueryTimeoutError(QueryError):
+    """No worker answered the query in time."""
+
+
+class WorkflowFailureError(PerdureError):
+    """The workflow ended without a result (failed, cancelled, terminated, timed out).
+
+    ``cause`` holds the reconstructed failure chain: an :class:`ApplicationError`,
+    :class:`ActivityError`, :class:`CancelledFailure`, :class:`TerminatedFailure` or
+    :class:`TimeoutFailure`, with ``__cause__`` set along the original chain.
+    """
+
+    def __init__(self, message: str, *, status: str, cause: BaseException | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.cause = cause
+        self.__cause__ = cause
+
+
+class FailureError(PerdureError):
+    """An error that is recorded in history and reconstructed on the other side.
+
+    ``type`` names the original exception type; ``stack`` holds its formatted
+    traceback from the process where it was raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *details: Any,
+        type: str | None = None,
+        non_retryable: bool = False,
+        stack: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.type = type or self.__class__.__name__
+        self.non_retryable = non_retryable
+        self.stack = stack
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ApplicationError(FailureError):
+    """Raise from an activity or workflow to fail it with a typed, chosen error.
+
+    ``non_retryable=True`` stops activity retries at once, whatever the retry policy.
+    """
+
+
+class ActivityError(FailureError):
+    """An activity failed after its retries; ``__cause__`` says why."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        activity_type: str,
+        activity_id: str,
+        attempt: int,
+        stack: str = "",
+    ) -> None:
+        super().__init__(message, type="ActivityError", stack=stack)
+        self.activity_type = activity_type
+        self.activity_id = activity_id
+        self.attempt = attempt
+
+
+class TimeoutFailure(FailureError):
+    """A timeout fired; ``timeout_type`` is one of start_to_close, schedule_to_close,
+    schedule_to_start, heartbeat, execution."""
+
+    def __init__(self, message: str, *, timeout_type: str, stack: str = "") -> None:
+        super().__init__(message, type="TimeoutFailure", stack=stack)
+        self.timeout_type = timeout_type
+
+
+class CancelledFailure(FailureError):
+    """The workflow or activity was cancelled."""
+
+
+class TerminatedFailure(FailureError):
+    """The workflow was terminated without running its code."""

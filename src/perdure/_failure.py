@@ -1,0 +1,121 @@
+"""Exceptions to recorded failures and back, keeping type, message, stack and cause."""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+
+import msgspec
+
+from perdure._errors import (
+    ActivityError,
+    ApplicationError,
+    CancelledFailure,
+    FailureError,
+    TerminatedFailure,
+    TimeoutFailure,
+)
+from perdure.history import Failure
+
+__all__ = ["exception_from_failure", "failure_from_exception"]
+
+_MAX_DEPTH = 20
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    if cls.__module__ in ("builtins", "asyncio.exceptions"):
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def failure_from_exception(exc: BaseException, *, depth: int = 0) -> Failure:
+    """Record ``exc`` (and its cause chain) as a :class:`Failure`."""
+    stack = exc.stack if isinstance(exc, FailureError) and exc.stack else ""
+    if not stack and exc.__traceback__ is not None:
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, chain=False))
+    cause_exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    cause = (
+        failure_from_exception(cause_exc, depth=depth + 1)
+        if cause_exc is not None and depth < _MAX_DEPTH
+        else None
+    )
+    if isinstance(exc, ActivityError):
+        return Failure(
+            type="ActivityError",
+            message=exc.message,
+            stack=stack,
+            kind="activity",
+            cause=cause,
+            attributes={
+                "activity_type": exc.activity_type,
+                "activity_id": exc.activity_id,
+                "attempt": exc.attempt,
+            },
+        )
+    if isinstance(exc, TimeoutFailure):
+        return Failure(
+            type="TimeoutFailure",
+            message=exc.message,
+            stack=stack,
+            kind="timeout",
+            cause=cause,
+            attributes={"timeout_type": exc.timeout_type},
+        )
+    if isinstance(exc, CancelledFailure | asyncio.CancelledError):
+        return Failure(type="CancelledFailure", message=str(exc) or "cancelled", stack=stack,
+                       kind="cancelled", cause=cause)
+    if isinstance(exc, TerminatedFailure):
+        return Failure(type="TerminatedFailure", message=exc.message, kind="terminated")
+    if isinstance(exc, FailureError):
+        details = None
+        if exc.details:
+            try:
+                details = msgspec.Raw(msgspec.json.encode(list(exc.details)))
+            except (TypeError, msgspec.EncodeError):
+                details = msgspec.Raw(msgspec.json.encode([repr(d) for d in exc.details]))
+        return Failure(
+            type=exc.type,
+            message=exc.message,
+            stack=stack,
+            non_retryable=exc.non_retryable,
+            details=details,
+            cause=cause,
+        )
+    return Failure(type=_type_name(exc), message=str(exc), stack=stack, cause=cause)
+
+
+def exception_from_failure(failure: Failure) -> FailureError:
+    """Rebuild a typed exception (with ``__cause__`` chain) from a recorded failure."""
+    attrs = failure.attributes or {}
+    exc: FailureError
+    if failure.kind == "activity":
+        exc = ActivityError(
+            failure.message,
+            activity_type=str(attrs.get("activity_type", "")),
+            activity_id=str(attrs.get("activity_id", "")),
+            attempt=int(attrs.get("attempt", 0)),
+            stack=failure.stack,
+        )
+    elif failure.kind == "timeout":
+        exc = TimeoutFailure(
+            failure.message, timeout_type=str(attrs.get("timeout_type", "")), stack=failure.stack
+        )
+    elif failure.kind == "cancelled":
+        exc = CancelledFailure(failure.message, stack=failure.stack)
+    elif failure.kind == "terminated":
+        exc = TerminatedFailure(failure.message)
+    else:
+        details: tuple[object, ...] = ()
+        if failure.details is not None:
+            details = tuple(msgspec.json.decode(failure.details))
+        exc = ApplicationError(
+            failure.message,
+            *details,
+            type=failure.type,
+            non_retryable=failure.non_retryable,
+            stack=failure.stack,
+        )
+    if failure.cause is not None:
+        exc.__cause__ = exception_from_failure(failure.cause)
+    return exc

@@ -1,0 +1,76 @@
+"""Retry policies for activities (and, later, child workflows)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+__all__ = ["RetryPolicy"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How a failed activity attempt is retried.
+
+    The delay before attempt ``n + 1`` is
+    ``min(initial_interval * backoff_coefficient ** (n - 1), maximum_interval)``.
+    """
+
+    initial_interval: timedelta = timedelta(seconds=1)
+    """Delay before the first retry."""
+    backoff_coefficient: float = 2.0
+    """Each retry waits this many times longer than the previous one."""
+    maximum_interval: timedelta | None = None
+    """Cap on the delay; defaults to 100 times ``initial_interval``."""
+    maximum_attempts: int = 0
+    """Total attempts allowed, the first included; 0 means unlimited."""
+    non_retryable_error_types: Sequence[str] = ()
+    """Error type names (the exception class name, or ApplicationError.type) never retried."""
+
+    def __post_init__(self) -> None:
+        if self.backoff_coefficient < 1:
+            raise ValueError("RetryPolicy.backoff_coefficient must be at least 1")
+        if self.maximum_attempts < 0:
+            raise ValueError("RetryPolicy.maximum_attempts must be 0 (unlimited) or positive")
+        if self.initial_interval <= timedelta(0):
+            raise ValueError("RetryPolicy.initial_interval must be positive")
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = self.initial_interval.total_seconds()
+        cap = (
+            self.maximum_interval.total_seconds()
+            if self.maximum_interval is not None
+            else base * 100
+        )
+        return float(min(base * self.backoff_coefficient ** (attempt - 1), cap))
+
+    def allows_another_attempt(self, attempt: int) -> bool:
+        """Whether a retry may follow failed attempt number ``attempt``."""
+        return self.maximum_attempts == 0 or attempt < self.maximum_attempts
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form recorded in history."""
+        return {
+            "initial_interval": self.initial_interval.total_seconds(),
+            "backoff_coefficient": self.backoff_coefficient,
+            "maximum_interval": (
+                self.maximum_interval.total_seconds() if self.maximum_interval else None
+            ),
+            "maximum_attempts": self.maximum_attempts,
+            "non_retryable_error_types": list(self.non_retryable_error_types),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RetryPolicy:
+        """Rebuild a policy from its recorded JSON form."""
+        maximum = data.get("maximum_interval")
+        return cls(
+            initial_interval=timedelta(seconds=data["initial_interval"]),
+            backoff_coefficient=data["backoff_coefficient"],
+            maximum_interval=timedelta(seconds=maximum) if maximum is not None else None,
+            maximum_attempts=data["maximum_attempts"],
+            non_retryable_error_types=tuple(data.get("non_retryable_error_types", ())),
+        )

@@ -1,0 +1,24 @@
+"""Activity code's API: the ``defn`` decorator, attempt info, heartbeats, cancellation.
+
+Activities are where side effects live (LLM calls, tool runs, provisioning).
+They run at least once; retries follow the caller's ``RetryPolicy``.
+"""
+
+from perdure.activity._context import (
+    ActivityInfo,
+    heartbeat,
+    heartbeat_details,
+    info,
+    is_cancelled,
+)
+from perdure.activity._definition import ActivityDefinition, defn
+
+__all__ = [
+    "ActivityDefinition",
+    "ActivityInfo",
+    "defn",
+    "heartbeat",
+    "heartbeat_details",
+    "info",
+    "is_cancelled",
+]

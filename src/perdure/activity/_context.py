@@ -1,0 +1,105 @@
+"""What a running activity can ask of its worker: info, heartbeats, cancellation."""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from perdure._converter import PayloadConverter
+from perdure._errors import NotInActivityError
+
+__all__ = ["ActivityContext", "ActivityInfo", "heartbeat", "heartbeat_details", "info",
+           "is_cancelled"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivityInfo:
+    """Facts about the running activity attempt, from ``activity.info()``."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    activity_id: str
+    activity_type: str
+    task_queue: str
+    attempt: int
+    """1 for the first attempt, 2 for the first retry, ..."""
+    idempotency_key: str
+    """Stable across retries of this activity in this run: pass it to external APIs
+    so that a retried attempt does not repeat a side effect."""
+    scheduled_time: datetime
+    start_to_close_timeout: float | None
+    heartbeat_timeout: float | None
+
+
+class ActivityContext:
+    """The worker's side of a running attempt."""
+
+    def __init__(
+        self,
+        info: ActivityInfo,
+        *,
+        converter: PayloadConverter,
+        heartbeat_details: bytes | None,
+        record_heartbeat: Callable[[bytes | None], None],
+    ) -> None:
+        self.info = info
+        self.converter = converter
+        self.previous_heartbeat = heartbeat_details
+        self._record_heartbeat = record_heartbeat
+        self.cancelled = threading.Event()
+
+    def heartbeat(self, details: tuple[Any, ...]) -> None:
+        data = (
+            self.converter.encode(list(details), what="heartbeat details") if details else None
+        )
+        self._record_heartbeat(data)
+
+
+_current: contextvars.ContextVar[ActivityContext] = contextvars.ContextVar("perdure_activity")
+
+
+def current() -> ActivityContext:
+    """The running activity's context, or :class:`NotInActivityError`."""
+    try:
+        return _current.get()
+    except LookupError:
+        raise NotInActivityError(
+            "this perdure.activity function can only be called from inside an activity"
+        ) from None
+
+
+def set_current(context: ActivityContext) -> contextvars.Token[ActivityContext]:
+    return _current.set(context)
+
+
+def info() -> ActivityInfo:
+    """Facts about the running attempt: ids, attempt number, idempotency key."""
+    return current().info
+
+
+def heartbeat(*details: Any) -> None:
+    """Report progress; ``details`` are kept and handed to the next attempt after a failure.
+
+    Also how a long activity learns of cancellation: the worker checks for it
+    when it records heartbeats.
+    """
+    current().heartbeat(details)
+
+
+def heartbeat_details(*hints: Any) -> list[Any]:
+    """The details the previous attempt last reported with ``heartbeat`` (empty if none)."""
+    context = current()
+    if context.previous_heartbeat is None:
+        return []
+    return context.converter.decode_args(context.previous_heartbeat, list(hints),
+                                         what="heartbeat details")
+
+
+def is_cancelled() -> bool:
+    """True once cancellation was requested; for plain-``def`` activities to poll."""
+    return current().cancelled.is_set()

@@ -1,0 +1,523 @@
+"""The client: start, signal, query, cancel, terminate, describe and await workflows."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import inspect
+import os
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from perdure._clock import Clock, VirtualClock
+from perdure._converter import PayloadConverter
+from perdure._errors import (
+    CancelledFailure,
+    InvalidArgumentError,
+    QueryRejectedError,
+    QueryTimeoutError,
+    TerminatedFailure,
+    TimeoutFailure,
+    UnknownHandlerError,
+    UnknownWorkflowTypeError,
+    WorkflowFailureError,
+)
+from perdure._failure import exception_from_failure
+from perdure.history import (
+    CancelRequested,
+    Failure,
+    HistoryEvent,
+    SignalReceived,
+    WorkflowStarted,
+    WorkflowTerminated,
+    decode_event,
+    encode_event,
+)
+from perdure.store import WorkflowStore, open_store
+from perdure.store._records import RunRecord, StartWorkflowRecord
+from perdure.workflow._definition import (
+    WorkflowDefinition,
+    get_workflow_definition,
+    handler_name,
+)
+from perdure.workflow._instance import WorkflowInstance
+
+__all__ = [
+    "Client",
+    "IdReusePolicy",
+    "WorkflowDescription",
+    "WorkflowHandle",
+    "WorkflowHistory",
+    "WorkflowStatus",
+]
+
+T = TypeVar("T")
+
+DEFAULT_DATABASE_URL = "sqlite:///perdure.db"
+_failure_decoder = msgspec.json.Decoder(Failure)
+
+
+class WorkflowStatus(enum.StrEnum):
+    """Where a workflow run is in its life; the values are stored in the database."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TERMINATED = "terminated"
+    TIMED_OUT = "timed_out"
+
+
+class IdReusePolicy(enum.StrEnum):
+    """Whether a workflow id may be used again once its last run closed.
+
+    A *running* id is never reused: starting it again raises
+    :class:`WorkflowAlreadyStartedError`.
+    """
+
+    ALLOW_DUPLICATE = "allow_duplicate"
+    ALLOW_DUPLICATE_FAILED_ONLY = "allow_duplicate_failed_only"
+    REJECT_DUPLICATE = "reject_duplicate"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowDescription:
+    """A workflow run's state, from ``handle.describe()`` or ``list_workflows``."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    status: WorkflowStatus
+    start_time: datetime
+    close_time: datetime | None
+    history_length: int
+    execution_timeout: timedelta | None
+    pending_activities: int = 0
+    pending_timers: int = 0
+    pending_events: int = 0
+    """Signals, completions and other inbound events not yet processed by workflow code."""
+    workflow_task_attempt: int | None = None
+    last_workflow_task_failure: str | None = None
+    """Why the last workflow task failed (non-determinism, unknown type, a bug), if it did."""
+
+    @classmethod
+    def from_record(cls, record: RunRecord) -> WorkflowDescription:
+        return cls(
+            workflow_id=record.workflow_id,
+            run_id=record.run_id,
+            workflow_type=record.workflow_type,
+            task_queue=record.task_queue,
+            status=WorkflowStatus(record.status),
+            start_time=datetime.fromtimestamp(record.created_at, tz=UTC),
+            close_time=(
+                datetime.fromtimestamp(record.closed_at, tz=UTC) if record.closed_at else None
+            ),
+            history_length=record.history_length,
+            execution_timeout=(
+                timedelta(seconds=record.execution_timeout) if record.execution_timeout else None
+            ),
+            pending_activities=record.pending_activities,
+            pending_timers=record.pending_timers,
+            pending_events=record.pending_inbox,
+            workflow_task_attempt=record.workflow_task_attempt,
+            last_workflow_task_failure=record.workflow_task_failure,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowHistory:
+    """A run's recorded events, in order (event ``i`` has sequence number ``i + 1``)."""
+
+    workflow_id: str
+    run_id: str
+    events: list[HistoryEvent]
+
+    def to_json(self) -> bytes:
+        """The history as a JSON document (format version 1)."""
+        return msgspec.json.encode(
+            {"format": "perdure-history", "version": 1, "workflow_id": self.workflow_id,
+             "run_id": self.run_id, "events": self.events}
+        )
+
+
+def _seconds(value: timedelta | float | None) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+class Client:
+    """A connection to Perdure's database; every operation is one durable transaction.
+
+    ``await Client.connect("sqlite:///perdure.db")`` opens (and migrates) the
+    store. The URL defaults to ``$PERDURE_DATABASE_URL``, then ``sqlite:///perdure.db``.
+    """
+
+    def __init__(self, store: WorkflowStore, *, converter: PayloadConverter | None = None) -> None:
+        self.store = store
+        self.converter = converter or PayloadConverter()
+        self._interfaces: dict[str, tuple[set[str], set[str]] | None] = {}
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str | None = None,
+        *,
+        clock: Clock | None = None,
+        converter: PayloadConverter | None = None,
+        migrate: bool = True,
+        **store_options: Any,
+    ) -> Client:
+        """Open the database at ``url`` (creating or upgrading its schema)."""
+        url = url or os.environ.get("PERDURE_DATABASE_URL") or DEFAULT_DATABASE_URL
+        store = open_store(url, clock=clock, **store_options)
+        if migrate:
+            await store.migrate()
+        return cls(store, converter=converter)
+
+    async def close(self) -> None:
+        """Release the database connection."""
+        await self.store.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ start
+    def _resolve_workflow(self, workflow: Any) -> tuple[str, WorkflowDefinition | None]:
+        if isinstance(workflow, str):
+            return workflow, None
+        definition = get_workflow_definition(workflow)
+        if definition is None:
+            raise UnknownWorkflowTypeError(
+                f"{getattr(workflow, '__qualname__', workflow)!r} is not a workflow: pass a "
+                "@workflow.defn class, its @workflow.run method, or a workflow type name"
+            )
+        return definition.name, definition
+
+    async def start_workflow(
+        self,
+        workflow: Callable[..., Any] | type | str,
+        *args: Any,
+        id: str,
+        task_queue: str,
+        execution_timeout: timedelta | float | None = None,
+        id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_DUPLICATE,
+        result_type: Any = None,
+    ) -> WorkflowHandle[Any]:
+        """Start a workflow run; durable once this returns, whether or not a worker runs.
+
+        Raises :class:`WorkflowAlreadyStartedError` if ``id`` is running (or the
+        reuse policy refuses it).
+        """
+        return await self._start(
+            workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
+            id_reuse_policy=id_reuse_policy, result_type=result_type, signal=None,
+        )
+
+    async def signal_with_start(
+        self,
+        workflow: Callable[..., Any] | type | str,
+        signal: Callable[..., Any] | str,
+        signal_args: tuple[Any, ...] = (),
+        *args: Any,
+        id: str,
+        task_queue: str,
+        execution_timeout: timedelta | float | None = None,
+        result_type: Any = None,
+    ) -> WorkflowHandle[Any]:
+        """Signal the running workflow ``id``, or start it and deliver the signal first, atomically."""
+        name = self._signal_name(signal)
+        event = SignalReceived(
+            name=name,
+            args=msgspec.Raw(self.converter.encode_args(signal_args, what=f"signal {name!r}")),
+        )
+        return await self._start(
+            workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
+            id_reuse_policy=IdReusePolicy.ALLOW_DUPLICATE, result_type=result_type,
+            signal=encode_event(event),
+        )
+
+    async def _start(
+        self, workflow: Any, args: tuple[Any, ...], *, id: str, task_queue: str,
+        execution_timeout: timedelta | float | None, id_reuse_policy: IdReusePolicy,
+        result_type: Any, signal: bytes | None,
+    ) -> WorkflowHandle[Any]:
+        if not id or not isinstance(id, str):
+            raise InvalidArgumentError("start_workflow needs a non-empty string id")
+        if not task_queue:
+            raise InvalidArgumentError("start_workflow needs a task_queue")
+        workflow_type, definition = self._resolve_workflow(workflow)
+        if definition is not None:
+            try:
+                inspect.signature(definition.run_method).bind(None, *args)
+            except TypeError as exc:
+                raise InvalidArgumentError(
+                    f"arguments do not fit workflow {workflow_type!r} "
+                    f"({definition.run_method.__qualname__}{inspect.signature(definition.run_method)}): {exc}"
+                ) from None
+        data = self.converter.encode_args(args, what=f"workflow {workflow_type!r}")
+        now = self.store.clock.now()
+        timeout = _seconds(execution_timeout)
+        started = WorkflowStarted(
+            workflow_type=workflow_type, task_queue=task_queue, input=msgspec.Raw(data),
+            started_at=now, execution_timeout=timeout,
+        )
+        run_id = await self.store.start_workflow(
+            StartWorkflowRecord(
+                workflow_id=id, run_id=str(uuid.uuid4()), workflow_type=workflow_type,
+                task_queue=task_queue, input=data, started_event=encode_event(started),
+                execution_timeout=timeout, id_reuse_policy=str(id_reuse_policy), now=now,
+                signal_event=signal,
+            )
+        )
+        hint = result_type
+        if hint is None and definition is not None:
+            hint = definition.run_return_hint
+        return WorkflowHandle(self, id, run_id, result_type=hint, definition=definition)
+
+    async def execute_workflow(
+        self, workflow: Callable[..., Any] | type | str, *args: Any, id: str, task_queue: str,
+        execution_timeout: timedelta | float | None = None, result_type: Any = None,
+    ) -> Any:
+        """Start a workflow and wait for its result."""
+        handle = await self.start_workflow(
+            workflow, *args, id=id, task_queue=task_queue,
+            execution_timeout=execution_timeout, result_type=result_type,
+        )
+        return await handle.result()
+
+    def get_workflow_handle(
+        self, workflow_id: str, *, run_id: str | None = None, workflow: Any = None,
+        result_type: Any = None,
+    ) -> WorkflowHandle[Any]:
+        """A handle to an existing workflow (its latest run unless ``run_id`` is given)."""
+        definition = None
+        if workflow is not None:
+            _, definition = self._resolve_workflow(workflow)
+        if result_type is None and definition is not None:
+            result_type = definition.run_return_hint
+        return WorkflowHandle(self, workflow_id, run_id, result_type=result_type,
+                              definition=definition)
+
+    async def list_workflows(
+        self, *, status: WorkflowStatus | str | None = None, workflow_type: str | None = None,
+        limit: int = 100,
+    ) -> list[WorkflowDescription]:
+        """Runs, newest first, filtered by status and workflow type."""
+        records = await self.store.list_runs(
+            status=str(WorkflowStatus(status)) if status is not None else None,
+            workflow_type=workflow_type, limit=limit,
+        )
+        return [WorkflowDescription.from_record(r) for r in records]
+
+    # ------------------------------------------------------------------ helpers
+    def _signal_name(self, signal: Callable[..., Any] | str) -> str:
+        if isinstance(signal, str):
+            return signal
+        name = handler_name(signal, "signal")
+        if name is None:
+            raise UnknownHandlerError(
+                f"{getattr(signal, '__qualname__', signal)!r} is not a signal handler; mark it "
+                "with @workflow.signal or pass the signal name"
+            )
+        return name
+
+    async def _interface(self, workflow_type: str) -> tuple[set[str], set[str]] | None:
+        if workflow_type not in self._interfaces or self._interfaces[workflow_type] is None:
+            self._interfaces[workflow_type] = await self.store.workflow_type_interface(
+                workflow_type
+            )
+        return self._interfaces[workflow_type]
+
+
+class WorkflowHandle(Generic[T]):
+    """A workflow addressed by id: await its result, signal, query, cancel, terminate it."""
+
+    def __init__(
+        self, client: Client, workflow_id: str, run_id: str | None, *, result_type: Any = None,
+        definition: WorkflowDefinition | None = None,
+    ) -> None:
+        self.client = client
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        """The run this handle was created for (``None``: the latest run)."""
+        self._result_type = result_type
+        self._definition = definition
+
+    @property
+    def _store(self) -> WorkflowStore:
+        return self.client.store
+
+    async def result(self, *, timeout: timedelta | float | None = None) -> T:
+        """Wait for the run to close; return its result or raise :class:`WorkflowFailureError`."""
+        deadline = None
+        if timeout is not None:
+            deadline = asyncio.get_running_loop().time() + (_seconds(timeout) or 0.0)
+        clock = self._store.clock
+        if isinstance(clock, VirtualClock):
+            clock.result_waiters += 1
+        try:
+            return await self._wait_result(deadline)
+        finally:
+            if isinstance(clock, VirtualClock):
+                clock.result_waiters -= 1
+
+    async def _wait_result(self, deadline: float | None) -> T:
+        backoff = 0.01
+        notifier = self._store.notifier
+        while True:
+            record = await self._store.get_run(self.workflow_id, self.run_id)
+            if record.status != WorkflowStatus.RUNNING:
+                return self._outcome(record)
+            wait = backoff
+            if deadline is not None:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"workflow {self.workflow_id!r} did not finish within the timeout"
+                    )
+                wait = min(wait, remaining)
+            await notifier.wait(["closed"], timeout=wait)
+            backoff = min(backoff * 2, 0.5)
+
+    def _outcome(self, record: RunRecord) -> T:
+        status = WorkflowStatus(record.status)
+        if status == WorkflowStatus.COMPLETED:
+            assert record.result is not None
+            value: T = self.client.converter.decode(
+                record.result, self._result_type or Any,
+                what=f"result of workflow {self.workflow_id!r}",
+            )
+            return value
+        cause: BaseException
+        if record.failure:
+            failure = _failure_decoder.decode(record.failure)
+            cause = exception_from_failure(failure)
+        elif status == WorkflowStatus.CANCELED:
+            cause = CancelledFailure("workflow was cancelled")
+        elif status == WorkflowStatus.TIMED_OUT:
+            cause = TimeoutFailure("workflow execution timed out", timeout_type="execution")
+        else:
+            cause = TerminatedFailure("workflow was terminated")
+        raise WorkflowFailureError(
+            f"workflow {self.workflow_id!r} (run {record.run_id}) {status.value}: {cause}",
+            status=status.value, cause=cause,
+        )
+
+    async def signal(self, signal: Callable[..., Any] | str, *args: Any) -> None:
+        """Send a signal; durable once this returns, even if no worker is running."""
+        name = self.client._signal_name(signal)
+        if isinstance(signal, str):
+            record = await self._store.get_run(self.workflow_id, self.run_id)
+            interface = await self.client._interface(record.workflow_type)
+            if interface is not None and name not in interface[0]:
+                raise UnknownHandlerError(
+                    f"workflow type {record.workflow_type!r} defines no signal {name!r}; it "
+                    f"defines: {', '.join(sorted(interface[0])) or 'no signals'}"
+                )
+        data = self.client.converter.encode_args(args, what=f"signal {name!r}")
+        event = SignalReceived(name=name, args=msgspec.Raw(data))
+        await self._store.deliver_event(self.workflow_id, self.run_id, encode_event(event))
+
+    async def query(
+        self, query: Callable[..., Any] | str, *args: Any, timeout: timedelta | float = 5.0,
+        result_type: Any = None,
+    ) -> Any:
+        """Ask the workflow's current state.
+
+        Given the query method (``Workflow.status``), the client replays the
+        history itself and answers at once, with no worker needed. Given a name,
+        a worker serving the task queue answers; :class:`QueryTimeoutError` if
+        none does within ``timeout``.
+        """
+        converter = self.client.converter
+        args_data = converter.encode_args(args, what="query")
+        record = await self._store.get_run(self.workflow_id, self.run_id)
+        if not isinstance(query, str):
+            name = handler_name(query, "query")
+            definition = get_workflow_definition(query)
+            if name is None or definition is None:
+                raise UnknownHandlerError(
+                    f"{getattr(query, '__qualname__', query)!r} is not a query handler; mark it "
+                    "with @workflow.query or pass the query name"
+                )
+            if definition.name != record.workflow_type:
+                raise UnknownHandlerError(
+                    f"query {name!r} belongs to workflow {definition.name!r}, but "
+                    f"{self.workflow_id!r} is a {record.workflow_type!r}"
+                )
+            rows = await self._store.get_history(record.workflow_id, record.run_id)
+            instance = WorkflowInstance(definition, workflow_id=record.workflow_id,
+                                        run_id=record.run_id, converter=converter)
+            instance.replay_for_query([decode_event(data) for _, _, data in rows])
+            hint = result_type if result_type is not None else definition.queries[name].return_hint
+            return converter.decode(instance.query(name, args_data), hint,
+                                    what=f"result of query {name!r}")
+        interface = await self.client._interface(record.workflow_type)
+        if interface is not None and query not in interface[1]:
+            raise UnknownHandlerError(
+                f"workflow type {record.workflow_type!r} defines no query {query!r}; it "
+                f"defines: {', '.join(sorted(interface[1])) or 'no queries'}"
+            )
+        query_id = await self._store.enqueue_query(
+            record.workflow_id, record.run_id, record.task_queue, query, args_data
+        )
+        seconds = _seconds(timeout) or 5.0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        backoff = 0.005
+        while True:
+            remaining = deadline - loop.time()
+            done, answer, error = await self._store.take_query_answer(
+                query_id, give_up=remaining <= 0
+            )
+            if done:
+                if error is not None:
+                    raise QueryRejectedError(f"query {query!r} failed: {error}")
+                assert answer is not None
+                return converter.decode(answer, result_type or Any,
+                                        what=f"result of query {query!r}")
+            if remaining <= 0:
+                raise QueryTimeoutError(
+                    f"no worker answered query {query!r} for workflow {self.workflow_id!r} "
+                    f"within {seconds:g}s; start a worker serving task queue "
+                    f"{record.task_queue!r}, or query with the workflow's method "
+                    "(handle.query(MyWorkflow.my_query)) to answer it without a worker"
+                )
+            await self._store.notifier.wait(["query_answer"], timeout=min(backoff, remaining))
+            backoff = min(backoff * 2, 0.25)
+
+    async def cancel(self, reason: str = "") -> None:
+        """Request cancellation: the workflow sees ``asyncio.CancelledError`` at its awaits."""
+        event = CancelRequested(reason=reason)
+        await self._store.deliver_event(self.workflow_id, self.run_id, encode_event(event))
+
+    async def terminate(self, reason: str = "") -> None:
+        """Close the workflow at once, without running its code; pending work is dropped."""
+        event = WorkflowTerminated(reason=reason)
+        failure = Failure(type="TerminatedFailure", message=reason or "terminated",
+                          kind="terminated")
+        await self._store.terminate(
+            self.workflow_id, self.run_id, encode_event(event), msgspec.json.encode(failure)
+        )
+
+    async def describe(self) -> WorkflowDescription:
+        """The run's status, history length and pending work."""
+        record = await self._store.get_run(self.workflow_id, self.run_id, detail=True)
+        return WorkflowDescription.from_record(record)
+
+    async def fetch_history(self) -> WorkflowHistory:
+        """The run's recorded events."""
+        record = await self._store.get_run(self.workflow_id, self.run_id)
+        rows = await self._store.get_history(record.workflow_id, record.run_id)
+        return WorkflowHistory(record.workflow_id, record.run_id,
+                               [decode_event(data) for _, _, data in rows])

@@ -1,0 +1,15 @@
+"""The engine: pure state machines between the workflow runtime and the store."""
+
+from perdure.engine._transitions import (
+    activity_completed_outcome,
+    activity_failed_outcome,
+    activity_timed_out_outcome,
+    plan_workflow_task,
+)
+
+__all__ = [
+    "activity_completed_outcome",
+    "activity_failed_outcome",
+    "activity_timed_out_outcome",
+    "plan_workflow_task",
+]

@@ -1,0 +1,206 @@
+"""The engine's state machines, as pure functions: commands in, store changes out.
+
+Nothing here touches a database or a clock: ``now`` is always an argument, so
+every decision (what a workflow task commits, whether an activity is retried)
+can be tested without I/O. The store applies the records these functions
+return, each in one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from perdure._retry import RetryPolicy
+from perdure.history import (
+    ActivityCancelRequested,
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityScheduled,
+    ActivityTimedOut,
+    Failure,
+    HistoryEvent,
+    TimerCanceled,
+    TimerStarted,
+    WorkflowCanceled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowTaskCompleted,
+    encode_event,
+    event_type_name,
+)
+from perdure.store._records import (
+    ActivityAttempt,
+    ActivityOutcome,
+    NewActivityTask,
+    WorkflowTaskCompletion,
+)
+
+__all__ = [
+    "activity_completed_outcome",
+    "activity_failed_outcome",
+    "activity_timed_out_outcome",
+    "plan_workflow_task",
+]
+
+_json = msgspec.json.Encoder()
+
+
+def plan_workflow_task(
+    *,
+    workflow_id: str,
+    run_id: str,
+    worker_id: str,
+    build_id: str,
+    expected_history_length: int,
+    inbox_upto: int,
+    inbound: Sequence[tuple[HistoryEvent, bytes | None]],
+    commands: Sequence[HistoryEvent],
+    now: float,
+    eager: Callable[[ActivityScheduled], bool] = lambda _: False,
+    sticky_for: float = 0.0,
+) -> WorkflowTaskCompletion:
+    """Turn one activation (inbound events + produced commands) into store changes.
+
+    ``inbound`` pairs each event with its already-encoded form where the caller
+    has it (inbox rows), to avoid encoding twice. ``eager`` says which new
+    activities this worker will run itself without a claim round trip.
+    """
+    events: list[tuple[str, bytes]] = []
+    for event, data in inbound:
+        events.append((event_type_name(event), data if data is not None else encode_event(event)))
+    events.append(
+        ("WorkflowTaskCompleted",
+         encode_event(WorkflowTaskCompleted(time=now, worker=worker_id, build_id=build_id)))
+    )
+    completion = WorkflowTaskCompletion(
+        workflow_id=workflow_id,
+        run_id=run_id,
+        worker_id=worker_id,
+        expected_history_length=expected_history_length,
+        inbox_upto=inbox_upto,
+        events=events,
+        new_activities=[],
+        cancel_activities=[],
+        new_timers=[],
+        cancel_timers=[],
+        sticky_for=sticky_for,
+    )
+    for command in commands:
+        events.append((event_type_name(command), encode_event(command)))
+        if isinstance(command, ActivityScheduled):
+            completion.new_activities.append(
+                NewActivityTask(
+                    seq=command.seq,
+                    activity_type=command.activity_type,
+                    task_queue=command.task_queue,
+                    input=bytes(command.input),
+                    start_to_close_timeout=command.start_to_close_timeout,
+                    schedule_to_close_timeout=command.schedule_to_close_timeout,
+                    schedule_to_start_timeout=command.schedule_to_start_timeout,
+                    heartbeat_timeout=command.heartbeat_timeout,
+                    retry_policy=_json.encode(command.retry_policy or RetryPolicy().to_dict()),
+                    eager_owner=worker_id if eager(command) else None,
+                )
+            )
+        elif isinstance(command, ActivityCancelRequested):
+            completion.cancel_activities.append(command.seq)
+        elif isinstance(command, TimerStarted):
+            completion.new_timers.append((command.seq, command.fire_at))
+        elif isinstance(command, TimerCanceled):
+            completion.cancel_timers.append(command.seq)
+        elif isinstance(command, WorkflowCompleted):
+            completion.close_status = "completed"
+            completion.close_result = bytes(command.result)
+        elif isinstance(command, WorkflowFailed):
+            completion.close_status = "failed"
+            completion.close_failure = _json.encode(command.failure)
+        elif isinstance(command, WorkflowCanceled):
+            completion.close_status = "canceled"
+    return completion
+
+
+def activity_completed_outcome(
+    seq: int, attempt: int, result: bytes
+) -> Callable[[ActivityAttempt], ActivityOutcome]:
+    """A successful attempt: the result goes to the workflow."""
+    outcome = ActivityOutcome(
+        retry_at=None,
+        event=encode_event(
+            ActivityCompleted(seq=seq, result=msgspec.Raw(result), attempt=attempt)
+        ),
+    )
+    return lambda _state: outcome
+
+
+def _retry_at(state: ActivityAttempt, failure: Failure | None, now: float) -> float | None:
+    policy = RetryPolicy.from_dict(msgspec.json.decode(state.retry_policy))
+    if failure is not None:
+        if failure.non_retryable:
+            return None
+        if failure.type in policy.non_retryable_error_types or (
+            failure.type.rsplit(".", 1)[-1] in policy.non_retryable_error_types
+        ):
+            return None
+    if not policy.allows_another_attempt(state.attempt):
+        return None
+    retry_at = now + policy.delay_after(state.attempt)
+    if (
+        state.schedule_to_close_timeout is not None
+        and retry_at >= state.scheduled_at + state.schedule_to_close_timeout
+    ):
+        return None
+    return retry_at
+
+
+def activity_failed_outcome(
+    seq: int, failure: Failure, now: float
+) -> Callable[[ActivityAttempt], ActivityOutcome]:
+    """Decide, from the attempt's recorded state, whether a failure is retried."""
+
+    def decide(state: ActivityAttempt) -> ActivityOutcome:
+        encoded = _json.encode(failure)
+        retry_at = _retry_at(state, failure, now)
+        if retry_at is not None:
+            return ActivityOutcome(retry_at=retry_at, event=None, last_failure=encoded)
+        return ActivityOutcome(
+            retry_at=None,
+            event=encode_event(ActivityFailed(seq=seq, failure=failure, attempt=state.attempt)),
+            last_failure=encoded,
+        )
+
+    return decide
+
+
+RETRYABLE_TIMEOUTS = ("start_to_close", "heartbeat", "worker_lost")
+
+
+def activity_timed_out_outcome(
+    seq: int, timeout_type: str, last_failure: Failure | None, now: float
+) -> Callable[[ActivityAttempt], ActivityOutcome]:
+    """Decide what a fired timeout leads to; start-to-close and heartbeat are retried."""
+
+    def decide(state: ActivityAttempt) -> ActivityOutcome:
+        if timeout_type in RETRYABLE_TIMEOUTS:
+            retry_at = _retry_at(state, None, now)
+            if retry_at is not None:
+                note = Failure(
+                    type="TimeoutFailure", message=f"activity {timeout_type} timeout",
+                    kind="timeout", attributes={"timeout_type": timeout_type},
+                )
+                return ActivityOutcome(retry_at=retry_at, event=None,
+                                       last_failure=_json.encode(note))
+        return ActivityOutcome(
+            retry_at=None,
+            event=encode_event(
+                ActivityTimedOut(
+                    seq=seq,
+                    timeout_type="start_to_close" if timeout_type == "worker_lost" else timeout_type,
+                    attempt=state.attempt,
+                    last_failure=last_failure,
+                )
+            ),
+        )
+
+    return decide

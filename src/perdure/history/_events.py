@@ -1,0 +1,240 @@
+"""History events: the append-only record that makes a workflow durable.
+
+Event type names and field names are persisted compatibility data: they
+outlive the Python classes (tests pin them). Events are msgspec Structs
+encoded as JSON objects tagged by ``type``; user payloads inside them
+(``input``, ``result``, ``args``) are embedded JSON, so a history reads as
+plain JSON.
+
+A history is a sequence of *activations*. Each one is: the inbound events the
+workflow reacted to (WorkflowStarted, ActivityCompleted, TimerFired,
+SignalReceived, ...), then one ``WorkflowTaskCompleted``, then the command
+events the workflow code produced in reaction (ActivityScheduled,
+TimerStarted, WorkflowCompleted, ...). Replay walks the activations in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "COMMAND_EVENT_TYPES",
+    "TERMINAL_EVENT_TYPES",
+    "ActivityCancelRequested",
+    "ActivityCompleted",
+    "ActivityFailed",
+    "ActivityScheduled",
+    "ActivityTimedOut",
+    "CancelRequested",
+    "Failure",
+    "HistoryEvent",
+    "MarkerRecorded",
+    "SignalReceived",
+    "TimerCanceled",
+    "TimerFired",
+    "TimerStarted",
+    "WorkflowCanceled",
+    "WorkflowCompleted",
+    "WorkflowFailed",
+    "WorkflowStarted",
+    "WorkflowTaskCompleted",
+    "WorkflowTerminated",
+    "WorkflowTimedOut",
+    "decode_event",
+    "encode_event",
+]
+
+Raw = msgspec.Raw
+
+
+class Failure(msgspec.Struct, omit_defaults=True):
+    """An exception as recorded in history: type, message, stack and cause chain."""
+
+    type: str
+    message: str
+    stack: str = ""
+    kind: str = "application"
+    """application | activity | timeout | cancelled | terminated"""
+    non_retryable: bool = False
+    details: Raw | None = None
+    cause: Failure | None = None
+    attributes: dict[str, Any] | None = None
+    """Kind-specific fields: activity_type, activity_id, attempt, timeout_type."""
+
+
+class _Event(msgspec.Struct, tag_field="type", omit_defaults=True):
+    pass
+
+
+# --- inbound events: things that happened to the workflow -----------------
+
+
+class WorkflowStarted(_Event, tag="WorkflowStarted"):
+    workflow_type: str
+    task_queue: str
+    input: Raw
+    started_at: float
+    execution_timeout: float | None = None
+
+
+class ActivityCompleted(_Event, tag="ActivityCompleted"):
+    seq: int
+    result: Raw
+    attempt: int
+
+
+class ActivityFailed(_Event, tag="ActivityFailed"):
+    seq: int
+    failure: Failure
+    attempt: int
+
+
+class ActivityTimedOut(_Event, tag="ActivityTimedOut"):
+    seq: int
+    timeout_type: str
+    attempt: int
+    last_failure: Failure | None = None
+
+
+class TimerFired(_Event, tag="TimerFired"):
+    seq: int
+
+
+class SignalReceived(_Event, tag="SignalReceived"):
+    name: str
+    args: Raw
+
+
+class CancelRequested(_Event, tag="CancelRequested"):
+    reason: str = ""
+
+
+# --- the activation boundary -------------------------------------------------
+
+
+class WorkflowTaskCompleted(_Event, tag="WorkflowTaskCompleted"):
+    time: float
+    """The workflow's notion of now during this activation (seconds since epoch)."""
+    worker: str = ""
+    build_id: str = ""
+
+
+# --- command events: what the workflow code decided ---------------------------
+
+
+class ActivityScheduled(_Event, tag="ActivityScheduled"):
+    seq: int
+    activity_type: str
+    task_queue: str
+    input: Raw
+    activity_id: str
+    start_to_close_timeout: float | None = None
+    schedule_to_close_timeout: float | None = None
+    schedule_to_start_timeout: float | None = None
+    heartbeat_timeout: float | None = None
+    retry_policy: dict[str, Any] | None = None
+
+
+class ActivityCancelRequested(_Event, tag="ActivityCancelRequested"):
+    seq: int
+
+
+class TimerStarted(_Event, tag="TimerStarted"):
+    seq: int
+    duration: float
+    fire_at: float
+
+
+class TimerCanceled(_Event, tag="TimerCanceled"):
+    seq: int
+
+
+class MarkerRecorded(_Event, tag="MarkerRecorded"):
+    seq: int
+    name: str
+    value: Raw
+
+
+class WorkflowCompleted(_Event, tag="WorkflowCompleted"):
+    result: Raw
+
+
+class WorkflowFailed(_Event, tag="WorkflowFailed"):
+    failure: Failure
+
+
+class WorkflowCanceled(_Event, tag="WorkflowCanceled"):
+    reason: str = ""
+
+
+# --- events appended by the engine without a workflow task ---------------------
+
+
+class WorkflowTerminated(_Event, tag="WorkflowTerminated"):
+    reason: str = ""
+
+
+class WorkflowTimedOut(_Event, tag="WorkflowTimedOut"):
+    timeout: float
+
+
+HistoryEvent = (
+    WorkflowStarted
+    | ActivityCompleted
+    | ActivityFailed
+    | ActivityTimedOut
+    | TimerFired
+    | SignalReceived
+    | CancelRequested
+    | WorkflowTaskCompleted
+    | ActivityScheduled
+    | ActivityCancelRequested
+    | TimerStarted
+    | TimerCanceled
+    | MarkerRecorded
+    | WorkflowCompleted
+    | WorkflowFailed
+    | WorkflowCanceled
+    | WorkflowTerminated
+    | WorkflowTimedOut
+)
+
+COMMAND_EVENT_TYPES: tuple[type[_Event], ...] = (
+    ActivityScheduled,
+    ActivityCancelRequested,
+    TimerStarted,
+    TimerCanceled,
+    MarkerRecorded,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowCanceled,
+)
+"""Events produced by workflow code; replay must reproduce them exactly."""
+
+TERMINAL_EVENT_TYPES: tuple[type[_Event], ...] = (
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowCanceled,
+    WorkflowTerminated,
+    WorkflowTimedOut,
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(HistoryEvent)
+
+
+def encode_event(event: HistoryEvent) -> bytes:
+    """Encode one event as a JSON object."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | memoryview) -> HistoryEvent:
+    """Decode one event from its JSON form."""
+    return _decoder.decode(data)
+
+
+def event_type_name(event: HistoryEvent) -> str:
+    """The persisted type tag of ``event``."""
+    return type(event).__struct_config__.tag  # type: ignore[return-value]

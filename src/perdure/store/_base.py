@@ -1,0 +1,216 @@
+"""The storage interface every backend implements (SQLite now, PostgreSQL next).
+
+Each method is one transaction. The engine decides *what* changes; a store
+only knows how to write it atomically and how to find due work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+
+from perdure._clock import Clock
+from perdure.store._records import (
+    ActivityDecision,
+    ActivityTaskClaim,
+    QueryTaskClaim,
+    RunRecord,
+    StartWorkflowRecord,
+    WorkflowTaskClaim,
+    WorkflowTaskCompletion,
+)
+
+__all__ = ["StoreNotifier", "TimeoutDecider", "WorkflowStore"]
+
+TimeoutDecider = Callable[[int, str, bytes | None], ActivityDecision]
+"""(activity seq, timeout type, last failure) -> the engine's decision function."""
+
+
+class StoreNotifier:
+    """In-process wake-ups: a committed change wakes the workers of this process at once.
+
+    Kinds: ``workflow_task``, ``activity_task``, ``timer``, ``closed``, ``query``,
+    ``query_answer``. Other processes fall back to bounded back-off polling (or
+    LISTEN/NOTIFY on PostgreSQL).
+    """
+
+    KINDS = ("workflow_task", "activity_task", "timer", "closed", "query", "query_answer")
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+        self.version = 0
+
+    def event(self, kind: str) -> asyncio.Event:
+        event = self._events.get(kind)
+        if event is None:
+            event = self._events[kind] = asyncio.Event()
+        return event
+
+    def notify(self, kinds: Iterable[str]) -> None:
+        self.version += 1
+        for kind in kinds:
+            event = self._events.get(kind)
+            if event is not None:
+                event.set()
+
+    async def wait(self, kinds: Sequence[str], timeout: float) -> None:
+        """Wait until one of ``kinds`` is notified, or ``timeout`` seconds pass."""
+        events = [self.event(kind) for kind in kinds]
+        if any(e.is_set() for e in events):
+            for e in events:
+                e.clear()
+            return
+        waiters = [asyncio.ensure_future(e.wait()) for e in events]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            for e in events:
+                e.clear()
+
+
+class WorkflowStore:
+    """Durable state of every workflow; one method, one transaction."""
+
+    clock: Clock
+    notifier: StoreNotifier
+    url: str
+
+    async def migrate(self) -> None:
+        """Create or upgrade the schema; refuse a schema newer than this code."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    # client side -----------------------------------------------------------
+    async def start_workflow(self, record: StartWorkflowRecord) -> str:
+        """Create a run; return its run id (an existing one for signal-with-start)."""
+        raise NotImplementedError
+
+    async def deliver_event(self, workflow_id: str, run_id: str | None, event: bytes) -> str:
+        """Put an inbound event (signal, cancel request) in a running workflow's inbox."""
+        raise NotImplementedError
+
+    async def terminate(
+        self, workflow_id: str, run_id: str | None, event: bytes, failure: bytes
+    ) -> str:
+        """Close a running workflow at once, without running its code."""
+        raise NotImplementedError
+
+    async def get_run(self, workflow_id: str, run_id: str | None, *, detail: bool = False) -> RunRecord:
+        raise NotImplementedError
+
+    async def get_history(
+        self, workflow_id: str, run_id: str, *, after: int = 0
+    ) -> list[tuple[int, str, bytes]]:
+        raise NotImplementedError
+
+    async def list_runs(
+        self, *, status: str | None, workflow_type: str | None, limit: int
+    ) -> list[RunRecord]:
+        raise NotImplementedError
+
+    async def enqueue_query(self, workflow_id: str, run_id: str, task_queue: str, name: str,
+                            args: bytes) -> int:
+        raise NotImplementedError
+
+    async def take_query_answer(self, query_id: int, *, give_up: bool) -> tuple[bool, bytes | None, str | None]:
+        """(done, answer, error); ``give_up`` deletes an unanswered query."""
+        raise NotImplementedError
+
+    async def workflow_type_interface(self, workflow_type: str) -> tuple[set[str], set[str]] | None:
+        """(signal names, query names) that workers registered for a type, if any."""
+        raise NotImplementedError
+
+    # worker side ---------------------------------------------------------------
+    async def register_worker(
+        self, worker_id: str, task_queues: Sequence[str], build_id: str,
+        workflow_types: Sequence[tuple[str, list[str], list[str]]],
+    ) -> None:
+        raise NotImplementedError
+
+    async def worker_heartbeat(self, worker_id: str) -> list[tuple[str, str, int]]:
+        """Record liveness; return (workflow_id, run_id, seq) of this worker's
+        running activities whose cancellation was requested."""
+        raise NotImplementedError
+
+    async def remove_worker(self, worker_id: str) -> None:
+        raise NotImplementedError
+
+    async def claim_workflow_tasks(
+        self, worker_id: str, task_queues: Sequence[str], limit: int, lease: float
+    ) -> list[WorkflowTaskClaim]:
+        raise NotImplementedError
+
+    async def complete_workflow_task(self, completion: WorkflowTaskCompletion) -> bool:
+        """Commit a workflow task; False if the run moved on (the cached copy is stale)."""
+        raise NotImplementedError
+
+    async def fail_workflow_task(
+        self, workflow_id: str, run_id: str, worker_id: str, error: str, retry_at: float
+    ) -> None:
+        raise NotImplementedError
+
+    async def claim_activity_tasks(
+        self, worker_id: str, task_queues: Sequence[str], limit: int
+    ) -> list[ActivityTaskClaim]:
+        raise NotImplementedError
+
+    async def finish_activity_attempt(
+        self,
+        workflow_id: str,
+        run_id: str,
+        seq: int,
+        attempt: int,
+        worker_id: str,
+        decide: ActivityDecision,
+        *,
+        claim_workflow_task: bool,
+        lease: float,
+    ) -> tuple[bool, WorkflowTaskClaim | None]:
+        """Record an attempt's end; (accepted, the workflow task if claimed for this worker).
+
+        A completion from an attempt that is no longer current is rejected
+        (invariant 3).
+        """
+        raise NotImplementedError
+
+    async def heartbeat_activity(
+        self, workflow_id: str, run_id: str, seq: int, attempt: int, worker_id: str,
+        details: bytes | None,
+    ) -> bool:
+        """Record a heartbeat; True if the attempt should stop (cancelled or superseded)."""
+        raise NotImplementedError
+
+    async def release_activity(
+        self, workflow_id: str, run_id: str, seq: int, attempt: int, worker_id: str
+    ) -> None:
+        """Hand an unfinished attempt back (graceful shutdown) without using up an attempt."""
+        raise NotImplementedError
+
+    async def fire_due_timers(self, limit: int) -> int:
+        raise NotImplementedError
+
+    async def expire_activities(self, limit: int, decider: TimeoutDecider) -> int:
+        raise NotImplementedError
+
+    async def reclaim_dead_workers(self, dead_after: float, decider: TimeoutDecider) -> int:
+        raise NotImplementedError
+
+    async def claim_query_tasks(
+        self, worker_id: str, task_queues: Sequence[str], limit: int
+    ) -> list[QueryTaskClaim]:
+        raise NotImplementedError
+
+    async def answer_query(self, query_id: int, answer: bytes | None, error: str | None) -> None:
+        raise NotImplementedError
+
+    async def next_due_time(self) -> float | None:
+        """The earliest time at which anything becomes due (timers, retries, timeouts)."""
+        raise NotImplementedError
+
+    async def count_ready_tasks(self) -> int:
+        """Workflow and activity tasks that a worker could claim now."""
+        raise NotImplementedError

@@ -1,0 +1,166 @@
+"""Plain records that cross the engine/store boundary (no SQL, no I/O)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+__all__ = [
+    "ActivityAttempt",
+    "ActivityOutcome",
+    "ActivityTaskClaim",
+    "NewActivityTask",
+    "QueryTaskClaim",
+    "RunRecord",
+    "StartWorkflowRecord",
+    "WorkflowTaskClaim",
+    "WorkflowTaskCompletion",
+]
+
+
+@dataclasses.dataclass
+class StartWorkflowRecord:
+    """A new run and its first event, written in one transaction."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    input: bytes
+    started_event: bytes
+    execution_timeout: float | None
+    id_reuse_policy: str
+    now: float
+    signal_event: bytes | None = None
+    """With signal-with-start: a SignalReceived event delivered with the start."""
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One row of ``workflow_runs``: the run's current state."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    status: str
+    history_length: int
+    created_at: float
+    closed_at: float | None
+    result: bytes | None
+    failure: bytes | None
+    execution_timeout: float | None
+    pending_inbox: int = 0
+    pending_activities: int = 0
+    pending_timers: int = 0
+    workflow_task_attempt: int | None = None
+    workflow_task_failure: str | None = None
+
+
+@dataclasses.dataclass
+class WorkflowTaskClaim:
+    """A claimed workflow task: the run, its history length and new inbound events."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    attempt: int
+    history_length: int
+    inbox: list[tuple[int, bytes]]
+
+
+@dataclasses.dataclass
+class NewActivityTask:
+    """An activity task to insert; ``eager_owner`` leases it to that worker at once."""
+
+    seq: int
+    activity_type: str
+    task_queue: str
+    input: bytes
+    start_to_close_timeout: float | None
+    schedule_to_close_timeout: float | None
+    schedule_to_start_timeout: float | None
+    heartbeat_timeout: float | None
+    retry_policy: bytes
+    eager_owner: str | None = None
+
+
+@dataclasses.dataclass
+class WorkflowTaskCompletion:
+    """Everything one workflow task changes, committed in one transaction (invariant 1)."""
+
+    workflow_id: str
+    run_id: str
+    worker_id: str
+    expected_history_length: int
+    inbox_upto: int
+    """Inbox rows with id <= this were consumed (their events are in ``events``)."""
+    events: list[tuple[str, bytes]]
+    new_activities: list[NewActivityTask]
+    cancel_activities: list[int]
+    new_timers: list[tuple[int, float]]
+    cancel_timers: list[int]
+    close_status: str | None = None
+    close_result: bytes | None = None
+    close_failure: bytes | None = None
+    sticky_for: float = 0.0
+    """Keep the next task of this run for this worker for so many seconds."""
+
+
+@dataclasses.dataclass
+class ActivityTaskClaim:
+    """A claimed activity attempt."""
+
+    workflow_id: str
+    run_id: str
+    seq: int
+    activity_type: str
+    task_queue: str
+    workflow_type: str
+    input: bytes
+    attempt: int
+    scheduled_at: float
+    start_to_close_timeout: float | None
+    schedule_to_close_timeout: float | None
+    heartbeat_timeout: float | None
+    heartbeat_details: bytes | None
+    retry_policy: bytes
+
+
+@dataclasses.dataclass
+class ActivityAttempt:
+    """The state the engine needs to decide what a failed attempt leads to."""
+
+    attempt: int
+    retry_policy: bytes
+    scheduled_at: float
+    schedule_to_close_timeout: float | None
+
+
+@dataclasses.dataclass
+class ActivityOutcome:
+    """What to do with an activity task after an attempt ended.
+
+    ``retry_at`` set: the task stays, next attempt visible then. Otherwise the
+    task is deleted and ``event`` (ActivityCompleted/Failed/TimedOut) goes to
+    the workflow's inbox.
+    """
+
+    retry_at: float | None
+    event: bytes | None
+    last_failure: bytes | None = None
+
+
+ActivityDecision = Callable[[ActivityAttempt], ActivityOutcome]
+
+
+@dataclasses.dataclass
+class QueryTaskClaim:
+    """A query a worker must answer."""
+
+    id: int
+    workflow_id: str
+    run_id: str
+    name: str
+    args: bytes

@@ -1,0 +1,1093 @@
+"""The embedded SQLite store: WAL mode, one writer thread, group commit.
+
+Every store method becomes one *operation*, a function of the connection. A
+single thread owns the connection; it takes every operation waiting in its
+queue and runs them in ONE transaction (each under its own savepoint, so one
+failing operation does not undo the others), then resolves their futures.
+Many workflows' state changes thus share one durable commit, and no
+operation waits on another's fsync.
+
+Several processes may open the same file (workers in separate processes); SQLite's
+write lock and ``busy_timeout`` serialize them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import msgspec
+
+from perdure._clock import Clock, SystemClock
+from perdure._errors import (
+    SchemaVersionError,
+    WorkflowAlreadyStartedError,
+    WorkflowNotFoundError,
+)
+from perdure.store._base import StoreNotifier, TimeoutDecider, WorkflowStore
+from perdure.store._records import (
+    ActivityAttempt,
+    ActivityDecision,
+    ActivityTaskClaim,
+    QueryTaskClaim,
+    RunRecord,
+    StartWorkflowRecord,
+    WorkflowTaskClaim,
+    WorkflowTaskCompletion,
+)
+from perdure.store._schema import SCHEMA_VERSION, SQLITE_MIGRATIONS
+
+__all__ = ["SqliteStore"]
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection, set[str]], T]
+
+_MAX_BATCH = 512
+_NO_DEADLINE = 1e18
+
+
+class _Stop:
+    pass
+
+
+class _WriterThread:
+    """Owns the connection; runs queued operations in shared transactions."""
+
+    def __init__(self, path: str, synchronous: str) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="perdure-sqlite", daemon=True)
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.commits = 0
+        self.operations = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            raise self._startup_error
+
+    def submit(self, op: Op[T], notifier: StoreNotifier) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put((op, future, loop, notifier))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(_Stop())
+        self._thread.join(timeout=10)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
+                               timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        return conn
+
+    def _run(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        q = self._queue
+        while True:
+            item = q.get()
+            if isinstance(item, _Stop):
+                break
+            batch = [item]
+            stop = False
+            while len(batch) < _MAX_BATCH:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(nxt, _Stop):
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(conn, batch)
+            if stop:
+                break
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        results: list[tuple[Any, Any, BaseException | None, set[str]]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            for op, future, loop, notifier in batch:
+                loop.call_soon_threadsafe(_resolve, [(future, None, exc, set())], notifier)
+            return
+        for op, future, loop, notifier in batch:
+            notes: set[str] = set()
+            conn.execute("SAVEPOINT op")
+            try:
+                value = op(conn, notes)
+            except BaseException as exc:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                results.append((future, None, exc, set()))
+            else:
+                conn.execute("RELEASE op")
+                results.append((future, value, None, notes))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            results = [(f, None, exc, set()) for f, _, _, _ in results]
+        self.commits += 1
+        self.operations += len(batch)
+        by_loop: dict[Any, list[Any]] = {}
+        for (future, value, exc, notes), (_, _, loop, notifier) in zip(results, batch, strict=True):
+            by_loop.setdefault((loop, notifier), []).append((future, value, exc, notes))
+        for (loop, notifier), items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve, items, notifier)
+            except RuntimeError:
+                pass  # the loop is closed; nobody waits for these results
+
+
+def _resolve(items: list[Any], notifier: StoreNotifier) -> None:
+    kinds: set[str] = set()
+    for future, value, exc, notes in items:
+        kinds |= notes
+        if future.cancelled():
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+    if kinds:
+        notifier.notify(kinds)
+
+
+def _deadline(*candidates: float | None) -> float | None:
+    values = [c for c in candidates if c is not None]
+    return min(values) if values else None
+
+
+class SqliteStore(WorkflowStore):
+    """Perdure's state in one SQLite file (WAL mode)."""
+
+    def __init__(self, path: str, *, clock: Clock | None = None, synchronous: str = "FULL",
+                 url: str = "") -> None:
+        self.path = path
+        self.url = url or f"sqlite:///{path}"
+        self.clock = clock or SystemClock()
+        self.notifier = StoreNotifier()
+        self._writer = _WriterThread(path, synchronous)
+        self._started = False
+        self._lock = threading.Lock()
+
+    @property
+    def commits(self) -> int:
+        """Transactions committed by this process (for benchmarks)."""
+        return self._writer.commits
+
+    @property
+    def operations(self) -> int:
+        """Store operations run by this process (for benchmarks)."""
+        return self._writer.operations
+
+    def _run(self, op: Op[T]) -> asyncio.Future[T]:
+        if not self._started:
+            with self._lock:
+                if not self._started:
+                    self._writer.start()
+                    self._started = True
+        return self._writer.submit(op, self.notifier)
+
+    async def close(self) -> None:
+        if self._started:
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
+            self._started = False
+            self._writer = _WriterThread(self.path, self._writer._synchronous)
+
+    # ---------------------------------------------------------------- schema
+    async def migrate(self) -> None:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='perdure_schema'"
+            ).fetchone()
+            version = 0
+            if exists:
+                row = conn.execute("SELECT version FROM perdure_schema").fetchone()
+                version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the database {self.path} has schema version {version}, newer than the "
+                    f"{SCHEMA_VERSION} this version of Perdure knows; upgrade Perdure"
+                )
+            for index in range(version, SCHEMA_VERSION):
+                for statement in SQLITE_MIGRATIONS[index].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            if version == 0:
+                conn.execute("INSERT INTO perdure_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version < SCHEMA_VERSION:
+                conn.execute("UPDATE perdure_schema SET version = ?", (SCHEMA_VERSION,))
+
+        await self._run(op)
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _latest_run(conn: sqlite3.Connection, workflow_id: str) -> tuple[str, str] | None:
+        row = conn.execute(
+            "SELECT run_id, status FROM workflow_runs WHERE workflow_id = ? "
+            "ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (workflow_id,),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def _running_run(self, conn: sqlite3.Connection, workflow_id: str, run_id: str | None) -> str:
+        if run_id is None:
+            latest = self._latest_run(conn, workflow_id)
+            if latest is None:
+                raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
+            run_id, status = latest
+        else:
+            row = conn.execute(
+                "SELECT status FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
+                (workflow_id, run_id),
+            ).fetchone()
+            if row is None:
+                raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r} and run {run_id}")
+            status = row[0]
+        if status != "running":
+            raise WorkflowNotFoundError(
+                f"workflow {workflow_id!r} (run {run_id}) is {status}, not running; "
+                "only running workflows accept signals, cancellation and termination"
+            )
+        return run_id
+
+    def _ensure_workflow_task(
+        self, conn: sqlite3.Connection, workflow_id: str, run_id: str, now: float,
+        notes: set[str],
+    ) -> None:
+        conn.execute(
+            "INSERT INTO workflow_tasks (workflow_id, run_id, task_queue, visible_at, "
+            "sticky_worker, sticky_until) "
+            "SELECT workflow_id, run_id, task_queue, ?, sticky_worker, ? + sticky_for "
+            "FROM workflow_runs WHERE workflow_id = ? AND run_id = ? "
+            "ON CONFLICT (workflow_id, run_id) DO NOTHING",
+            (now, now, workflow_id, run_id),
+        )
+        notes.add("workflow_task")
+
+    def _close_run(
+        self, conn: sqlite3.Connection, workflow_id: str, run_id: str, status: str, now: float,
+        result: bytes | None, failure: bytes | None, notes: set[str],
+    ) -> None:
+        key = (workflow_id, run_id)
+        conn.execute(
+            "UPDATE workflow_runs SET status = ?, result = ?, failure = ?, closed_at = ?, "
+            "sticky_worker = NULL WHERE workflow_id = ? AND run_id = ?",
+            (status, result, failure, now, *key),
+        )
+        conn.execute("DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key)
+        conn.execute("DELETE FROM timers WHERE workflow_id = ? AND run_id = ?", key)
+        conn.execute("DELETE FROM inbox WHERE workflow_id = ? AND run_id = ?", key)
+        conn.execute(
+            "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? "
+            "AND lease_owner IS NULL", key,
+        )
+        conn.execute(
+            "UPDATE activity_tasks SET cancel_requested = 1 WHERE workflow_id = ? AND run_id = ?",
+            key,
+        )
+        conn.execute(
+            "UPDATE query_tasks SET done = 1, error = ? WHERE workflow_id = ? AND run_id = ? "
+            "AND done = 0 AND lease_owner IS NULL",
+            ("closed", *key),
+        )
+        notes.add("closed")
+
+    def _append(
+        self, conn: sqlite3.Connection, workflow_id: str, run_id: str, start_seq: int,
+        events: Sequence[tuple[str, bytes]],
+    ) -> None:
+        conn.executemany(
+            "INSERT INTO history_events (workflow_id, run_id, seq, event_type, data) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(workflow_id, run_id, start_seq + i, t, d) for i, (t, d) in enumerate(events)],
+        )
+
+    # ---------------------------------------------------------------- client side
+    async def start_workflow(self, record: StartWorkflowRecord) -> str:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> str:
+            latest = self._latest_run(conn, record.workflow_id)
+            if latest is not None:
+                run_id, status = latest
+                if status == "running":
+                    if record.signal_event is not None:
+                        conn.execute(
+                            "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+                            (record.workflow_id, run_id, record.signal_event),
+                        )
+                        self._ensure_workflow_task(conn, record.workflow_id, run_id, record.now,
+                                                   notes)
+                        return run_id
+                    raise WorkflowAlreadyStartedError(
+                        f"workflow {record.workflow_id!r} is already running (run {run_id}); "
+                        "use get_workflow_handle() to reach it, or pick another id",
+                        workflow_id=record.workflow_id, run_id=run_id,
+                    )
+                policy = record.id_reuse_policy
+                if policy == "reject_duplicate" or (
+                    policy == "allow_duplicate_failed_only" and status == "completed"
+                ):
+                    raise WorkflowAlreadyStartedError(
+                        f"workflow id {record.workflow_id!r} was already used (last run {run_id} "
+                        f"is {status}) and the id reuse policy is {policy}",
+                        workflow_id=record.workflow_id, run_id=run_id,
+                    )
+            conn.execute(
+                "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, "
+                "status, input, history_length, created_at, execution_timeout) "
+                "VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?)",
+                (record.workflow_id, record.run_id, record.workflow_type, record.task_queue,
+                 record.input, record.now, record.execution_timeout),
+            )
+            self._append(conn, record.workflow_id, record.run_id, 1,
+                         [("WorkflowStarted", record.started_event)])
+            if record.signal_event is not None:
+                conn.execute(
+                    "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+                    (record.workflow_id, record.run_id, record.signal_event),
+                )
+            if record.execution_timeout is not None:
+                conn.execute(
+                    "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, 0, ?)",
+                    (record.workflow_id, record.run_id, record.now + record.execution_timeout),
+                )
+                notes.add("timer")
+            self._ensure_workflow_task(conn, record.workflow_id, record.run_id, record.now, notes)
+            return record.run_id
+
+        return await self._run(op)
+
+    async def deliver_event(self, workflow_id: str, run_id: str | None, event: bytes) -> str:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> str:
+            rid = self._running_run(conn, workflow_id, run_id)
+            conn.execute(
+                "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+                (workflow_id, rid, event),
+            )
+            self._ensure_workflow_task(conn, workflow_id, rid, self.clock.now(), notes)
+            return rid
+
+        return await self._run(op)
+
+    async def terminate(
+        self, workflow_id: str, run_id: str | None, event: bytes, failure: bytes
+    ) -> str:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> str:
+            rid = self._running_run(conn, workflow_id, run_id)
+            (length,) = conn.execute(
+                "SELECT history_length FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
+                (workflow_id, rid),
+            ).fetchone()
+            self._append(conn, workflow_id, rid, length + 1, [("WorkflowTerminated", event)])
+            conn.execute(
+                "UPDATE workflow_runs SET history_length = ? WHERE workflow_id = ? AND run_id = ?",
+                (length + 1, workflow_id, rid),
+            )
+            self._close_run(conn, workflow_id, rid, "terminated", self.clock.now(), None, failure,
+                            notes)
+            return rid
+
+        return await self._run(op)
+
+    async def get_run(self, workflow_id: str, run_id: str | None, *, detail: bool = False) -> RunRecord:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> RunRecord:
+            rid = run_id
+            if rid is None:
+                latest = self._latest_run(conn, workflow_id)
+                if latest is None:
+                    raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
+                rid = latest[0]
+            row = conn.execute(
+                "SELECT workflow_id, run_id, workflow_type, task_queue, status, history_length, "
+                "created_at, closed_at, result, failure, execution_timeout "
+                "FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
+                (workflow_id, rid),
+            ).fetchone()
+            if row is None:
+                raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r} and run {rid}")
+            record = RunRecord(*row)
+            if detail:
+                key = (workflow_id, rid)
+                record.pending_inbox = conn.execute(
+                    "SELECT count(*) FROM inbox WHERE workflow_id = ? AND run_id = ?", key
+                ).fetchone()[0]
+                record.pending_activities = conn.execute(
+                    "SELECT count(*) FROM activity_tasks WHERE workflow_id = ? AND run_id = ?", key
+                ).fetchone()[0]
+                record.pending_timers = conn.execute(
+                    "SELECT count(*) FROM timers WHERE workflow_id = ? AND run_id = ? AND seq > 0",
+                    key,
+                ).fetchone()[0]
+                task = conn.execute(
+                    "SELECT attempt, last_failure FROM workflow_tasks "
+                    "WHERE workflow_id = ? AND run_id = ?", key,
+                ).fetchone()
+                if task is not None:
+                    record.workflow_task_attempt, record.workflow_task_failure = task
+            return record
+
+        return await self._run(op)
+
+    async def get_history(
+        self, workflow_id: str, run_id: str, *, after: int = 0
+    ) -> list[tuple[int, str, bytes]]:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> list[tuple[int, str, bytes]]:
+            return conn.execute(
+                "SELECT seq, event_type, data FROM history_events "
+                "WHERE workflow_id = ? AND run_id = ? AND seq > ? ORDER BY seq",
+                (workflow_id, run_id, after),
+            ).fetchall()
+
+        return await self._run(op)
+
+    async def list_runs(
+        self, *, status: str | None, workflow_type: str | None, limit: int
+    ) -> list[RunRecord]:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> list[RunRecord]:
+            where, params = [], []
+            if status is not None:
+                where.append("status = ?")
+                params.append(status)
+            if workflow_type is not None:
+                where.append("workflow_type = ?")
+                params.append(workflow_type)
+            sql = (
+                "SELECT workflow_id, run_id, workflow_type, task_queue, status, history_length, "
+                "created_at, closed_at, result, failure, execution_timeout FROM workflow_runs"
+            )
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY created_at DESC LIMIT ?"
+            return [RunRecord(*row) for row in conn.execute(sql, (*params, limit))]
+
+        return await self._run(op)
+
+    async def enqueue_query(self, workflow_id: str, run_id: str, task_queue: str, name: str,
+                            args: bytes) -> int:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> int:
+            cur = conn.execute(
+                "INSERT INTO query_tasks (workflow_id, run_id, task_queue, name, args, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (workflow_id, run_id, task_queue, name, args, self.clock.now()),
+            )
+            notes.add("query")
+            return int(cur.lastrowid or 0)
+
+        return await self._run(op)
+
+    async def take_query_answer(self, query_id: int, *, give_up: bool) -> tuple[bool, bytes | None, str | None]:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> tuple[bool, bytes | None, str | None]:
+            row = conn.execute(
+                "SELECT done, answer, error FROM query_tasks WHERE id = ?", (query_id,)
+            ).fetchone()
+            if row is None:
+                return True, None, "query task vanished"
+            if row[0] or give_up:
+                conn.execute("DELETE FROM query_tasks WHERE id = ?", (query_id,))
+            return bool(row[0]), row[1], row[2]
+
+        return await self._run(op)
+
+    async def workflow_type_interface(self, workflow_type: str) -> tuple[set[str], set[str]] | None:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> tuple[set[str], set[str]] | None:
+            rows = conn.execute(
+                "SELECT signals, queries FROM workflow_types WHERE workflow_type = ?",
+                (workflow_type,),
+            ).fetchall()
+            if not rows:
+                return None
+            signals: set[str] = set()
+            queries: set[str] = set()
+            for s, q in rows:
+                signals.update(json.loads(s))
+                queries.update(json.loads(q))
+            return signals, queries
+
+        return await self._run(op)
+
+    # ---------------------------------------------------------------- workers
+    async def register_worker(
+        self, worker_id: str, task_queues: Sequence[str], build_id: str,
+        workflow_types: Sequence[tuple[str, list[str], list[str]]],
+    ) -> None:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+            now = self.clock.now()
+            conn.execute(
+                "INSERT INTO workers (worker_id, task_queues, heartbeat_at, started_at, build_id, "
+                "host, pid) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (worker_id) DO UPDATE SET "
+                "heartbeat_at = excluded.heartbeat_at",
+                (worker_id, json.dumps(list(task_queues)), time.time(), now, build_id,
+                 socket.gethostname(), os.getpid()),
+            )
+            for name, signals, queries in workflow_types:
+                for task_queue in task_queues:
+                    conn.execute(
+                        "INSERT INTO workflow_types (workflow_type, task_queue, signals, queries, "
+                        "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (workflow_type, task_queue)"
+                        " DO UPDATE SET signals = excluded.signals, queries = excluded.queries, "
+                        "updated_at = excluded.updated_at",
+                        (name, task_queue, json.dumps(sorted(signals)),
+                         json.dumps(sorted(queries)), now),
+                    )
+
+        await self._run(op)
+
+    async def worker_heartbeat(self, worker_id: str) -> list[tuple[str, str, int]]:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> list[tuple[str, str, int]]:
+            conn.execute(
+                "UPDATE workers SET heartbeat_at = ? WHERE worker_id = ?",
+                (time.time(), worker_id),
+            )
+            return conn.execute(
+                "SELECT workflow_id, run_id, seq FROM activity_tasks "
+                "WHERE lease_owner = ? AND cancel_requested = 1",
+                (worker_id,),
+            ).fetchall()
+
+        return await self._run(op)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+            conn.execute(
+                "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
+                "sticky_worker = NULL WHERE lease_owner = ? OR sticky_worker = ?",
+                (worker_id, worker_id),
+            )
+            conn.execute(
+                "UPDATE workflow_runs SET sticky_worker = NULL WHERE sticky_worker = ?",
+                (worker_id,),
+            )
+            conn.execute(
+                "UPDATE query_tasks SET lease_owner = NULL WHERE lease_owner = ? AND done = 0",
+                (worker_id,),
+            )
+            conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+            notes.update(("workflow_task", "query"))
+
+        await self._run(op)
+
+    # ---------------------------------------------------------------- workflow tasks
+    def _read_claim(
+        self, conn: sqlite3.Connection, workflow_id: str, run_id: str, attempt: int
+    ) -> WorkflowTaskClaim | None:
+        row = conn.execute(
+            "SELECT workflow_type, task_queue, history_length, status FROM workflow_runs "
+            "WHERE workflow_id = ? AND run_id = ?",
+            (workflow_id, run_id),
+        ).fetchone()
+        if row is None or row[3] != "running":
+            conn.execute("DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?",
+                         (workflow_id, run_id))
+            return None
+        inbox = conn.execute(
+            "SELECT id, data FROM inbox WHERE workflow_id = ? AND run_id = ? ORDER BY id",
+            (workflow_id, run_id),
+        ).fetchall()
+        return WorkflowTaskClaim(
+            workflow_id=workflow_id, run_id=run_id, workflow_type=row[0], task_queue=row[1],
+            attempt=attempt, history_length=row[2], inbox=inbox,
+        )
+
+    async def claim_workflow_tasks(
+        self, worker_id: str, task_queues: Sequence[str], limit: int, lease: float
+    ) -> list[WorkflowTaskClaim]:
+        marks = ",".join("?" * len(task_queues))
+
+        def op(conn: sqlite3.Connection, notes: set[str]) -> list[WorkflowTaskClaim]:
+            now, real = self.clock.now(), time.time()
+            rows = conn.execute(
+                "UPDATE workflow_tasks SET lease_owner = ?, lease_expires_at = ? "
+                "WHERE rowid IN (SELECT rowid FROM workflow_tasks "
+                f"WHERE task_queue IN ({marks}) AND visible_at <= ? "
+                "AND (lease_owner IS NULL OR lease_expires_at < ?) "
+                "AND (sticky_worker IS NULL OR sticky_worker = ? OR sticky_until < ?) "
+                "ORDER BY visible_at LIMIT ?) RETURNING workflow_id, run_id, attempt",
+                (worker_id, real + lease, *task_queues, now, real, worker_id, now, limit),
+            ).fetchall()
+            claims = []
+            for workflow_id, run_id, attempt in rows:
+                claim = self._read_claim(conn, workflow_id, run_id, attempt)
+                if claim is not None:
+                    claims.append(claim)
+            return claims
+
+        return await self._run(op)
+
+    async def complete_workflow_task(self, completion: WorkflowTaskCompletion) -> bool:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> bool:
+            c = completion
+            key = (c.workflow_id, c.run_id)
+            now = self.clock.now()
+            row = conn.execute(
+                "SELECT r.history_length, r.status, t.lease_owner FROM workflow_runs r "
+                "JOIN workflow_tasks t ON t.workflow_id = r.workflow_id AND t.run_id = r.run_id "
+                "WHERE r.workflow_id = ? AND r.run_id = ?",
+                key,
+            ).fetchone()
+            if (
+                row is None
+                or row[0] != c.expected_history_length
+                or row[1] != "running"
+                or row[2] != c.worker_id
+            ):
+                return False
+            self._append(conn, c.workflow_id, c.run_id, c.expected_history_length + 1, c.events)
+            new_length = c.expected_history_length + len(c.events)
+            conn.execute(
+                "DELETE FROM inbox WHERE workflow_id = ? AND run_id = ? AND id <= ?",
+                (*key, c.inbox_upto),
+            )
+            for task in c.new_activities:
+                eager = task.eager_owner is not None
+                s2s = (
+                    now + task.schedule_to_start_timeout
+                    if task.schedule_to_start_timeout and not eager else None
+                )
+                s2c = now + task.schedule_to_close_timeout if task.schedule_to_close_timeout else None
+                if eager:
+                    deadline = _deadline(
+                        now + task.start_to_close_timeout if task.start_to_close_timeout else None,
+                        now + task.heartbeat_timeout if task.heartbeat_timeout else None,
+                        s2c,
+                    )
+                else:
+                    deadline = _deadline(s2s, s2c)
+                conn.execute(
+                    "INSERT INTO activity_tasks (workflow_id, run_id, seq, activity_type, "
+                    "task_queue, input, scheduled_at, visible_at, lease_owner, started_at, "
+                    "deadline, start_to_close_timeout, schedule_to_close_timeout, "
+                    "schedule_to_start_timeout, heartbeat_timeout, retry_policy) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*key, task.seq, task.activity_type, task.task_queue, task.input, now, now,
+                     task.eager_owner, now if eager else None, deadline,
+                     task.start_to_close_timeout, task.schedule_to_close_timeout,
+                     task.schedule_to_start_timeout, task.heartbeat_timeout, task.retry_policy),
+                )
+                if not eager:
+                    notes.add("activity_task")
+                if deadline is not None:
+                    notes.add("timer")
+            for seq in c.cancel_activities:
+                conn.execute(
+                    "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ? "
+                    "AND lease_owner IS NULL", (*key, seq),
+                )
+                conn.execute(
+                    "UPDATE activity_tasks SET cancel_requested = 1 "
+                    "WHERE workflow_id = ? AND run_id = ? AND seq = ?", (*key, seq),
+                )
+            if c.new_timers:
+                conn.executemany(
+                    "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, ?, ?)",
+                    [(*key, seq, fire_at) for seq, fire_at in c.new_timers],
+                )
+                notes.add("timer")
+            for seq in c.cancel_timers:
+                conn.execute(
+                    "DELETE FROM timers WHERE workflow_id = ? AND run_id = ? AND seq = ?",
+                    (*key, seq),
+                )
+            conn.execute(
+                "UPDATE workflow_runs SET history_length = ?, sticky_worker = ?, sticky_for = ? "
+                "WHERE workflow_id = ? AND run_id = ?",
+                (new_length, c.worker_id if c.sticky_for > 0 else None, c.sticky_for, *key),
+            )
+            if c.close_status is not None:
+                self._close_run(conn, c.workflow_id, c.run_id, c.close_status, now,
+                                c.close_result, c.close_failure, notes)
+                return True
+            more = conn.execute(
+                "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? LIMIT 1", key
+            ).fetchone()
+            if more:
+                conn.execute(
+                    "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
+                    "attempt = 1, last_failure = NULL, visible_at = ?, sticky_worker = ?, "
+                    "sticky_until = ? WHERE workflow_id = ? AND run_id = ?",
+                    (now, c.worker_id if c.sticky_for > 0 else None, now + c.sticky_for, *key),
+                )
+                notes.add("workflow_task")
+            else:
+                conn.execute(
+                    "DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key
+                )
+            return True
+
+        return await self._run(op)
+
+    async def fail_workflow_task(
+        self, workflow_id: str, run_id: str, worker_id: str, error: str, retry_at: float
+    ) -> None:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+            conn.execute(
+                "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
+                "attempt = attempt + 1, last_failure = ?, visible_at = ?, sticky_worker = NULL "
+                "WHERE workflow_id = ? AND run_id = ? AND lease_owner = ?",
+                (error, retry_at, workflow_id, run_id, worker_id),
+            )
+            conn.execute(
+                "UPDATE workflow_runs SET sticky_worker = NULL WHERE workflow_id = ? AND run_id = ?",
+                (workflow_id, run_id),
+            )
+            notes.add("timer")
+
+        await self._run(op)
+
+    # ---------------------------------------------------------------- activity tasks
+    async def claim_activity_tasks(
+        self, worker_id: str, task_queues: Sequence[str], limit: int
+    ) -> list[ActivityTaskClaim]:
+        marks = ",".join("?" * len(task_queues))
+
+        def op(conn: sqlite3.Connection, notes: set[str]) -> list[ActivityTaskClaim]:
+            now = self.clock.now()
+            rows = conn.execute(
+                "UPDATE activity_tasks SET lease_owner = ?, started_at = ?, deadline = NULLIF(min("
+                "coalesce(? + start_to_close_timeout, 1e18), coalesce(? + heartbeat_timeout, 1e18),"
+                " coalesce(scheduled_at + schedule_to_close_timeout, 1e18)), 1e18) "
+                "WHERE rowid IN (SELECT rowid FROM activity_tasks "
+                f"WHERE task_queue IN ({marks}) AND lease_owner IS NULL AND visible_at <= ? "
+                "ORDER BY visible_at LIMIT ?) RETURNING workflow_id, run_id, seq, activity_type, "
+                "task_queue, input, attempt, scheduled_at, start_to_close_timeout, "
+                "schedule_to_close_timeout, heartbeat_timeout, heartbeat_details, retry_policy",
+                (worker_id, now, now, now, *task_queues, now, limit),
+            ).fetchall()
+            if rows:
+                notes.add("timer")
+            claims = []
+            for r in rows:
+                wf_type = conn.execute(
+                    "SELECT workflow_type FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
+                    (r[0], r[1]),
+                ).fetchone()
+                claims.append(
+                    ActivityTaskClaim(
+                        workflow_id=r[0], run_id=r[1], seq=r[2], activity_type=r[3],
+                        task_queue=r[4], workflow_type=wf_type[0] if wf_type else "",
+                        input=r[5], attempt=r[6], scheduled_at=r[7],
+                        start_to_close_timeout=r[8], schedule_to_close_timeout=r[9],
+                        heartbeat_timeout=r[10], heartbeat_details=r[11], retry_policy=r[12],
+                    )
+                )
+            return claims
+
+        return await self._run(op)
+
+    def _apply_outcome(
+        self, conn: sqlite3.Connection, key: tuple[str, str, int], decide: ActivityDecision,
+        row: tuple[Any, ...], now: float, notes: set[str],
+    ) -> bool:
+        """Apply the engine's decision for an ended attempt; True if an event was delivered."""
+        attempt, retry_policy, scheduled_at, s2c, s2s, cancel_requested, status = row
+        if cancel_requested or status != "running":
+            conn.execute(
+                "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ?", key
+            )
+            return False
+        outcome = decide(ActivityAttempt(attempt, retry_policy, scheduled_at, s2c))
+        if outcome.retry_at is not None:
+            conn.execute(
+                "UPDATE activity_tasks SET lease_owner = NULL, started_at = NULL, "
+                "attempt = attempt + 1, visible_at = ?, last_failure = ?, deadline = ? "
+                "WHERE workflow_id = ? AND run_id = ? AND seq = ?",
+                (outcome.retry_at, outcome.last_failure,
+                 _deadline(outcome.retry_at + s2s if s2s else None,
+                           scheduled_at + s2c if s2c else None), *key),
+            )
+            notes.update(("activity_task", "timer"))
+            return False
+        conn.execute(
+            "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ?", key
+        )
+        assert outcome.event is not None
+        conn.execute(
+            "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+            (key[0], key[1], outcome.event),
+        )
+        self._ensure_workflow_task(conn, key[0], key[1], now, notes)
+        return True
+
+    _ATTEMPT_COLUMNS = (
+        "a.attempt, a.retry_policy, a.scheduled_at, a.schedule_to_close_timeout, "
+        "a.schedule_to_start_timeout, a.cancel_requested, r.status"
+    )
+
+    async def finish_activity_attempt(
+        self,
+        workflow_id: str,
+        run_id: str,
+        seq: int,
+        attempt: int,
+        worker_id: str,
+        decide: ActivityDecision,
+        *,
+        claim_workflow_task: bool,
+        lease: float,
+    ) -> tuple[bool, WorkflowTaskClaim | None]:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> tuple[bool, WorkflowTaskClaim | None]:
+            key = (workflow_id, run_id, seq)
+            row = conn.execute(
+                f"SELECT {self._ATTEMPT_COLUMNS} FROM activity_tasks a JOIN workflow_runs r "
+                "ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "
+                "WHERE a.workflow_id = ? AND a.run_id = ? AND a.seq = ? AND a.attempt = ? "
+                "AND a.lease_owner = ?",
+                (*key, attempt, worker_id),
+            ).fetchone()
+            if row is None:
+                return False, None
+            now = self.clock.now()
+            delivered = self._apply_outcome(conn, key, decide, row, now, notes)
+            if not (delivered and claim_workflow_task):
+                return True, None
+            claimed = conn.execute(
+                "UPDATE workflow_tasks SET lease_owner = ?, lease_expires_at = ? "
+                "WHERE workflow_id = ? AND run_id = ? AND visible_at <= ? AND "
+                "(lease_owner IS NULL OR lease_expires_at < ?) RETURNING attempt",
+                (worker_id, time.time() + lease, workflow_id, run_id, now, time.time()),
+            ).fetchone()
+            if claimed is None:
+                return True, None
+            return True, self._read_claim(conn, workflow_id, run_id, claimed[0])
+
+        return await self._run(op)
+
+    async def heartbeat_activity(
+        self, workflow_id: str, run_id: str, seq: int, attempt: int, worker_id: str,
+        details: bytes | None,
+    ) -> bool:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> bool:
+            now = self.clock.now()
+            row = conn.execute(
+                "UPDATE activity_tasks SET heartbeat_at = ?, heartbeat_details = ?, "
+                "deadline = NULLIF(min(coalesce(started_at + start_to_close_timeout, 1e18), "
+                "coalesce(? + heartbeat_timeout, 1e18), "
+                "coalesce(scheduled_at + schedule_to_close_timeout, 1e18)), 1e18) "
+                "WHERE workflow_id = ? AND run_id = ? AND seq = ? AND attempt = ? "
+                "AND lease_owner = ? RETURNING cancel_requested",
+                (now, details, now, workflow_id, run_id, seq, attempt, worker_id),
+            ).fetchone()
+            notes.add("timer")
+            return row is None or bool(row[0])
+
+        return await self._run(op)
+
+    async def release_activity(
+        self, workflow_id: str, run_id: str, seq: int, attempt: int, worker_id: str
+    ) -> None:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+            conn.execute(
+                "UPDATE activity_tasks SET lease_owner = NULL, started_at = NULL, visible_at = ?, "
+                "deadline = CASE WHEN schedule_to_close_timeout IS NULL THEN NULL "
+                "ELSE scheduled_at + schedule_to_close_timeout END "
+                "WHERE workflow_id = ? AND run_id = ? AND seq = ? AND attempt = ? "
+                "AND lease_owner = ?",
+                (self.clock.now(), workflow_id, run_id, seq, attempt, worker_id),
+            )
+            notes.add("activity_task")
+
+        await self._run(op)
+
+    # ---------------------------------------------------------------- due work
+    async def fire_due_timers(self, limit: int) -> int:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> int:
+            from perdure.history import Failure, TimerFired, WorkflowTimedOut, encode_event
+
+            now = self.clock.now()
+            rows = conn.execute(
+                "SELECT workflow_id, run_id, seq FROM timers WHERE fire_at <= ? "
+                "ORDER BY fire_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            for workflow_id, run_id, seq in rows:
+                conn.execute(
+                    "DELETE FROM timers WHERE workflow_id = ? AND run_id = ? AND seq = ?",
+                    (workflow_id, run_id, seq),
+                )
+                if seq == 0:
+                    run = conn.execute(
+                        "SELECT history_length, execution_timeout, status FROM workflow_runs "
+                        "WHERE workflow_id = ? AND run_id = ?", (workflow_id, run_id),
+                    ).fetchone()
+                    if run is None or run[2] != "running":
+                        continue
+                    self._append(conn, workflow_id, run_id, run[0] + 1, [
+                        ("WorkflowTimedOut", encode_event(WorkflowTimedOut(timeout=run[1])))
+                    ])
+                    conn.execute(
+                        "UPDATE workflow_runs SET history_length = ? WHERE workflow_id = ? "
+                        "AND run_id = ?", (run[0] + 1, workflow_id, run_id),
+                    )
+                    failure = json.dumps(msgspec.to_builtins(Failure(
+                        type="TimeoutFailure", kind="timeout",
+                        message=f"workflow execution timeout ({run[1]:g}s) passed",
+                        attributes={"timeout_type": "execution"},
+                    ))).encode()
+                    self._close_run(conn, workflow_id, run_id, "timed_out", now, None, failure,
+                                    notes)
+                    continue
+                conn.execute(
+                    "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+                    (workflow_id, run_id, encode_event(TimerFired(seq=seq))),
+                )
+                self._ensure_workflow_task(conn, workflow_id, run_id, now, notes)
+            return len(rows)
+
+        return await self._run(op)
+
+    async def expire_activities(self, limit: int, decider: TimeoutDecider) -> int:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> int:
+            now = self.clock.now()
+            rows = conn.execute(
+                f"SELECT a.workflow_id, a.run_id, a.seq, a.started_at, a.start_to_close_timeout, "
+                "a.heartbeat_timeout, a.heartbeat_at, a.last_failure, a.visible_at, "
+                f"{self._ATTEMPT_COLUMNS} FROM activity_tasks a JOIN workflow_runs r "
+                "ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "
+                "WHERE a.deadline <= ? ORDER BY a.deadline LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            for row in rows:
+                workflow_id, run_id, seq, started_at, stc, hb, hb_at, last_failure, visible_at = (
+                    row[:9]
+                )
+                attempt_row = row[9:]
+                scheduled_at, s2c, s2s = attempt_row[2], attempt_row[3], attempt_row[4]
+                if s2c is not None and scheduled_at + s2c <= now:
+                    kind = "schedule_to_close"
+                elif started_at is None:
+                    kind = "schedule_to_start"
+                elif hb is not None and (hb_at or started_at) + hb <= now:
+                    kind = "heartbeat"
+                else:
+                    kind = "start_to_close"
+                del stc, visible_at, s2s
+                self._apply_outcome(conn, (workflow_id, run_id, seq),
+                                    decider(seq, kind, last_failure), attempt_row, now, notes)
+            return len(rows)
+
+        return await self._run(op)
+
+    async def reclaim_dead_workers(self, dead_after: float, decider: TimeoutDecider) -> int:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> int:
+            now = self.clock.now()
+            dead = [
+                r[0] for r in conn.execute(
+                    "SELECT worker_id FROM workers WHERE heartbeat_at < ?",
+                    (time.time() - dead_after,),
+                )
+            ]
+            for worker_id in dead:
+                conn.execute(
+                    "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
+                    "sticky_worker = NULL WHERE lease_owner = ? OR sticky_worker = ?",
+                    (worker_id, worker_id),
+                )
+                conn.execute(
+                    "UPDATE workflow_runs SET sticky_worker = NULL WHERE sticky_worker = ?",
+                    (worker_id,),
+                )
+                conn.execute(
+                    "UPDATE query_tasks SET lease_owner = NULL WHERE lease_owner = ? AND done = 0",
+                    (worker_id,),
+                )
+                rows = conn.execute(
+                    f"SELECT a.workflow_id, a.run_id, a.seq, a.last_failure, "
+                    f"{self._ATTEMPT_COLUMNS} FROM activity_tasks a JOIN workflow_runs r "
+                    "ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "
+                    "WHERE a.lease_owner = ?",
+                    (worker_id,),
+                ).fetchall()
+                for row in rows:
+                    self._apply_outcome(conn, (row[0], row[1], row[2]),
+                                        decider(row[2], "worker_lost", row[3]), row[4:], now, notes)
+                conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+                notes.update(("workflow_task", "query"))
+            return len(dead)
+
+        return await self._run(op)
+
+    # ---------------------------------------------------------------- queries
+    async def claim_query_tasks(
+        self, worker_id: str, task_queues: Sequence[str], limit: int
+    ) -> list[QueryTaskClaim]:
+        marks = ",".join("?" * len(task_queues))
+
+        def op(conn: sqlite3.Connection, notes: set[str]) -> list[QueryTaskClaim]:
+            now = time.time()
+            rows = conn.execute(
+                "UPDATE query_tasks SET lease_owner = ?, lease_expires_at = ? WHERE id IN ("
+                f"SELECT id FROM query_tasks WHERE task_queue IN ({marks}) AND done = 0 "
+                "AND (lease_owner IS NULL OR lease_expires_at < ?) ORDER BY id LIMIT ?) "
+                "RETURNING id, workflow_id, run_id, name, args",
+                (worker_id, now + 30, *task_queues, now, limit),
+            ).fetchall()
+            return [QueryTaskClaim(*r) for r in rows]
+
+        return await self._run(op)
+
+    async def answer_query(self, query_id: int, answer: bytes | None, error: str | None) -> None:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+            conn.execute(
+                "UPDATE query_tasks SET done = 1, answer = ?, error = ? WHERE id = ?",
+                (answer, error, query_id),
+            )
+            notes.add("query_answer")
+
+        await self._run(op)
+
+    # ---------------------------------------------------------------- time skipping
+    async def next_due_time(self) -> float | None:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> float | None:
+            row = conn.execute(
+                "SELECT min(t) FROM ("
+                "SELECT min(fire_at) AS t FROM timers "
+                "UNION ALL SELECT min(deadline) FROM activity_tasks "
+                "UNION ALL SELECT min(visible_at) FROM activity_tasks WHERE lease_owner IS NULL "
+                "UNION ALL SELECT min(visible_at) FROM workflow_tasks WHERE lease_owner IS NULL)"
+            ).fetchone()
+            return float(row[0]) if row and row[0] is not None else None
+
+        return await self._run(op)
+
+    async def count_ready_tasks(self) -> int:
+        def op(conn: sqlite3.Connection, notes: set[str]) -> int:
+            now = self.clock.now()
+            wf = conn.execute(
+                "SELECT count(*) FROM workflow_tasks WHERE visible_at <= ? AND "
+                "(lease_owner IS NULL OR lease_expires_at < ?)", (now, time.time()),
+            ).fetchone()[0]
+            act = conn.execute(
+                "SELECT count(*) FROM activity_tasks WHERE lease_owner IS NULL AND visible_at <= ?",
+                (now,),
+            ).fetchone()[0]
+            return int(wf) + int(act)
+
+        return await self._run(op)

@@ -1,0 +1,11 @@
+"""Test your workflows: a real store in a temporary file, in-process workers, time skipping.
+
+``WorkflowEnvironment.start_time_skipping()`` gives a client on a fresh SQLite
+file whose clock jumps to the next due timer whenever every worker is idle
+and someone awaits a workflow result: a workflow that waits seven days for a
+signal that never comes times out in milliseconds of real time.
+"""
+
+from perdure.testing._environment import WorkflowEnvironment
+
+__all__ = ["WorkflowEnvironment"]

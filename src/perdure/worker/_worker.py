@@ -1,0 +1,658 @@
+"""The worker: claims tasks, runs workflow activations and activities, heartbeats.
+
+A worker's memory is only a cache (invariant 4): every decision is committed
+before it is acted on, and a killed worker's tasks are reclaimed by others
+once its liveness heartbeat stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import dataclasses
+import functools
+import hashlib
+import logging
+import os
+import socket
+import sys
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from perdure._errors import ApplicationError, ConfigurationError, PayloadError
+from perdure._failure import failure_from_exception
+from perdure.activity._context import ActivityContext, ActivityInfo
+from perdure.activity._context import set_current as set_activity_context
+from perdure.activity._definition import ActivityDefinition, get_activity_definition
+from perdure.engine import (
+    activity_completed_outcome,
+    activity_failed_outcome,
+    activity_timed_out_outcome,
+    plan_workflow_task,
+)
+from perdure.history import ActivityScheduled, Failure, HistoryEvent, decode_event
+from perdure.store._records import ActivityTaskClaim, QueryTaskClaim, WorkflowTaskClaim
+from perdure.workflow._definition import WorkflowDefinition, get_workflow_definition
+from perdure.workflow._instance import WorkflowInstance
+
+if TYPE_CHECKING:
+    from perdure.client._client import Client
+
+__all__ = ["Worker", "WorkerOptions"]
+
+_log = logging.getLogger("perdure.worker")
+_failure_decoder = msgspec.json.Decoder(Failure)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerOptions:
+    """Tuning knobs of a :class:`Worker`; the defaults suit most deployments."""
+
+    max_concurrent_workflow_tasks: int = 64
+    """Workflow activations processed at once."""
+    max_concurrent_activities: int = 100
+    """Activity attempts running at once (async and thread-pool together)."""
+    max_cached_workflows: int = 1000
+    """Running workflows kept in memory (LRU); others are replayed when they wake."""
+    workflow_task_lease: float = 60.0
+    """Seconds a claimed workflow task stays ours without completion."""
+    liveness_interval: float = 1.0
+    """Seconds between liveness heartbeats."""
+    dead_worker_timeout: float = 5.0
+    """A worker silent this long is dead; its tasks are reclaimed."""
+    sticky_timeout: float = 5.0
+    """Seconds a run's next workflow task waits for this worker (its cache) first."""
+    max_poll_interval: float = 0.25
+    """Longest wait between polls when no in-process wake-up arrives."""
+    graceful_shutdown_timeout: float = 10.0
+    """On shutdown, running activities get this long to finish before being handed back."""
+    eager_activities: bool = True
+    """Run activities this worker can serve at once, without a claim round trip."""
+    max_heartbeat_interval: float = 1.0
+    """Longest delay before a recorded activity heartbeat reaches the database."""
+
+
+@dataclasses.dataclass
+class _RunningActivity:
+    claim: ActivityTaskClaim
+    context: ActivityContext
+    task: asyncio.Task[Any] | None = None
+    heartbeat_pending: bytes | None = None
+    heartbeat_dirty: bool = False
+    heartbeat_flush: asyncio.TimerHandle | None = None
+    shutdown: bool = False
+
+
+class Worker:
+    """Serves task queues: runs workflow tasks for ``workflows`` and attempts of ``activities``.
+
+    Use as ``async with Worker(...)`` (runs in the background until the block
+    exits, then shuts down gracefully), or ``await worker.run()``.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        task_queue: str | Sequence[str],
+        workflows: Sequence[type] = (),
+        activities: Sequence[Callable[..., Any]] = (),
+        options: WorkerOptions | None = None,
+        build_id: str | None = None,
+        identity: str | None = None,
+        activity_executor: concurrent.futures.Executor | None = None,
+    ) -> None:
+        self.client = client
+        self.store = client.store
+        self.converter = client.converter
+        self.clock = client.store.clock
+        self.task_queues = [task_queue] if isinstance(task_queue, str) else list(task_queue)
+        if not self.task_queues:
+            raise ConfigurationError("a Worker needs at least one task queue")
+        self.options = options or WorkerOptions()
+        self.workflows: dict[str, WorkflowDefinition] = {}
+        for cls in workflows:
+            definition = get_workflow_definition(cls)
+            if definition is None:
+                raise ConfigurationError(
+                    f"{getattr(cls, '__qualname__', cls)!r} is not a workflow; decorate the "
+                    "class with @workflow.defn"
+                )
+            self.workflows[definition.name] = definition
+        self.activities: dict[str, ActivityDefinition] = {}
+        for fn in activities:
+            adef = get_activity_definition(fn)
+            if adef is None:
+                raise ConfigurationError(
+                    f"{getattr(fn, '__qualname__', fn)!r} is not an activity; decorate it with "
+                    "@activity.defn"
+                )
+            self.activities[adef.name] = adef
+        self.build_id = build_id or self._derive_build_id()
+        self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._executor = activity_executor
+        self._own_executor = False
+        self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
+        self._running_activities: dict[tuple[str, str, int], _RunningActivity] = {}
+        self._inflight_workflow_tasks = 0
+        self._activity_slots = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._started = False
+        self.stats = {"workflow_tasks": 0, "replays": 0, "activities": 0, "eager_activities": 0,
+                      "task_failures": 0, "rejected_completions": 0}
+
+    def _derive_build_id(self) -> str:
+        digest = hashlib.sha256()
+        for definition in sorted(self.workflows.values(), key=lambda d: d.name):
+            module = sys.modules.get(definition.cls.__module__)
+            path = getattr(module, "__file__", None)
+            if path and os.path.exists(path):
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+            digest.update(definition.name.encode())
+        return digest.hexdigest()[:12]
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> Worker:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    async def start(self) -> None:
+        """Register with the store and start polling in the background."""
+        if self._started:
+            return
+        self._started = True
+        if self._executor is None and any(not a.is_async for a in self.activities.values()):
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.options.max_concurrent_activities,
+                thread_name_prefix="perdure-activity",
+            )
+            self._own_executor = True
+        await self.store.register_worker(
+            self.identity,
+            self.task_queues,
+            self.build_id,
+            [(d.name, list(d.signals), list(d.queries)) for d in self.workflows.values()],
+        )
+        self._loops = [
+            asyncio.create_task(self._supervise(self._liveness_loop), name="perdure-liveness"),
+            asyncio.create_task(self._supervise(self._due_work_loop), name="perdure-due-work"),
+            asyncio.create_task(self._supervise(self._query_loop), name="perdure-queries"),
+        ]
+        if self.workflows:
+            self._loops.append(asyncio.create_task(
+                self._supervise(self._workflow_task_loop), name="perdure-workflow-tasks"))
+        if self.activities:
+            self._loops.append(asyncio.create_task(
+                self._supervise(self._activity_task_loop), name="perdure-activity-tasks"))
+
+    async def run(self) -> None:
+        """Start, then serve until :meth:`shutdown` is called (or the task is cancelled)."""
+        await self.start()
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop polling, finish in-flight work (or hand it back), deregister."""
+        if not self._started or self._stopping.is_set():
+            await self._stopped.wait() if self._stopping.is_set() else None
+            return
+        self._stopping.set()
+        self.store.notifier.notify(self.store.notifier.KINDS)
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        # workflow tasks are short: let them commit
+        while self._inflight_workflow_tasks:
+            await asyncio.sleep(0.01)
+        running = [r for r in self._running_activities.values() if r.task is not None]
+        if running:
+            tasks = [r.task for r in running if r.task is not None]
+            _done, pending = await asyncio.wait(
+                tasks, timeout=self.options.graceful_shutdown_timeout
+            )
+            for run in running:
+                if run.task in pending:
+                    run.shutdown = True
+                    run.context.cancelled.set()
+                    run.task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        try:
+            await self.store.remove_worker(self.identity)
+        except Exception:
+            _log.exception("could not deregister worker %s", self.identity)
+        if self._own_executor and self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._cache.clear()
+        self._stopped.set()
+
+    def is_idle(self) -> bool:
+        """No workflow task or activity in progress (used by time skipping)."""
+        return self._inflight_workflow_tasks == 0 and not self._running_activities
+
+    async def _supervise(self, loop_fn: Callable[[], Any]) -> None:
+        delay = 0.05
+        while not self._stopping.is_set():
+            try:
+                await loop_fn()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("worker %s: %s failed; retrying in %.2fs",
+                               self.identity, loop_fn.__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _idle_wait(self, kinds: Sequence[str], backoff: float) -> float:
+        await self.store.notifier.wait(kinds, timeout=backoff)
+        return min(backoff * 2, self.options.max_poll_interval)
+
+    # ------------------------------------------------------------------ workflow tasks
+    async def _workflow_task_loop(self) -> None:
+        backoff = 0.005
+        limit = self.options.max_concurrent_workflow_tasks
+        while not self._stopping.is_set():
+            free = limit - self._inflight_workflow_tasks
+            if free <= 0:
+                await self.store.notifier.wait(["workflow_task_slot"], timeout=0.05)
+                continue
+            claims = await self.store.claim_workflow_tasks(
+                self.identity, self.task_queues, free, self.options.workflow_task_lease
+            )
+            if not claims:
+                backoff = await self._idle_wait(["workflow_task"], backoff)
+                continue
+            backoff = 0.005
+            for claim in claims:
+                self._inflight_workflow_tasks += 1
+                self._spawn(self._workflow_task(claim))
+
+    async def _workflow_task(self, claim: WorkflowTaskClaim) -> None:
+        try:
+            await self._process_workflow_task(claim)
+        finally:
+            self._inflight_workflow_tasks -= 1
+            self.store.notifier.notify(["workflow_task_slot"])
+
+    async def _instance_for(self, claim: WorkflowTaskClaim) -> tuple[WorkflowInstance, list[HistoryEvent]]:
+        cached = self._cache.get(claim.run_id)
+        if cached is not None and cached.history_length == claim.history_length:
+            self._cache.move_to_end(claim.run_id)
+            return cached, []
+        self._cache.pop(claim.run_id, None)
+        definition = self.workflows.get(claim.workflow_type)
+        if definition is None:
+            from perdure._errors import UnknownWorkflowTypeError
+
+            raise UnknownWorkflowTypeError(
+                f"workflow type {claim.workflow_type!r} is not registered on worker "
+                f"{self.identity} (task queue {claim.task_queue!r}; registered: "
+                f"{', '.join(sorted(self.workflows)) or 'none'}); pass it in "
+                "Worker(workflows=[...]) on a worker serving this queue"
+            )
+        rows = await self.store.get_history(claim.workflow_id, claim.run_id)
+        events = [decode_event(data) for _, _, data in rows]
+        instance = WorkflowInstance(
+            definition, workflow_id=claim.workflow_id, run_id=claim.run_id,
+            converter=self.converter,
+        )
+        tail = instance.replay(events)
+        instance.history_length = len(events)
+        self.stats["replays"] += 1
+        return instance, [event for _, event in tail]
+
+    async def _process_workflow_task(self, claim: WorkflowTaskClaim) -> None:
+        while True:
+            next_claim = await self._run_workflow_task(claim)
+            if next_claim is None:
+                return
+            claim = next_claim
+
+    async def _run_workflow_task(self, claim: WorkflowTaskClaim) -> WorkflowTaskClaim | None:
+        reserved: list[ActivityScheduled] = []
+        try:
+            instance, tail = await self._instance_for(claim)
+            inbox = [(decode_event(data), data) for _, data in claim.inbox]
+            now = self.clock.now()
+            commands = instance.activate([*tail, *(e for e, _ in inbox)], now)
+
+            def eager(command: ActivityScheduled) -> bool:
+                if (
+                    self.options.eager_activities
+                    and not self._stopping.is_set()
+                    and command.task_queue in self.task_queues
+                    and command.activity_type in self.activities
+                    and self._activity_slots < self.options.max_concurrent_activities
+                ):
+                    self._activity_slots += 1
+                    reserved.append(command)
+                    return True
+                return False
+
+            completion = plan_workflow_task(
+                workflow_id=claim.workflow_id,
+                run_id=claim.run_id,
+                worker_id=self.identity,
+                build_id=self.build_id,
+                expected_history_length=claim.history_length,
+                inbox_upto=claim.inbox[-1][0] if claim.inbox else 0,
+                inbound=inbox,
+                commands=commands,
+                now=now,
+                eager=eager,
+                sticky_for=self.options.sticky_timeout,
+            )
+        except Exception as exc:
+            self._activity_slots -= len(reserved)
+            await self._fail_workflow_task(claim, exc)
+            return None
+        try:
+            ok = await self.store.complete_workflow_task(completion)
+        except BaseException:
+            self._activity_slots -= len(reserved)
+            self._cache.pop(claim.run_id, None)
+            raise
+        self.stats["workflow_tasks"] += 1
+        if not ok:
+            self.stats["rejected_completions"] += 1
+            self._activity_slots -= len(reserved)
+            self._cache.pop(claim.run_id, None)
+            return None
+        instance.history_length = claim.history_length + len(completion.events)
+        if instance.completed:
+            self._cache.pop(claim.run_id, None)
+        else:
+            self._cache[claim.run_id] = instance
+            self._cache.move_to_end(claim.run_id)
+            while len(self._cache) > self.options.max_cached_workflows:
+                self._cache.popitem(last=False)
+        for command in reserved:
+            self.stats["eager_activities"] += 1
+            activity_claim = ActivityTaskClaim(
+                workflow_id=claim.workflow_id, run_id=claim.run_id, seq=command.seq,
+                activity_type=command.activity_type, task_queue=command.task_queue,
+                workflow_type=claim.workflow_type, input=bytes(command.input), attempt=1,
+                scheduled_at=now, start_to_close_timeout=command.start_to_close_timeout,
+                schedule_to_close_timeout=command.schedule_to_close_timeout,
+                heartbeat_timeout=command.heartbeat_timeout, heartbeat_details=None,
+                retry_policy=b"",
+            )
+            self._spawn(self._activity_attempt(activity_claim))
+        return None
+
+    async def _fail_workflow_task(self, claim: WorkflowTaskClaim, exc: BaseException) -> None:
+        self._cache.pop(claim.run_id, None)
+        self.stats["task_failures"] += 1
+        delay = min(0.5 * 2 ** (claim.attempt - 1), 60.0)
+        _log.error(
+            "workflow task for %s (run %s, attempt %d) failed; retrying in %.1fs: %s",
+            claim.workflow_id, claim.run_id, claim.attempt, delay, exc,
+        )
+        message = f"{type(exc).__name__}: {exc}"
+        await self.store.fail_workflow_task(
+            claim.workflow_id, claim.run_id, self.identity, message, self.clock.now() + delay
+        )
+
+    # ------------------------------------------------------------------ activities
+    async def _activity_task_loop(self) -> None:
+        backoff = 0.005
+        limit = self.options.max_concurrent_activities
+        while not self._stopping.is_set():
+            free = limit - self._activity_slots
+            if free <= 0:
+                await self.store.notifier.wait(["activity_slot"], timeout=0.05)
+                continue
+            claims = await self.store.claim_activity_tasks(self.identity, self.task_queues, free)
+            if not claims:
+                backoff = await self._idle_wait(["activity_task"], backoff)
+                continue
+            backoff = 0.005
+            for claim in claims:
+                self._activity_slots += 1
+                self._spawn(self._activity_attempt(claim))
+
+    async def _activity_attempt(self, claim: ActivityTaskClaim) -> None:
+        key = (claim.workflow_id, claim.run_id, claim.seq)
+        try:
+            await self._run_activity(claim, key)
+        finally:
+            self._running_activities.pop(key, None)
+            self._activity_slots -= 1
+            self.store.notifier.notify(["activity_slot"])
+
+    async def _run_activity(self, claim: ActivityTaskClaim, key: tuple[str, str, int]) -> None:
+        self.stats["activities"] += 1
+        definition = self.activities.get(claim.activity_type)
+        info = ActivityInfo(
+            workflow_id=claim.workflow_id, run_id=claim.run_id,
+            workflow_type=claim.workflow_type, activity_id=str(claim.seq),
+            activity_type=claim.activity_type, task_queue=claim.task_queue,
+            attempt=claim.attempt,
+            idempotency_key=f"{claim.workflow_id}/{claim.run_id}/{claim.seq}",
+            scheduled_time=datetime.fromtimestamp(claim.scheduled_at, tz=UTC),
+            start_to_close_timeout=claim.start_to_close_timeout,
+            heartbeat_timeout=claim.heartbeat_timeout,
+        )
+        running = _RunningActivity(claim=claim, context=None)  # type: ignore[arg-type]
+        context = ActivityContext(
+            info, converter=self.converter, heartbeat_details=claim.heartbeat_details,
+            record_heartbeat=functools.partial(self._record_heartbeat, running,
+                                               asyncio.get_running_loop()),
+        )
+        running.context = context
+        self._running_activities[key] = running
+        result: bytes | None = None
+        error: BaseException | None = None
+        try:
+            if definition is None:
+                raise ApplicationError(
+                    f"activity type {claim.activity_type!r} is not registered on worker "
+                    f"{self.identity} (task queue {claim.task_queue!r}; registered: "
+                    f"{', '.join(sorted(self.activities)) or 'none'}); pass it in "
+                    "Worker(activities=[...])",
+                    type="UnknownActivityTypeError",
+                )
+            args = self.converter.decode_args(
+                claim.input, definition.parameter_hints, what=f"activity {definition.name!r}"
+            )
+            running.task = asyncio.current_task()
+            value = await self._invoke(definition, args, context, claim)
+            result = self.converter.encode(value, what=f"result of activity {definition.name!r}")
+        except asyncio.CancelledError as exc:
+            if running.shutdown:
+                await self.store.release_activity(*key, claim.attempt, self.identity)
+                return
+            if not context.cancelled.is_set() and not self._stopping.is_set():
+                # the local start-to-close guard fired; the store's timeout handles it
+                return
+            error = exc
+        except Exception as exc:
+            error = exc
+        finally:
+            if running.heartbeat_flush is not None:
+                running.heartbeat_flush.cancel()
+        if running.heartbeat_dirty:
+            await self._flush_heartbeat(running)
+        if error is None:
+            assert result is not None
+            decide = activity_completed_outcome(claim.seq, claim.attempt, result)
+        else:
+            if not isinstance(error, asyncio.CancelledError | PayloadError | ApplicationError):
+                _log.warning("activity %s (workflow %s, attempt %d) failed: %r",
+                             claim.activity_type, claim.workflow_id, claim.attempt, error)
+            decide = activity_failed_outcome(
+                claim.seq, failure_from_exception(error), self.clock.now()
+            )
+        _accepted, wf_claim = await self.store.finish_activity_attempt(
+            *key, claim.attempt, self.identity, decide,
+            claim_workflow_task=claim.run_id in self._cache and not self._stopping.is_set(),
+            lease=self.options.workflow_task_lease,
+        )
+        if wf_claim is not None:
+            self._inflight_workflow_tasks += 1
+            try:
+                await self._process_workflow_task(wf_claim)
+            finally:
+                self._inflight_workflow_tasks -= 1
+
+    async def _invoke(
+        self, definition: ActivityDefinition, args: list[Any], context: ActivityContext,
+        claim: ActivityTaskClaim,
+    ) -> Any:
+        timeout = claim.start_to_close_timeout
+        if definition.is_async:
+            set_activity_context(context)
+            if timeout is None:
+                return await definition.fn(*args)
+            try:
+                return await asyncio.wait_for(definition.fn(*args), timeout)
+            except TimeoutError:
+                raise asyncio.CancelledError() from None
+        ctx = contextvars.copy_context()
+        ctx.run(set_activity_context, context)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, functools.partial(ctx.run, definition.fn,
+                                                                        *args))
+        try:
+            if timeout is None:
+                return await asyncio.shield(future)
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            context.cancelled.set()
+            raise asyncio.CancelledError() from None
+        except asyncio.CancelledError:
+            context.cancelled.set()
+            raise
+
+    def _record_heartbeat(
+        self, running: _RunningActivity, loop: asyncio.AbstractEventLoop, details: bytes | None
+    ) -> None:
+        def record() -> None:
+            running.heartbeat_pending = details
+            running.heartbeat_dirty = True
+            if running.heartbeat_flush is None:
+                interval = self.options.max_heartbeat_interval
+                if running.claim.heartbeat_timeout:
+                    interval = min(interval, running.claim.heartbeat_timeout * 0.5)
+                running.heartbeat_flush = loop.call_later(
+                    interval, lambda: self._spawn(self._flush_heartbeat(running))
+                )
+
+        try:
+            if asyncio._get_running_loop() is loop:
+                record()
+            else:
+                loop.call_soon_threadsafe(record)
+        except RuntimeError:
+            pass
+
+    async def _flush_heartbeat(self, running: _RunningActivity) -> None:
+        running.heartbeat_flush = None
+        if not running.heartbeat_dirty:
+            return
+        running.heartbeat_dirty = False
+        claim = running.claim
+        stop = await self.store.heartbeat_activity(
+            claim.workflow_id, claim.run_id, claim.seq, claim.attempt, self.identity,
+            running.heartbeat_pending,
+        )
+        if stop:
+            self._cancel_running(running)
+
+    def _cancel_running(self, running: _RunningActivity) -> None:
+        if running.context.cancelled.is_set():
+            return
+        running.context.cancelled.set()
+        if running.task is not None and not running.task.done():
+            running.task.cancel()
+
+    # ------------------------------------------------------------------ background duties
+    async def _liveness_loop(self) -> None:
+        while not self._stopping.is_set():
+            cancelled = await self.store.worker_heartbeat(self.identity)
+            for key in cancelled:
+                running = self._running_activities.get(tuple(key))  # type: ignore[arg-type]
+                if running is not None:
+                    self._cancel_running(running)
+            await asyncio.sleep(self.options.liveness_interval)
+
+    async def _due_work_loop(self) -> None:
+        decider = _make_timeout_decider(self.clock.now)
+        reclaim_every = self.options.liveness_interval
+        last_reclaim = 0.0
+        while not self._stopping.is_set():
+            fired = await self.store.fire_due_timers(500)
+            expired = await self.store.expire_activities(500, decider)
+            now = self.clock.now()
+            if now - last_reclaim >= reclaim_every:
+                last_reclaim = now
+                await self.store.reclaim_dead_workers(self.options.dead_worker_timeout, decider)
+            if fired >= 500 or expired >= 500:
+                continue
+            due = await self.store.next_due_time()
+            wait = reclaim_every if due is None else max(0.0, min(due - now, reclaim_every))
+            if wait > 0:
+                await self.store.notifier.wait(["timer"], timeout=self.clock.sleep_scale(wait))
+
+    async def _query_loop(self) -> None:
+        backoff = 0.005
+        while not self._stopping.is_set():
+            claims = await self.store.claim_query_tasks(self.identity, self.task_queues, 16)
+            if not claims:
+                backoff = await self._idle_wait(["query"], backoff)
+                continue
+            backoff = 0.005
+            for claim in claims:
+                await self._answer_query(claim)
+
+    async def _answer_query(self, claim: QueryTaskClaim) -> None:
+        try:
+            run = await self.store.get_run(claim.workflow_id, claim.run_id)
+            instance = self._cache.get(claim.run_id)
+            if instance is None or instance.history_length != run.history_length:
+                definition = self.workflows.get(run.workflow_type)
+                if definition is None:
+                    raise ConfigurationError(
+                        f"workflow type {run.workflow_type!r} is not registered on worker "
+                        f"{self.identity}"
+                    )
+                rows = await self.store.get_history(claim.workflow_id, claim.run_id)
+                instance = WorkflowInstance(definition, workflow_id=claim.workflow_id,
+                                            run_id=claim.run_id, converter=self.converter)
+                instance.replay_for_query([decode_event(data) for _, _, data in rows])
+            answer = instance.query(claim.name, claim.args)
+        except Exception as exc:
+            await self.store.answer_query(claim.id, None, f"{type(exc).__name__}: {exc}")
+            return
+        await self.store.answer_query(claim.id, answer, None)
+
+
+def _make_timeout_decider(now: Callable[[], float]) -> Callable[[int, str, bytes | None], Any]:
+    def decider(seq: int, kind: str, last_failure: bytes | None) -> Any:
+        failure = _failure_decoder.decode(last_failure) if last_failure else None
+        return activity_timed_out_outcome(seq, kind, failure, now())
+
+    return decider

@@ -1,0 +1,239 @@
+"""The functions workflow code calls: activities, timers, time, randomness, info."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Generator, MutableMapping
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar, overload
+
+from perdure._retry import RetryPolicy
+from perdure.activity._definition import get_activity_definition
+from perdure.workflow import _context
+from perdure.workflow._instance import WorkflowInfo
+
+__all__ = [
+    "ActivityHandle",
+    "execute_activity",
+    "info",
+    "is_replaying",
+    "logger",
+    "now",
+    "random",
+    "set_signal_handler",
+    "sleep",
+    "start_activity",
+    "uuid4",
+    "wait_condition",
+]
+
+T = TypeVar("T")
+
+
+def _seconds(value: timedelta | float | None) -> float | None:
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds <= 0:
+        raise ValueError("timeouts must be positive")
+    return seconds
+
+
+class ActivityHandle(Generic[T]):
+    """A scheduled activity: await it for the result, or ``cancel()`` it.
+
+    Cancelling delivers ``asyncio.CancelledError`` to whoever awaits the handle
+    at once, and asks the worker running the activity to stop.
+    """
+
+    def __init__(self, task: asyncio.Task[T], seq: int) -> None:
+        self._task = task
+        self.activity_id = str(seq)
+
+    def cancel(self) -> bool:
+        """Request cancellation; returns False if the activity already finished."""
+        return self._task.cancel()
+
+    def done(self) -> bool:
+        """Whether the activity has a result, failure or cancellation."""
+        return self._task.done()
+
+    def result(self) -> T:
+        """The result of a finished activity (as ``asyncio.Future.result``)."""
+        return self._task.result()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._task.__await__()
+
+
+async def _await_activity(seq: int, future: asyncio.Future[T]) -> T:
+    try:
+        return await future
+    except asyncio.CancelledError:
+        _context.current().cancel_activity(seq)
+        raise
+
+
+@overload
+def start_activity(
+    activity: Callable[..., Any], *args: Any, result_type: type[T], **options: Any
+) -> ActivityHandle[T]: ...
+
+
+@overload
+def start_activity(activity: Callable[..., Any] | str, *args: Any, **options: Any) -> ActivityHandle[Any]: ...
+
+
+def start_activity(
+    activity: Callable[..., Any] | str,
+    *args: Any,
+    task_queue: str | None = None,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    schedule_to_start_timeout: timedelta | float | None = None,
+    heartbeat_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    result_type: Any = None,
+) -> ActivityHandle[Any]:
+    """Schedule an activity and return a handle at once (see :func:`execute_activity`)."""
+    instance = _context.current()
+    if isinstance(activity, str):
+        name, hint = activity, result_type
+    else:
+        definition = get_activity_definition(activity)
+        if definition is None:
+            from perdure._errors import UnknownActivityTypeError
+
+            raise UnknownActivityTypeError(
+                f"{getattr(activity, '__qualname__', activity)!r} is not an activity; "
+                "decorate it with @activity.defn"
+            )
+        name = definition.name
+        hint = result_type if result_type is not None else definition.return_hint
+    policy = retry_policy if retry_policy is not None else RetryPolicy()
+    seq, future = instance.schedule_activity(
+        name,
+        args,
+        task_queue=task_queue,
+        result_hint=hint if hint is not None else Any,
+        start_to_close_timeout=_seconds(start_to_close_timeout),
+        schedule_to_close_timeout=_seconds(schedule_to_close_timeout),
+        schedule_to_start_timeout=_seconds(schedule_to_start_timeout),
+        heartbeat_timeout=_seconds(heartbeat_timeout),
+        retry_policy=policy.to_dict(),
+    )
+    task = instance.loop.create_task(_await_activity(seq, future), name=f"activity:{name}:{seq}")
+    return ActivityHandle(task, seq)
+
+
+async def execute_activity(
+    activity: Callable[..., Any] | str,
+    *args: Any,
+    task_queue: str | None = None,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    schedule_to_start_timeout: timedelta | float | None = None,
+    heartbeat_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    result_type: Any = None,
+) -> Any:
+    """Run an activity (at least once, retried by ``retry_policy``) and return its result.
+
+    The result is decoded by the activity's return annotation (or ``result_type``).
+    A final failure raises :class:`ActivityError` whose ``__cause__`` is the
+    activity's own error or a :class:`TimeoutFailure`. ``task_queue`` defaults to
+    the workflow's own queue.
+    """
+    return await start_activity(
+        activity,
+        *args,
+        task_queue=task_queue,
+        start_to_close_timeout=start_to_close_timeout,
+        schedule_to_close_timeout=schedule_to_close_timeout,
+        schedule_to_start_timeout=schedule_to_start_timeout,
+        heartbeat_timeout=heartbeat_timeout,
+        retry_policy=retry_policy,
+        result_type=result_type,
+    )
+
+
+async def sleep(duration: timedelta | float) -> None:
+    """Wait on a durable timer; the same as ``asyncio.sleep`` inside a workflow."""
+    seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+    await asyncio.sleep(seconds)
+
+
+async def wait_condition(
+    fn: Callable[[], bool], *, timeout: timedelta | float | None = None
+) -> None:
+    """Wait until ``fn()`` is true (checked whenever the workflow is otherwise blocked).
+
+    With ``timeout``, raises ``TimeoutError`` when it passes first; the timeout is
+    a durable timer, so it holds across restarts and costs no process.
+    """
+    future = _context.current().wait_condition(fn)
+    if timeout is None:
+        await future
+        return
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
+    await asyncio.wait_for(future, seconds)
+
+
+def now() -> datetime:
+    """The workflow's current time (UTC): the time its current activation began."""
+    from datetime import UTC
+
+    return datetime.fromtimestamp(_context.current().now_timestamp, tz=UTC)
+
+
+def random() -> Any:
+    """A ``random.Random`` seeded from the run id: replay-safe randomness."""
+    return _context.current().random
+
+
+def uuid4() -> uuid.UUID:
+    """A replay-safe random UUID."""
+    return uuid.UUID(int=_context.current().random.getrandbits(128), version=4)
+
+
+def info() -> WorkflowInfo:
+    """Facts about the running workflow: ids, type, task queue, start time, history length."""
+    result = _context.current().info
+    assert result is not None
+    return result
+
+
+def is_replaying() -> bool:
+    """True while the runtime re-executes recorded history (side effects must stay silent)."""
+    return _context.current().replaying
+
+
+def set_signal_handler(name: str, handler: Callable[..., Any] | None) -> None:
+    """Register a signal handler at run time; signals that arrived earlier are delivered now."""
+    _context.current().set_signal_handler(name, handler)
+
+
+class _ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Drops records while replaying, and tags records with the workflow id."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        instance = _context.maybe_current()
+        if instance is not None and instance.replaying:
+            return False
+        return self.logger.isEnabledFor(level)
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        instance = _context.maybe_current()
+        if instance is not None:
+            extra = dict(kwargs.get("extra") or {})
+            extra.setdefault("workflow_id", instance.workflow_id)
+            extra.setdefault("run_id", instance.run_id)
+            kwargs["extra"] = extra
+            msg = f"[{instance.workflow_id}] {msg}"
+        return msg, kwargs
+
+
+logger = _ReplaySafeLogger(logging.getLogger("perdure.workflow.user"), {})
+"""A logger for workflow code that stays silent while history is replayed."""

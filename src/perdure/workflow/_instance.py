@@ -1,0 +1,617 @@
+"""One workflow run in memory: history in, commands out. No I/O.
+
+:class:`WorkflowInstance` is the pure replay core. The worker (or a client
+answering a query, or a replay check) feeds it events; it runs the workflow
+code on a :class:`WorkflowEventLoop` until every coroutine blocks, and returns
+the command events the code produced. :meth:`WorkflowInstance.replay` checks
+those commands against the recorded ones and raises
+:class:`NondeterminismError` on the first difference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import os
+import random
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from perdure._converter import PayloadConverter
+from perdure._errors import (
+    ActivityError,
+    NondeterminismError,
+    PayloadError,
+    QueryRejectedError,
+    TimeoutFailure,
+    UnknownHandlerError,
+)
+from perdure._failure import exception_from_failure, failure_from_exception
+from perdure.history import (
+    COMMAND_EVENT_TYPES,
+    ActivityCancelRequested,
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityScheduled,
+    ActivityTimedOut,
+    CancelRequested,
+    HistoryEvent,
+    MarkerRecorded,
+    SignalReceived,
+    TimerCanceled,
+    TimerFired,
+    TimerStarted,
+    WorkflowCanceled,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowStarted,
+    WorkflowTaskCompleted,
+    event_type_name,
+)
+from perdure.workflow import _context
+from perdure.workflow._definition import HandlerDefinition, WorkflowDefinition
+from perdure.workflow._loop import DurableTimerHandle, WorkflowEventLoop
+
+__all__ = ["Activation", "WorkflowInfo", "WorkflowInstance", "split_activations"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
+_log = logging.getLogger("perdure.workflow")
+
+
+@dataclasses.dataclass
+class WorkflowInfo:
+    """Facts about the running workflow, from ``workflow.info()``."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    start_time: datetime
+    execution_timeout: timedelta | None
+    history_length: int
+    """Events in history when the current activation began."""
+
+
+@dataclasses.dataclass
+class Activation:
+    """One recorded activation: inbound events, then the commands they caused."""
+
+    inbound: list[tuple[int, HistoryEvent]]
+    completed: tuple[int, WorkflowTaskCompleted] | None
+    commands: list[tuple[int, HistoryEvent]]
+
+
+def split_activations(
+    events: Sequence[HistoryEvent],
+) -> tuple[list[Activation], list[tuple[int, HistoryEvent]]]:
+    """Split a history into recorded activations, plus the unprocessed inbound tail.
+
+    Events appended by the engine without a workflow task (WorkflowTerminated,
+    WorkflowTimedOut) close the history and are not part of any activation.
+    """
+    activations: list[Activation] = []
+    inbound: list[tuple[int, HistoryEvent]] = []
+    current: Activation | None = None
+    for index, event in enumerate(events):
+        seq = index + 1
+        if isinstance(event, WorkflowTaskCompleted):
+            current = Activation(inbound=inbound, completed=(seq, event), commands=[])
+            activations.append(current)
+            inbound = []
+        elif isinstance(event, COMMAND_EVENT_TYPES):
+            if current is None:
+                raise NondeterminismError(
+                    f"history event {seq} ({event_type_name(event)}) is a command with no "
+                    "WorkflowTaskCompleted before it; the history is corrupt"
+                )
+            current.commands.append((seq, event))
+        elif event_type_name(event) in ("WorkflowTerminated", "WorkflowTimedOut"):
+            continue
+        else:
+            current = None
+            inbound.append((seq, event))
+    return activations, inbound
+
+
+@dataclasses.dataclass
+class _PendingActivity:
+    future: asyncio.Future[Any]
+    activity_type: str
+    result_hint: Any
+
+
+def _describe(event: HistoryEvent) -> str:
+    name = event_type_name(event)
+    if isinstance(event, ActivityScheduled):
+        return f"{name}(seq={event.seq}, activity_type={event.activity_type!r})"
+    if isinstance(event, TimerStarted):
+        return f"{name}(seq={event.seq}, duration={event.duration:g}s)"
+    if isinstance(event, MarkerRecorded):
+        return f"{name}(seq={event.seq}, name={event.name!r})"
+    seq = getattr(event, "seq", None)
+    return f"{name}(seq={seq})" if seq is not None else f"{name}()"
+
+
+def _same_command(recorded: HistoryEvent, produced: HistoryEvent) -> bool:
+    if type(recorded) is not type(produced):
+        return False
+    if isinstance(recorded, ActivityScheduled):
+        assert isinstance(produced, ActivityScheduled)
+        return recorded.seq == produced.seq and recorded.activity_type == produced.activity_type
+    if isinstance(recorded, MarkerRecorded):
+        assert isinstance(produced, MarkerRecorded)
+        return recorded.seq == produced.seq and recorded.name == produced.name
+    return getattr(recorded, "seq", None) == getattr(produced, "seq", None)
+
+
+def _caller_location() -> str:
+    frame = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith((_PACKAGE_DIR, _ASYNCIO_DIR)) and "<frozen" not in filename:
+            return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return "<unknown location>"
+
+
+class _EvictWorkflow(BaseException):
+    """Internal: stops an activation; never caught by ``except Exception``."""
+
+
+class WorkflowInstance:
+    """A workflow run in memory, advanced one activation at a time."""
+
+    def __init__(
+        self,
+        definition: WorkflowDefinition,
+        *,
+        workflow_id: str,
+        run_id: str,
+        converter: PayloadConverter | None = None,
+    ) -> None:
+        self.definition = definition
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.converter = converter or PayloadConverter()
+        self.loop = WorkflowEventLoop(self)
+        self.random = random.Random(int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8]))
+        self.now_timestamp = 0.0
+        self.replaying = False
+        self.history_length = 0
+        """Events of this run's history that this instance has consumed."""
+        self.completed = False
+        self.info: WorkflowInfo | None = None
+        self.task_queue = ""
+        self.workflow_object: Any = None
+        self._seq = 0
+        self._commands: list[HistoryEvent] = []
+        self._locations: list[str] = []
+        self._activities: dict[int, _PendingActivity] = {}
+        self._timers: dict[int, DurableTimerHandle] = {}
+        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._signal_handlers: dict[str, Callable[..., Any]] = {}
+        self._buffered_signals: dict[str, list[bytes]] = {}
+        self._main: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
+        self._task_failure: BaseException | None = None
+        self._workflow_failure: BaseException | None = None
+        self._capture_locations = False
+
+    # ------------------------------------------------------------------ driving
+    def replay(self, events: Sequence[HistoryEvent]) -> list[tuple[int, HistoryEvent]]:
+        """Replay a recorded history, checking every command; return the inbound tail.
+
+        Raises :class:`NondeterminismError` naming the first recorded event that
+        the code no longer reproduces, and the command it produced instead.
+        """
+        activations, tail = split_activations(events)
+        for activation in activations:
+            assert activation.completed is not None
+            wtc_seq, wtc = activation.completed
+            self._capture_locations = True
+            try:
+                produced = self.activate(
+                    [e for _, e in activation.inbound], wtc.time, replaying=True
+                )
+            finally:
+                self._capture_locations = False
+            self._check(activation, produced)
+            self.history_length = activation.commands[-1][0] if activation.commands else wtc_seq
+        self.replaying = False
+        return tail
+
+    def replay_for_query(self, events: Sequence[HistoryEvent]) -> None:
+        """Replay, then run any unprocessed inbound tail (a run whose first task is
+        still pending answers from its initial state). The instance is throwaway."""
+        tail = self.replay(events)
+        if tail:
+            started = tail[0][1]
+            now = started.started_at if isinstance(started, WorkflowStarted) else self.now_timestamp
+            self.activate([e for _, e in tail], now, replaying=True)
+
+    def _check(self, activation: Activation, produced: list[HistoryEvent]) -> None:
+        recorded = activation.commands
+        locations = self._locations
+        for index in range(max(len(recorded), len(produced))):
+            rec = recorded[index] if index < len(recorded) else None
+            got = produced[index] if index < len(produced) else None
+            if rec is not None and got is not None and _same_command(rec[1], got):
+                continue
+            where = locations[index] if got is not None and index < len(locations) else ""
+            head = (
+                f"workflow {self.definition.name!r} (id {self.workflow_id!r}, run "
+                f"{self.run_id}) is not deterministic"
+            )
+            if rec is not None:
+                head += f" at history event {rec[0]}"
+            lines = [head + ":"]
+            lines.append(
+                f"  recorded: {_describe(rec[1])}" if rec is not None
+                else "  recorded: nothing (history has no further command here)"
+            )
+            lines.append(
+                f"  produced: {_describe(got)} at {where}" if got is not None
+                else "  produced: nothing (the code no longer issues this command)"
+            )
+            lines.append(
+                "The workflow code changed in a way that changes its commands for an existing "
+                "history. Restore the old behaviour for runs already in flight, or start new "
+                "runs for the new code."
+            )
+            raise NondeterminismError("\n".join(lines))
+
+    def activate(
+        self, inbound: Sequence[HistoryEvent], now: float, *, replaying: bool = False
+    ) -> list[HistoryEvent]:
+        """Apply inbound events, run the workflow until it blocks, return its commands.
+
+        Raises for a *task* failure (non-determinism, an unknown signal payload
+        that cannot be decoded, an internal error); a workflow that fails ends
+        with a WorkflowFailed command instead.
+        """
+        self.replaying = replaying
+        if now > self.now_timestamp:
+            self.now_timestamp = now
+        self._commands = []
+        self._locations = []
+        if self.info is not None:
+            self.info.history_length = self.history_length
+        previous_loop = asyncio._get_running_loop()
+        asyncio._set_running_loop(self.loop)
+        previous_instance = _context.set_current(self)
+        self.loop._running = True
+        try:
+            for event in inbound:
+                self._apply(event)
+            self._run_until_blocked()
+        finally:
+            self.loop._running = False
+            _context.set_current(previous_instance)
+            asyncio._set_running_loop(previous_loop)
+        if self._task_failure is not None:
+            failure, self._task_failure = self._task_failure, None
+            raise failure
+        return self._commands
+
+    def _run_until_blocked(self) -> None:
+        loop = self.loop
+        while True:
+            loop.step()
+            if self.completed:
+                return
+            if not self._check_conditions():
+                return
+
+    def _check_conditions(self) -> bool:
+        progressed = False
+        for fn, future in list(self._conditions):
+            if future.done():
+                self._conditions.remove((fn, future))
+                continue
+            if fn():
+                future.set_result(None)
+                self._conditions.remove((fn, future))
+                progressed = True
+        return progressed
+
+    # ------------------------------------------------------------------ inbound
+    def _apply(self, event: HistoryEvent) -> None:
+        if isinstance(event, WorkflowStarted):
+            self._start(event)
+        elif isinstance(event, ActivityCompleted):
+            pending = self._activities.pop(event.seq, None)
+            if pending is not None and not pending.future.done():
+                try:
+                    value = self.converter.decode(
+                        event.result, pending.result_hint,
+                        what=f"result of activity {pending.activity_type!r}",
+                    )
+                except PayloadError as exc:
+                    pending.future.set_exception(exc)
+                else:
+                    pending.future.set_result(value)
+        elif isinstance(event, ActivityFailed | ActivityTimedOut):
+            pending = self._activities.pop(event.seq, None)
+            if pending is not None and not pending.future.done():
+                pending.future.set_exception(self._activity_error(event, pending))
+        elif isinstance(event, TimerFired):
+            handle = self._timers.pop(event.seq, None)
+            if handle is not None and not handle.cancelled():
+                self.loop.make_ready(handle)
+        elif isinstance(event, SignalReceived):
+            self._deliver_signal(event.name, bytes(event.args))
+        elif isinstance(event, CancelRequested):
+            self._cancel_requested = True
+            if self._main is not None and not self._main.done():
+                self._main.cancel(event.reason or None)
+
+    def _activity_error(
+        self, event: ActivityFailed | ActivityTimedOut, pending: _PendingActivity
+    ) -> ActivityError:
+        error = ActivityError(
+            f"activity {pending.activity_type!r} (id {event.seq}) "
+            + ("failed" if isinstance(event, ActivityFailed) else f"timed out ({event.timeout_type})")
+            + f" after {event.attempt} attempt(s)",
+            activity_type=pending.activity_type,
+            activity_id=str(event.seq),
+            attempt=event.attempt,
+        )
+        if isinstance(event, ActivityFailed):
+            error.__cause__ = exception_from_failure(event.failure)
+        else:
+            timeout = TimeoutFailure(
+                f"activity {event.timeout_type} timeout", timeout_type=event.timeout_type
+            )
+            if event.last_failure is not None:
+                timeout.__cause__ = exception_from_failure(event.last_failure)
+            error.__cause__ = timeout
+        return error
+
+    def _start(self, event: WorkflowStarted) -> None:
+        self.task_queue = event.task_queue
+        self.info = WorkflowInfo(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            workflow_type=event.workflow_type,
+            task_queue=event.task_queue,
+            start_time=datetime.fromtimestamp(event.started_at, tz=UTC),
+            execution_timeout=(
+                timedelta(seconds=event.execution_timeout) if event.execution_timeout else None
+            ),
+            history_length=self.history_length,
+        )
+        definition = self.definition
+        args = self.converter.decode_args(
+            bytes(event.input), definition.run_parameter_hints,
+            what=f"workflow {definition.name!r}",
+        )
+        self.workflow_object = definition.cls()
+        for name, handler in definition.signals.items():
+            self._signal_handlers[name] = handler.method.__get__(self.workflow_object)
+        run = definition.run_method.__get__(self.workflow_object)
+        self._main = self.loop.create_task(run(*args), name=f"workflow:{definition.name}")
+        self._main.add_done_callback(self._on_main_done)
+
+    def _deliver_signal(self, name: str, args: bytes) -> None:
+        handler = self._signal_handlers.get(name)
+        if handler is None:
+            self._buffered_signals.setdefault(name, []).append(args)
+            return
+        definition = self.definition.signals.get(name)
+        hints = definition.parameter_hints if definition else _hints_of(handler)
+        try:
+            values = self.converter.decode_args(args, hints, what=f"signal {name!r}")
+        except PayloadError as exc:
+            _log.warning("dropping signal %r for workflow %s: %s", name, self.workflow_id, exc)
+            return
+        if asyncio.iscoroutinefunction(handler):
+            task = self.loop.create_task(handler(*values), name=f"signal:{name}")
+            task.add_done_callback(self._on_handler_done)
+            return
+        try:
+            handler(*values)
+        except _EvictWorkflow:
+            raise
+        except Exception as exc:
+            self._fail_from_handler(exc)
+
+    def _on_handler_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._fail_from_handler(exc)
+
+    def _fail_from_handler(self, exc: BaseException) -> None:
+        if isinstance(exc, NondeterminismError):
+            self._task_failure = exc
+            return
+        if not self.completed:
+            self._complete(WorkflowFailed(failure=failure_from_exception(exc)))
+
+    def set_signal_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
+        """Register (or remove) a handler at run time; buffered signals are delivered."""
+        if handler is None:
+            self._signal_handlers.pop(name, None)
+            return
+        self._signal_handlers[name] = handler
+        for args in self._buffered_signals.pop(name, []):
+            self._deliver_signal(name, args)
+
+    # ------------------------------------------------------------------ outcome
+    def _on_main_done(self, task: asyncio.Task[Any]) -> None:
+        if self.completed:
+            return
+        if task.cancelled():
+            if self._cancel_requested:
+                self._complete(WorkflowCanceled())
+            else:
+                self._complete(
+                    WorkflowFailed(
+                        failure=failure_from_exception(
+                            asyncio.CancelledError("workflow run task was cancelled")
+                        )
+                    )
+                )
+            return
+        exc = task.exception()
+        if exc is None:
+            try:
+                result = self.converter.encode(
+                    task.result(), what=f"result of workflow {self.definition.name!r}"
+                )
+            except PayloadError as error:
+                self._complete(WorkflowFailed(failure=failure_from_exception(error)))
+                return
+            self._complete(WorkflowCompleted(result=msgspec.Raw(result)))
+        elif isinstance(exc, NondeterminismError):
+            self._task_failure = exc
+        elif isinstance(exc, asyncio.CancelledError) and self._cancel_requested:
+            self._complete(WorkflowCanceled())
+        else:
+            self._complete(WorkflowFailed(failure=failure_from_exception(exc)))
+
+    def _complete(self, command: HistoryEvent) -> None:
+        self._emit(command)
+        self.completed = True
+        if self._buffered_signals and not self.replaying:
+            _log.warning(
+                "workflow %s ended with unhandled signals: %s",
+                self.workflow_id, ", ".join(sorted(self._buffered_signals)),
+            )
+
+    def report_loop_exception(self, context: dict[str, Any]) -> None:
+        """An exception nobody retrieved inside the workflow (logged outside replay)."""
+        exc = context.get("exception")
+        if isinstance(exc, NondeterminismError):
+            self._task_failure = exc
+        elif not self.replaying:
+            _log.error("workflow %s: %s", self.workflow_id, context.get("message"), exc_info=exc)
+
+    # ------------------------------------------------------------------ commands
+    def _emit(self, command: HistoryEvent) -> None:
+        self._commands.append(command)
+        if self._capture_locations:
+            self._locations.append(_caller_location())
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def schedule_activity(
+        self,
+        activity_type: str,
+        args: Sequence[Any],
+        *,
+        task_queue: str | None,
+        result_hint: Any,
+        start_to_close_timeout: float | None,
+        schedule_to_close_timeout: float | None,
+        schedule_to_start_timeout: float | None,
+        heartbeat_timeout: float | None,
+        retry_policy: dict[str, Any] | None,
+    ) -> tuple[int, asyncio.Future[Any]]:
+        """Emit ActivityScheduled; the future resolves with its outcome."""
+        data = self.converter.encode_args(args, what=f"activity {activity_type!r}")
+        seq = self.next_seq()
+        future = self.loop.create_future()
+        self._activities[seq] = _PendingActivity(future, activity_type, result_hint)
+        self._emit(
+            ActivityScheduled(
+                seq=seq,
+                activity_type=activity_type,
+                task_queue=task_queue or self.task_queue,
+                input=msgspec.Raw(data),
+                activity_id=str(seq),
+                start_to_close_timeout=start_to_close_timeout,
+                schedule_to_close_timeout=schedule_to_close_timeout,
+                schedule_to_start_timeout=schedule_to_start_timeout,
+                heartbeat_timeout=heartbeat_timeout,
+                retry_policy=retry_policy,
+            )
+        )
+        return seq, future
+
+    def cancel_activity(self, seq: int) -> None:
+        """Request cancellation of a pending activity (its future is already cancelled)."""
+        if self._activities.pop(seq, None) is not None and not self.completed:
+            self._emit(ActivityCancelRequested(seq=seq))
+
+    def start_timer(
+        self,
+        delay: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        context: Any,
+    ) -> DurableTimerHandle:
+        seq = self.next_seq()
+        when = self.now_timestamp + delay
+        handle = DurableTimerHandle(seq, when, callback, args, self.loop, context)
+        self._timers[seq] = handle
+        self._emit(TimerStarted(seq=seq, duration=delay, fire_at=when))
+        return handle
+
+    def cancel_timer(self, handle: DurableTimerHandle) -> None:
+        if self._timers.pop(handle.seq, None) is None or self.completed:
+            return
+        # a timer started and cancelled in the same activation leaves no trace
+        for index, command in enumerate(self._commands):
+            if isinstance(command, TimerStarted) and command.seq == handle.seq:
+                del self._commands[index]
+                if self._capture_locations and index < len(self._locations):
+                    del self._locations[index]
+                return
+        self._emit(TimerCanceled(seq=handle.seq))
+
+    def wait_condition(self, fn: Callable[[], bool]) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self.loop.create_future()
+        if fn():
+            future.set_result(None)
+        else:
+            self._conditions.append((fn, future))
+        return future
+
+    # ------------------------------------------------------------------ queries
+    def query(self, name: str, args: bytes) -> bytes:
+        """Answer a query from current state; the handler must not issue commands."""
+        handler = self.definition.queries.get(name)
+        if handler is None:
+            raise UnknownHandlerError(
+                f"workflow {self.definition.name!r} defines no query {name!r}; it defines: "
+                f"{', '.join(sorted(self.definition.queries)) or 'no queries'}"
+            )
+        if self.workflow_object is None:
+            raise QueryRejectedError(
+                f"workflow {self.workflow_id!r} has not started running yet; query again shortly"
+            )
+        return self._run_query(handler, args)
+
+    def _run_query(self, handler: HandlerDefinition, args: bytes) -> bytes:
+        values = self.converter.decode_args(args, handler.parameter_hints,
+                                            what=f"query {handler.name!r}")
+        before = len(self._commands)
+        previous_loop = asyncio._get_running_loop()
+        asyncio._set_running_loop(self.loop)
+        previous_instance = _context.set_current(self)
+        try:
+            result = handler.method(self.workflow_object, *values)
+        except Exception as exc:
+            raise QueryRejectedError(f"query {handler.name!r} raised {exc!r}") from exc
+        finally:
+            _context.set_current(previous_instance)
+            asyncio._set_running_loop(previous_loop)
+            del self._commands[before:]
+        return self.converter.encode(result, what=f"result of query {handler.name!r}")
+
+
+def _hints_of(fn: Callable[..., Any]) -> list[Any]:
+    from perdure._converter import parameter_hints
+
+    return parameter_hints(fn)
