@@ -20,6 +20,7 @@ from perdure.history import Failure
 __all__ = ["exception_from_failure", "failure_from_exception"]
 
 _MAX_DEPTH = 20
+_NO_DETAILS = Failure(type="", message="").details
 
 
 def _type_name(exc: BaseException) -> str:
@@ -68,7 +69,9 @@ def failure_from_exception(exc: BaseException, *, depth: int = 0) -> Failure:
     if isinstance(exc, TerminatedFailure):
         return Failure(type="TerminatedFailure", message=exc.message, kind="terminated")
     if isinstance(exc, FailureError):
-        details = None
+        # the field's own default object: omit_defaults drops it by identity, while
+        # another empty Raw would be encoded as `"details":` (invalid JSON)
+        details = _NO_DETAILS
         if exc.details:
             try:
                 details = msgspec.Raw(msgspec.json.encode(list(exc.details)))
@@ -107,7 +110,7 @@ def exception_from_failure(failure: Failure) -> FailureError:
         exc = TerminatedFailure(failure.message)
     else:
         details: tuple[object, ...] = ()
-        if failure.details is not None:
+        if failure.details:
             details = tuple(msgspec.json.decode(failure.details))
         exc = ApplicationError(
             failure.message,

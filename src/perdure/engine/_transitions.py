@@ -184,6 +184,8 @@ def activity_timed_out_outcome(
     def decide(state: ActivityAttempt) -> ActivityOutcome:
         if timeout_type in RETRYABLE_TIMEOUTS:
             retry_at = _retry_at(state, None, now)
+            if retry_at is not None and timeout_type == "worker_lost":
+                retry_at = now  # not the activity's fault: no back-off, but it uses an attempt
             if retry_at is not None:
                 note = Failure(
                     type="TimeoutFailure", message=f"activity {timeout_type} timeout",

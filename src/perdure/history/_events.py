@@ -58,7 +58,8 @@ class Failure(msgspec.Struct, omit_defaults=True):
     kind: str = "application"
     """application | activity | timeout | cancelled | terminated"""
     non_retryable: bool = False
-    details: Raw | None = None
+    details: Raw = msgspec.Raw(b"")
+    """JSON array of the error's details; empty if none (msgspec cannot decode ``Raw | None``)."""
     cause: Failure | None = None
     attributes: dict[str, Any] | None = None
     """Kind-specific fields: activity_type, activity_id, attempt, timeout_type."""

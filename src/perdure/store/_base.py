@@ -207,10 +207,13 @@ class WorkflowStore:
     async def answer_query(self, query_id: int, answer: bytes | None, error: str | None) -> None:
         raise NotImplementedError
 
-    async def next_due_time(self) -> float | None:
-        """The earliest time at which anything becomes due (timers, retries, timeouts)."""
+    async def next_due_time(self, task_queues: Sequence[str] | None = None) -> float | None:
+        """The earliest time at which anything becomes due (timers, retries, timeouts).
+
+        With ``task_queues``, unclaimed tasks count only on those queues.
+        """
         raise NotImplementedError
 
-    async def count_ready_tasks(self) -> int:
-        """Workflow and activity tasks that a worker could claim now."""
+    async def count_ready_tasks(self, task_queues: Sequence[str] | None = None) -> int:
+        """Workflow and activity tasks that a worker could claim now (on ``task_queues``)."""
         raise NotImplementedError

@@ -132,10 +132,10 @@ class _WriterThread:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            for op, future, loop, notifier in batch:
+            for _op, future, loop, notifier in batch:
                 loop.call_soon_threadsafe(_resolve, [(future, None, exc, set())], notifier)
             return
-        for op, future, loop, notifier in batch:
+        for op, future, _loop, _notifier in batch:
             notes: set[str] = set()
             conn.execute("SAVEPOINT op")
             try:
@@ -149,17 +149,19 @@ class _WriterThread:
                 results.append((future, value, None, notes))
         try:
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except sqlite3.Error as commit_error:
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            results = [(f, None, exc, set()) for f, _, _, _ in results]
+            results = [(f, None, commit_error, set()) for f, _, _, _ in results]
         self.commits += 1
         self.operations += len(batch)
         by_loop: dict[Any, list[Any]] = {}
-        for (future, value, exc, notes), (_, _, loop, notifier) in zip(results, batch, strict=True):
-            by_loop.setdefault((loop, notifier), []).append((future, value, exc, notes))
+        for (future, value, error, notes), (_, _, loop, notifier) in zip(
+            results, batch, strict=True
+        ):
+            by_loop.setdefault((loop, notifier), []).append((future, value, error, notes))
         for (loop, notifier), items in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_resolve, items, notifier)
@@ -1064,29 +1066,42 @@ class SqliteStore(WorkflowStore):
         await self._run(op)
 
     # ---------------------------------------------------------------- time skipping
-    async def next_due_time(self) -> float | None:
+    async def next_due_time(self, task_queues: Sequence[str] | None = None) -> float | None:
+        queues = "" if task_queues is None else (
+            f" AND task_queue IN ({','.join('?' * len(task_queues))})")
+        params = [] if task_queues is None else [*task_queues, *task_queues]
+
         def op(conn: sqlite3.Connection, notes: set[str]) -> float | None:
             row = conn.execute(
                 "SELECT min(t) FROM ("
                 "SELECT min(fire_at) AS t FROM timers "
                 "UNION ALL SELECT min(deadline) FROM activity_tasks "
-                "UNION ALL SELECT min(visible_at) FROM activity_tasks WHERE lease_owner IS NULL "
-                "UNION ALL SELECT min(visible_at) FROM workflow_tasks WHERE lease_owner IS NULL)"
+                "UNION ALL SELECT min(visible_at) FROM activity_tasks WHERE lease_owner IS NULL"
+                f"{queues} "
+                "UNION ALL SELECT min(visible_at) FROM workflow_tasks WHERE lease_owner IS NULL"
+                f"{queues})",
+                params,
             ).fetchone()
             return float(row[0]) if row and row[0] is not None else None
 
         return await self._run(op)
 
-    async def count_ready_tasks(self) -> int:
+    async def count_ready_tasks(self, task_queues: Sequence[str] | None = None) -> int:
+        queues = "" if task_queues is None else (
+            f" AND task_queue IN ({','.join('?' * len(task_queues))})")
+        params = [] if task_queues is None else list(task_queues)
+
         def op(conn: sqlite3.Connection, notes: set[str]) -> int:
             now = self.clock.now()
             wf = conn.execute(
                 "SELECT count(*) FROM workflow_tasks WHERE visible_at <= ? AND "
-                "(lease_owner IS NULL OR lease_expires_at < ?)", (now, time.time()),
+                f"(lease_owner IS NULL OR lease_expires_at < ?){queues}",
+                (now, time.time(), *params),
             ).fetchone()[0]
             act = conn.execute(
-                "SELECT count(*) FROM activity_tasks WHERE lease_owner IS NULL AND visible_at <= ?",
-                (now,),
+                "SELECT count(*) FROM activity_tasks WHERE lease_owner IS NULL AND visible_at <= ?"
+                f"{queues}",
+                (now, *params),
             ).fetchone()[0]
             return int(wf) + int(act)
 

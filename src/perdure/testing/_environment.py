@@ -75,13 +75,18 @@ class WorkflowEnvironment:
         else:
             await asyncio.sleep(seconds)
 
+    def _served_queues(self) -> list[str]:
+        # tasks on queues that no worker here serves must not stop time skipping
+        running = [w for w in self._workers if w._started and not w._stopping.is_set()]
+        return sorted({q for w in running for q in w.task_queues})
+
     async def _idle(self) -> bool:
         store = self.client.store
         for _ in range(3):
             version = store.notifier.version
             if not all(w.is_idle() for w in self._workers):
                 return False
-            if await store.count_ready_tasks() > 0:
+            if await store.count_ready_tasks(self._served_queues()) > 0:
                 return False
             await asyncio.sleep(0.002)
             if store.notifier.version != version:
@@ -97,7 +102,7 @@ class WorkflowEnvironment:
             try:
                 if not await self._idle():
                     continue
-                due = await store.next_due_time()
+                due = await store.next_due_time(self._served_queues())
             except Exception:
                 continue
             if due is not None and due > clock.now():

@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import Callable, Generator, MutableMapping
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 
 from perdure._retry import RetryPolicy
 from perdure.activity._definition import get_activity_definition
@@ -76,16 +76,6 @@ async def _await_activity(seq: int, future: asyncio.Future[T]) -> T:
         raise
 
 
-@overload
-def start_activity(
-    activity: Callable[..., Any], *args: Any, result_type: type[T], **options: Any
-) -> ActivityHandle[T]: ...
-
-
-@overload
-def start_activity(activity: Callable[..., Any] | str, *args: Any, **options: Any) -> ActivityHandle[Any]: ...
-
-
 def start_activity(
     activity: Callable[..., Any] | str,
     *args: Any,
@@ -125,6 +115,13 @@ def start_activity(
         retry_policy=policy.to_dict(),
     )
     task = instance.loop.create_task(_await_activity(seq, future), name=f"activity:{name}:{seq}")
+
+    def on_done(task: asyncio.Task[Any]) -> None:
+        # a task cancelled before its first step never ran _await_activity's except
+        if task.cancelled():
+            instance.cancel_activity(seq)
+
+    task.add_done_callback(on_done)
     return ActivityHandle(task, seq)
 
 
@@ -222,7 +219,7 @@ class _ReplaySafeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         instance = _context.maybe_current()
         if instance is not None and instance.replaying:
             return False
-        return self.logger.isEnabledFor(level)
+        return bool(self.logger.isEnabledFor(level))
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         instance = _context.maybe_current()

@@ -63,6 +63,7 @@ __all__ = ["Activation", "WorkflowInfo", "WorkflowInstance", "split_activations"
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
 _log = logging.getLogger("perdure.workflow")
+_LOOP_STEP_CODE = WorkflowEventLoop.step.__code__
 
 
 @dataclasses.dataclass
@@ -151,13 +152,30 @@ def _same_command(recorded: HistoryEvent, produced: HistoryEvent) -> bool:
     return getattr(recorded, "seq", None) == getattr(produced, "seq", None)
 
 
-def _caller_location() -> str:
+def _is_workflow_code(filename: str) -> bool:
+    return not filename.startswith((_PACKAGE_DIR, _ASYNCIO_DIR)) and "<frozen" not in filename
+
+
+def _caller_location(instance: WorkflowInstance) -> str:
     frame = sys._getframe(2)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith((_PACKAGE_DIR, _ASYNCIO_DIR)) and "<frozen" not in filename:
-            return f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        code = frame.f_code
+        if code is _LOOP_STEP_CODE:
+            break  # below this frame is whoever drives the loop, not workflow code
+        if _is_workflow_code(code.co_filename):
+            return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
         frame = frame.f_back  # type: ignore[assignment]
+    # A task that asyncio made around a perdure coroutine (gather, ensure_future):
+    # the workflow line is where that coroutine was created.
+    task = asyncio.current_task(instance.loop)
+    origin = getattr(task.get_coro(), "cr_origin", None) if task is not None else None
+    for filename, lineno, name in origin or ():
+        if _is_workflow_code(filename):
+            return f"{filename}:{lineno} in {name}"
+    # A callback: the run method returned (or raised).
+    run = getattr(instance.definition.run_method, "__code__", None)
+    if run is not None:
+        return f"{run.co_filename}:{run.co_firstlineno} in {run.co_name}"
     return "<unknown location>"
 
 
@@ -180,7 +198,7 @@ class WorkflowInstance:
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.converter = converter or PayloadConverter()
-        self.loop = WorkflowEventLoop(self)
+        self.loop = WorkflowEventLoop(self)  # type: ignore[abstract]
         self.random = random.Random(int.from_bytes(hashlib.sha256(run_id.encode()).digest()[:8]))
         self.now_timestamp = 0.0
         self.replaying = False
@@ -203,6 +221,7 @@ class WorkflowInstance:
         self._task_failure: BaseException | None = None
         self._workflow_failure: BaseException | None = None
         self._capture_locations = False
+        self._in_query = False
 
     # ------------------------------------------------------------------ driving
     def replay(self, events: Sequence[HistoryEvent]) -> list[tuple[int, HistoryEvent]]:
@@ -216,12 +235,17 @@ class WorkflowInstance:
             assert activation.completed is not None
             wtc_seq, wtc = activation.completed
             self._capture_locations = True
+            # lets a mismatch name the workflow line that created a coroutine
+            # which asyncio wrapped in a task (gather, ensure_future)
+            tracking = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(max(tracking, 8))
             try:
                 produced = self.activate(
                     [e for _, e in activation.inbound], wtc.time, replaying=True
                 )
             finally:
                 self._capture_locations = False
+                sys.set_coroutine_origin_tracking_depth(tracking)
             self._check(activation, produced)
             self.history_length = activation.commands[-1][0] if activation.commands else wtc_seq
         self.replaying = False
@@ -251,6 +275,9 @@ class WorkflowInstance:
             )
             if rec is not None:
                 head += f" at history event {rec[0]}"
+            elif activation.completed is not None:
+                last = recorded[-1][0] if recorded else activation.completed[0]
+                head += f" after history event {last}"
             lines = [head + ":"]
             lines.append(
                 f"  recorded: {_describe(rec[1])}" if rec is not None
@@ -290,6 +317,10 @@ class WorkflowInstance:
         try:
             for event in inbound:
                 self._apply(event)
+                if self._conditions:
+                    # a signal that made a condition true wins over a timeout
+                    # recorded after it in the same activation
+                    self._check_conditions()
             self._run_until_blocked()
         finally:
             self.loop._running = False
@@ -490,6 +521,8 @@ class WorkflowInstance:
     def report_loop_exception(self, context: dict[str, Any]) -> None:
         """An exception nobody retrieved inside the workflow (logged outside replay)."""
         exc = context.get("exception")
+        if str(context.get("message", "")).startswith("Task was destroyed"):
+            return  # an evicted (or finished) instance dropped its pending coroutines
         if isinstance(exc, NondeterminismError):
             self._task_failure = exc
         elif not self.replaying:
@@ -499,9 +532,12 @@ class WorkflowInstance:
     def _emit(self, command: HistoryEvent) -> None:
         self._commands.append(command)
         if self._capture_locations:
-            self._locations.append(_caller_location())
+            self._locations.append(_caller_location(self))
 
     def next_seq(self) -> int:
+        if self._in_query:
+            # a command from a query would shift every later seq: the run would diverge
+            raise QueryRejectedError("query handlers must not start activities or timers")
         self._seq += 1
         return self._seq
 
@@ -600,11 +636,13 @@ class WorkflowInstance:
         previous_loop = asyncio._get_running_loop()
         asyncio._set_running_loop(self.loop)
         previous_instance = _context.set_current(self)
+        self._in_query = True
         try:
             result = handler.method(self.workflow_object, *values)
         except Exception as exc:
             raise QueryRejectedError(f"query {handler.name!r} raised {exc!r}") from exc
         finally:
+            self._in_query = False
             _context.set_current(previous_instance)
             asyncio._set_running_loop(previous_loop)
             del self._commands[before:]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,29 @@ class DurableTimerHandle(asyncio.TimerHandle):
         super().cancel()
 
 
-class WorkflowEventLoop(asyncio.AbstractEventLoop):
+class _WorkflowFuture(asyncio.Future):  # type: ignore[type-arg]
+    """A future whose hash is its creation order: sets of futures (``asyncio.wait``
+    returns sets) then iterate in the same order on every replay, not by address."""
+
+    _perdure_hash = 0
+
+    def __hash__(self) -> int:
+        return self._perdure_hash
+
+
+class _WorkflowTask(asyncio.Task):  # type: ignore[type-arg]
+    """A task whose hash is its creation order (see :class:`_WorkflowFuture`)."""
+
+    def __init__(self, coro: Any, *, loop: WorkflowEventLoop, name: str | None,
+                 context: contextvars.Context | None, perdure_hash: int) -> None:
+        self._perdure_hash = perdure_hash  # before asyncio hashes it into its task set
+        super().__init__(coro, loop=loop, name=name, context=context)
+
+    def __hash__(self) -> int:
+        return self._perdure_hash
+
+
+class WorkflowEventLoop(asyncio.AbstractEventLoop):  # type: ignore[misc]
     """A deterministic, single-activation-at-a-time event loop."""
 
     def __init__(self, instance: WorkflowInstance) -> None:
@@ -51,9 +74,13 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self._running = False
         self.unhandled: list[dict[str, Any]] = []
+        self._created = 0
+        # distinct between runs (few collisions in asyncio's global task set),
+        # equal on every replay of one run
+        self._hash_salt = zlib.crc32(instance.run_id.encode())
 
     # -- scheduling ---------------------------------------------------------
-    def call_soon(
+    def call_soon(  # type: ignore[override]
         self,
         callback: Callable[..., object],
         *args: Any,
@@ -63,7 +90,7 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         self._ready.append(handle)
         return handle
 
-    def call_soon_threadsafe(
+    def call_soon_threadsafe(  # type: ignore[override]
         self,
         callback: Callable[..., object],
         *args: Any,
@@ -71,7 +98,7 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
     ) -> asyncio.Handle:
         raise RuntimeError("workflow code cannot use threads; use activities for blocking work")
 
-    def call_later(
+    def call_later(  # type: ignore[override]
         self,
         delay: float,
         callback: Callable[..., object],
@@ -84,7 +111,7 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
             return handle
         return self.instance.start_timer(delay, callback, args, context)
 
-    def call_at(
+    def call_at(  # type: ignore[override]
         self,
         when: float,
         callback: Callable[..., object],
@@ -101,8 +128,14 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         self._ready.append(handle)
 
     # -- futures and tasks ----------------------------------------------------
+    def _next_hash(self) -> int:
+        self._created += 1
+        return hash((self._hash_salt, self._created))
+
     def create_future(self) -> asyncio.Future[Any]:
-        return asyncio.Future(loop=self)
+        future = _WorkflowFuture(loop=self)
+        future._perdure_hash = self._next_hash()
+        return future
 
     def create_task(  # type: ignore[override]
         self,
@@ -111,7 +144,12 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):
         name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[Any]:
-        return asyncio.Task(coro, loop=self, name=name, context=context)
+        task = _WorkflowTask(coro, loop=self, name=name, context=context,
+                             perdure_hash=self._next_hash())
+        # a workflow evicted from the cache (or replayed for a query) is dropped with
+        # its tasks pending: that is normal, not worth an error log
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
+        return task
 
     # -- running --------------------------------------------------------------
     def step(self) -> bool:

@@ -1,0 +1,60 @@
+"""Event type names and fields are compatibility data: stored histories depend on them."""
+
+from __future__ import annotations
+
+import msgspec
+
+from perdure import history
+from perdure.history import ActivityScheduled, decode_event, encode_event, event_type_name
+
+PINNED_FIELDS = {
+    "WorkflowStarted": ["workflow_type", "task_queue", "input", "started_at", "execution_timeout"],
+    "ActivityCompleted": ["seq", "result", "attempt"],
+    "ActivityFailed": ["seq", "failure", "attempt"],
+    "ActivityTimedOut": ["seq", "timeout_type", "attempt", "last_failure"],
+    "TimerFired": ["seq"],
+    "SignalReceived": ["name", "args"],
+    "CancelRequested": ["reason"],
+    "WorkflowTaskCompleted": ["time", "worker", "build_id"],
+    "ActivityScheduled": [
+        "seq", "activity_type", "task_queue", "input", "activity_id", "start_to_close_timeout",
+        "schedule_to_close_timeout", "schedule_to_start_timeout", "heartbeat_timeout",
+        "retry_policy",
+    ],
+    "ActivityCancelRequested": ["seq"],
+    "TimerStarted": ["seq", "duration", "fire_at"],
+    "TimerCanceled": ["seq"],
+    "MarkerRecorded": ["seq", "name", "value"],
+    "WorkflowCompleted": ["result"],
+    "WorkflowFailed": ["failure"],
+    "WorkflowCanceled": ["reason"],
+    "WorkflowTerminated": ["reason"],
+    "WorkflowTimedOut": ["timeout"],
+}
+
+
+def test_event_names_and_fields_are_pinned() -> None:
+    found = {}
+    for name in history.__all__:
+        cls = getattr(history, name)
+        if isinstance(cls, type) and issubclass(cls, msgspec.Struct) and cls is not history.Failure:
+            found[cls.__struct_config__.tag] = list(cls.__struct_fields__)
+    assert found == PINNED_FIELDS
+
+
+def test_failure_fields_are_pinned() -> None:
+    assert list(history.Failure.__struct_fields__) == [
+        "type", "message", "stack", "kind", "non_retryable", "details", "cause", "attributes",
+    ]
+
+
+def test_stored_json_form_decodes() -> None:
+    stored = (
+        b'{"type":"ActivityScheduled","seq":1,"activity_type":"call_model","task_queue":"q",'
+        b'"input":["hi"],"activity_id":"1"}'
+    )
+    event = decode_event(stored)
+    assert isinstance(event, ActivityScheduled)
+    assert event_type_name(event) == "ActivityScheduled"
+    assert bytes(event.input) == b'["hi"]'
+    assert encode_event(event) == stored

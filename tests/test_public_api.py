@@ -1,0 +1,56 @@
+"""Pins the public surface: it changes only on purpose."""
+
+from __future__ import annotations
+
+import perdure
+from perdure import activity, testing, workflow
+
+EXPECTED_TOP_LEVEL = {
+    "ActivityError", "ApplicationError", "CancelledFailure", "Client", "ConfigurationError",
+    "FailureError", "IdReusePolicy", "InvalidArgumentError", "InvalidDatabaseURLError",
+    "NondeterminismError", "NotInActivityError", "NotInWorkflowError", "PayloadConverter",
+    "PayloadDecodingError", "PayloadEncodingError", "PayloadError", "PayloadTooLargeError",
+    "PerdureError", "QueryError", "QueryRejectedError", "QueryTimeoutError", "RetryPolicy",
+    "SchemaVersionError", "TerminatedFailure", "TimeoutFailure", "UnknownActivityTypeError",
+    "UnknownHandlerError", "UnknownWorkflowTypeError", "Worker", "WorkerOptions",
+    "WorkflowAlreadyStartedError", "WorkflowDescription", "WorkflowFailureError",
+    "WorkflowHandle", "WorkflowHistory", "WorkflowNotFoundError", "WorkflowStatus",
+    "activity", "workflow",
+}
+
+
+def test_top_level_exports() -> None:
+    assert set(perdure.__all__) == EXPECTED_TOP_LEVEL
+    for name in perdure.__all__:
+        assert getattr(perdure, name) is not None
+
+
+def test_workflow_exports() -> None:
+    assert set(workflow.__all__) == {
+        "ActivityHandle", "WorkflowInfo", "defn", "execute_activity", "info", "is_replaying",
+        "logger", "now", "query", "random", "run", "set_signal_handler", "signal", "sleep",
+        "start_activity", "uuid4", "wait_condition",
+    }
+
+
+def test_activity_and_testing_exports() -> None:
+    assert set(activity.__all__) == {
+        "ActivityDefinition", "ActivityInfo", "defn", "heartbeat", "heartbeat_details", "info",
+        "is_cancelled",
+    }
+    assert set(testing.__all__) == {"WorkflowEnvironment"}
+
+
+def test_every_error_derives_from_perdure_error() -> None:
+    for name in perdure.__all__:
+        obj = getattr(perdure, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert issubclass(obj, perdure.PerdureError), name
+
+
+def test_public_names_have_docstrings() -> None:
+    for module in (perdure, workflow, activity, testing):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if callable(obj) and not isinstance(obj, type(perdure)):
+                assert obj.__doc__, f"{module.__name__}.{name} has no docstring"
