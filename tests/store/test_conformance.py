@@ -1,0 +1,181 @@
+"""The store conformance suite: every backend must pass it (SQLite now, PostgreSQL next).
+
+It drives a store directly, the way the engine and workers do, to pin the
+guarantees the rest of Perdure relies on: leases, optimistic concurrency,
+rejection of late completions, reclaiming a dead worker's tasks, group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from perdure import RetryPolicy, SchemaVersionError, WorkflowAlreadyStartedError
+from perdure.engine import activity_completed_outcome, activity_timed_out_outcome
+from perdure.history import (
+    ActivityScheduled,
+    SignalReceived,
+    WorkflowStarted,
+    decode_event,
+    encode_event,
+)
+from perdure.store import WorkflowStore, open_store
+from perdure.store._records import NewActivityTask, StartWorkflowRecord, WorkflowTaskCompletion
+
+
+@pytest.fixture(params=["sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[WorkflowStore]:
+    s = open_store(f"sqlite:///{tmp_path / 'conformance.db'}")
+    await s.migrate()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def _start(store: WorkflowStore, workflow_id: str, policy: str = "allow_duplicate") -> str:
+    now = store.clock.now()
+    started = WorkflowStarted(workflow_type="T", task_queue="q", input=msgspec.Raw(b"[]"),
+                              started_at=now)
+    return await store.start_workflow(StartWorkflowRecord(
+        workflow_id=workflow_id, run_id=str(uuid.uuid4()), workflow_type="T", task_queue="q",
+        input=b"[]", started_event=encode_event(started), execution_timeout=None,
+        id_reuse_policy=policy, now=now,
+    ))
+
+
+def _completion(claim_id: tuple[str, str], worker: str, length: int, *, activity: bool = False,
+                close: bool = False) -> WorkflowTaskCompletion:
+    events: list[tuple[str, bytes]] = [("WorkflowTaskCompleted", b'{"type":"WorkflowTaskCompleted","time":1.0}')]
+    new = []
+    if activity:
+        scheduled = ActivityScheduled(seq=1, activity_type="a", task_queue="q",
+                                      input=msgspec.Raw(b"[]"), activity_id="1")
+        events.append(("ActivityScheduled", encode_event(scheduled)))
+        new.append(NewActivityTask(seq=1, activity_type="a", task_queue="q", input=b"[]",
+                                   start_to_close_timeout=None, schedule_to_close_timeout=None,
+                                   schedule_to_start_timeout=None, heartbeat_timeout=None,
+                                   retry_policy=msgspec.json.encode(RetryPolicy().to_dict())))
+    return WorkflowTaskCompletion(
+        workflow_id=claim_id[0], run_id=claim_id[1], worker_id=worker,
+        expected_history_length=length, inbox_upto=0, events=events, new_activities=new,
+        cancel_activities=[], new_timers=[], cancel_timers=[],
+        close_status="completed" if close else None, close_result=b"1" if close else None,
+    )
+
+
+async def test_migrate_is_idempotent_and_refuses_newer_schema(tmp_path: Path) -> None:
+    path = tmp_path / "schema.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.migrate()
+    await store.migrate()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE perdure_schema SET version = version + 1")
+    newer = open_store(f"sqlite:///{path}")
+    with pytest.raises(SchemaVersionError, match="upgrade Perdure"):
+        await newer.migrate()
+    await newer.close()
+
+
+async def test_running_id_is_never_reused(store: WorkflowStore) -> None:
+    await _start(store, "w")
+    with pytest.raises(WorkflowAlreadyStartedError, match="already running"):
+        await _start(store, "w")
+
+
+async def test_a_claimed_task_is_not_claimed_twice(store: WorkflowStore) -> None:
+    run_id = await _start(store, "w")
+    first = await store.claim_workflow_tasks("A", ["q"], 10, lease=60)
+    second = await store.claim_workflow_tasks("B", ["q"], 10, lease=60)
+    assert [c.run_id for c in first] == [run_id]
+    assert second == []
+    # an expired lease makes it claimable again
+    await store.fail_workflow_task("w", run_id, "A", "boom", retry_at=0)
+    third = await store.claim_workflow_tasks("B", ["q"], 10, lease=60)
+    assert [c.run_id for c in third] == [run_id]
+    assert third[0].attempt == 2
+
+
+async def test_stale_completion_is_rejected(store: WorkflowStore) -> None:
+    run_id = await _start(store, "w")
+    [claim] = await store.claim_workflow_tasks("A", ["q"], 10, lease=60)
+    assert claim.history_length == 1
+    assert not await store.complete_workflow_task(_completion(("w", run_id), "A", 5))
+    assert not await store.complete_workflow_task(_completion(("w", run_id), "B", 1))
+    assert await store.complete_workflow_task(_completion(("w", run_id), "A", 1))
+    history = await store.get_history("w", run_id)
+    assert [t for _, t, _ in history] == ["WorkflowStarted", "WorkflowTaskCompleted"]
+
+
+async def test_inbound_events_arriving_during_a_task_are_kept(store: WorkflowStore) -> None:
+    run_id = await _start(store, "w")
+    [claim] = await store.claim_workflow_tasks("A", ["q"], 10, lease=60)
+    signal = encode_event(SignalReceived(name="s", args=msgspec.Raw(b"[]")))
+    await store.deliver_event("w", None, signal)  # arrives while A holds the task
+    assert await store.complete_workflow_task(_completion(("w", run_id), "A", claim.history_length))
+    [again] = await store.claim_workflow_tasks("A", ["q"], 10, lease=60)
+    assert [data for _, data in again.inbox] == [signal]
+
+
+async def test_late_activity_completion_is_rejected(store: WorkflowStore) -> None:
+    run_id = await _start(store, "w")
+    [claim] = await store.claim_workflow_tasks("A", ["q"], 10, lease=60)
+    assert await store.complete_workflow_task(
+        _completion(("w", run_id), "A", claim.history_length, activity=True)
+    )
+    [task] = await store.claim_activity_tasks("A", ["q"], 10)
+    decide = activity_completed_outcome(1, 1, b"1")
+    # wrong attempt, wrong owner: rejected
+    assert (await store.finish_activity_attempt("w", run_id, 1, 2, "A", decide,
+                                                claim_workflow_task=False, lease=60))[0] is False
+    assert (await store.finish_activity_attempt("w", run_id, 1, 1, "B", decide,
+                                                claim_workflow_task=False, lease=60))[0] is False
+    accepted, wf_claim = await store.finish_activity_attempt(
+        "w", run_id, 1, task.attempt, "A", decide, claim_workflow_task=True, lease=60
+    )
+    assert accepted and wf_claim is not None
+    assert [decode_event(d).__class__.__name__ for _, d in wf_claim.inbox] == ["ActivityCompleted"]
+    # the same completion again is a duplicate: rejected
+    assert (await store.finish_activity_attempt("w", run_id, 1, 1, "A", decide,
+                                                claim_workflow_task=False, lease=60))[0] is False
+
+
+async def test_dead_workers_tasks_are_reclaimed(store: WorkflowStore) -> None:
+    await store.register_worker("dead", ["q"], "", [])
+    run_id = await _start(store, "w")
+    [claim] = await store.claim_workflow_tasks("dead", ["q"], 10, lease=600)
+    assert await store.complete_workflow_task(
+        _completion(("w", run_id), "dead", claim.history_length, activity=True)
+    )
+    [task] = await store.claim_activity_tasks("dead", ["q"], 10)
+
+    def decider(seq: int, kind: str, last: bytes | None):  # type: ignore[no-untyped-def]
+        return activity_timed_out_outcome(seq, kind, None, store.clock.now())
+
+    assert await store.reclaim_dead_workers(dead_after=-1.0, decider=decider) == 1
+    [retry] = await store.claim_activity_tasks("alive", ["q"], 10)
+    assert retry.attempt == task.attempt + 1
+    # the dead worker's late completion is rejected
+    decide = activity_completed_outcome(1, 1, b"1")
+    accepted, _ = await store.finish_activity_attempt("w", run_id, 1, task.attempt, "dead", decide,
+                                                      claim_workflow_task=False, lease=60)
+    assert not accepted
+
+
+async def test_concurrent_operations_share_commits(store: WorkflowStore) -> None:
+    before_commits = store.commits  # type: ignore[attr-defined]
+    before_ops = store.operations  # type: ignore[attr-defined]
+    await asyncio.gather(*[_start(store, f"w{i}") for i in range(200)])
+    commits = store.commits - before_commits  # type: ignore[attr-defined]
+    ops = store.operations - before_ops  # type: ignore[attr-defined]
+    assert ops == 200
+    assert commits < ops  # group commit: many starts per transaction
+    runs = await store.list_runs(status="running", workflow_type="T", limit=1000)
+    assert len(runs) == 200
