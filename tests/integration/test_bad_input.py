@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from perdure import (
+    ApplicationError,
     Client,
     ConfigurationError,
     InvalidArgumentError,
@@ -194,20 +195,18 @@ async def test_unserializable_argument(env: WorkflowEnvironment) -> None:
 async def test_argument_with_wrong_type_for_workflow_started_by_name(
     env: WorkflowEnvironment,
 ) -> None:
-    """A type name skips client-side checks; the worker reports the bad input."""
+    """A type name skips client-side checks; the worker fails the run with a named error
+    (retrying cannot make the stored input fit the signature)."""
     handle = await env.client.start_workflow("Greeter", "hi", "not a number", id="typed",
                                              task_queue=TQ)
     async with env.worker(task_queue=TQ, workflows=[Greeter]):
-        description = await wait_until(lambda: _task_failure(handle),
-                                       what="a recorded workflow task failure")
-    failure = description.last_workflow_task_failure
-    assert "PayloadDecodingError" in failure
-    assert "argument 2" in failure
-    assert "'Greeter'" in failure
-    assert description.status == WorkflowStatus.RUNNING
-    # the operator can end it cleanly
-    await handle.terminate("bad input")
-    assert (await handle.describe()).status == WorkflowStatus.TERMINATED
+        with pytest.raises(WorkflowFailureError) as info:
+            await handle.result(timeout=10)
+    cause = info.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type.endswith("PayloadDecodingError")
+    assert "argument 2" in cause.message and "'Greeter'" in cause.message
+    assert (await handle.describe()).status == WorkflowStatus.FAILED
 
 
 # ---------------------------------------------------------------- payload size

@@ -56,7 +56,7 @@ class Inbox:
         raise ValueError("this query handler is broken")
 
 
-@workflow.defn
+@workflow.defn(dynamic_signals=True)
 class LateHandler:
     """Registers its signal handler only after a durable timer fires."""
 
@@ -161,12 +161,6 @@ async def test_signals_while_handler_missing_with_worker_running(
         assert await handle.result(timeout=10) == [1, 2]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnknownHandlerError,
-    reason="known issue: once a worker registered the type, the client rejects signal names "
-    "that are only registered at run time with workflow.set_signal_handler",
-)
 async def test_signal_by_name_to_dynamic_handler_after_registration(
     env: WorkflowEnvironment,
 ) -> None:

@@ -187,12 +187,13 @@ class Run:
         activations, tail = split_activations(self.stored_history())
         assert tail == []
         out: list[list[HistoryEvent]] = []
-        for activation in activations:
+        for activation, end in zip(activations, self.boundaries, strict=True):
             assert activation.completed is not None
             out.append(
                 list(instance.activate([e for _, e in activation.inbound],
                                        activation.completed[1].time, replaying=True))
             )
+            instance.history_length = end
         return out
 
     def resume_after(self, count: int, cls: type | None = None) -> list[list[HistoryEvent]]:

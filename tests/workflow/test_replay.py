@@ -27,7 +27,6 @@ from perdure.history import (
     WorkflowCanceled,
     WorkflowCompleted,
     WorkflowFailed,
-    WorkflowTaskCompleted,
 )
 
 from ._harness import (
@@ -739,11 +738,19 @@ def test_cancel_requested_can_be_caught_and_workflow_returns_value() -> None:
     run.assert_replays_identically()
 
 
-def test_cancel_requested_in_first_activation() -> None:
+def test_cancel_requested_in_first_activation_reaches_the_first_await() -> None:
+    # run() starts and reaches its first await before the cancellation lands, so its own
+    # except/finally clean-up runs even when the cancel arrived with the start
     run = Run(Cancellable)
     commands = run.start(True, extra=[cancel()])
-    assert describe(commands) == [("WorkflowCanceled",)]
+    assert describe(commands) == [
+        ("ActivityScheduled", 1, "greet", ["long"]),
+        ("ActivityCancelRequested", 1),
+        ("ActivityScheduled", 2, "cleanup-v1", ["cancelled"]),
+    ]
     run.assert_replays_identically()
+    plain = Run(Cancellable)
+    assert describe(plain.start(False, extra=[cancel()]))[-1] == ("WorkflowCanceled",)
 
 
 @workflow.defn

@@ -419,7 +419,7 @@ class WorkflowHandle(Generic[T]):
         if isinstance(signal, str):
             record = await self._store.get_run(self.workflow_id, self.run_id)
             interface = await self.client._interface(record.workflow_type)
-            if interface is not None and name not in interface[0]:
+            if interface is not None and name not in interface[0] and "*" not in interface[0]:
                 raise UnknownHandlerError(
                     f"workflow type {record.workflow_type!r} defines no signal {name!r}; it "
                     f"defines: {', '.join(sorted(interface[0])) or 'no signals'}"

@@ -184,7 +184,8 @@ class Worker:
             self.identity,
             self.task_queues,
             self.build_id,
-            [(d.name, list(d.signals), list(d.queries)) for d in self.workflows.values()],
+            [(d.name, [*d.signals, *(["*"] if d.dynamic_signals else [])], list(d.queries))
+             for d in self.workflows.values()],
         )
         self._loops = [
             asyncio.create_task(self._supervise(self._liveness_loop), name="perdure-liveness"),
@@ -320,7 +321,9 @@ class Worker:
             converter=self.converter,
         )
         tail = instance.replay(events)
-        instance.history_length = len(events)
+        # the tail is this task's inbound: like inbox events, not counted in the
+        # history_length the activation sees (replay counts it the same way)
+        instance.history_length = len(events) - len(tail)
         self.stats["replays"] += 1
         return instance, [event for _, event in tail]
 
@@ -382,8 +385,15 @@ class Worker:
             self._cache.pop(claim.run_id, None)
             return None
         instance.history_length = claim.history_length + len(completion.events)
+        for seq in completion.cancel_activities:
+            running = self._running_activities.get((claim.workflow_id, claim.run_id, seq))
+            if running is not None:  # running here: no need to wait for a liveness round
+                self._cancel_running(running)
         if instance.completed:
             self._cache.pop(claim.run_id, None)
+            for key, running in list(self._running_activities.items()):
+                if key[1] == claim.run_id:
+                    self._cancel_running(running)
         else:
             self._cache[claim.run_id] = instance
             self._cache.move_to_end(claim.run_id)
@@ -439,7 +449,11 @@ class Worker:
         try:
             await self._run_activity(claim, key)
         finally:
-            self._running_activities.pop(key, None)
+            # a superseded attempt (timed out, still running) must not drop the entry
+            # of the attempt that replaced it under the same key
+            running = self._running_activities.get(key)
+            if running is not None and running.claim is claim:
+                del self._running_activities[key]
             self._activity_slots -= 1
             self.store.notifier.notify(["activity_slot"])
 
@@ -487,6 +501,7 @@ class Worker:
                 return
             if not context.cancelled.is_set() and not self._stopping.is_set():
                 # the local start-to-close guard fired; the store's timeout handles it
+                context.cancelled.set()  # a thread-pool activity may poll is_cancelled()
                 return
             error = exc
         except Exception as exc:
@@ -541,7 +556,7 @@ class Worker:
                 return await asyncio.shield(future)
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
-            context.cancelled.set()
+            # not context.cancelled: _run_activity tells the local guard from a cancel by it
             raise asyncio.CancelledError() from None
         except asyncio.CancelledError:
             context.cancelled.set()

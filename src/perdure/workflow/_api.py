@@ -208,7 +208,11 @@ def is_replaying() -> bool:
 
 
 def set_signal_handler(name: str, handler: Callable[..., Any] | None) -> None:
-    """Register a signal handler at run time; signals that arrived earlier are delivered now."""
+    """Register a signal handler at run time; signals that arrived earlier are delivered now.
+
+    Declare the class with ``@workflow.defn(dynamic_signals=True)`` so that clients
+    accept signal names that only exist at run time.
+    """
     _context.current().set_signal_handler(name, handler)
 
 

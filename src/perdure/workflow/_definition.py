@@ -52,6 +52,9 @@ class WorkflowDefinition:
     run_return_hint: Any
     signals: dict[str, HandlerDefinition]
     queries: dict[str, HandlerDefinition]
+    dynamic_signals: bool = False
+    """Handlers may be added at run time (``workflow.set_signal_handler``): clients
+    then accept any signal name for this type."""
 
 
 def run(fn: F) -> F:
@@ -115,14 +118,18 @@ def defn(cls: C) -> C: ...
 
 
 @overload
-def defn(*, name: str | None = None) -> Callable[[C], C]: ...
+def defn(*, name: str | None = None, dynamic_signals: bool = False) -> Callable[[C], C]: ...
 
 
-def defn(cls: C | None = None, *, name: str | None = None) -> C | Callable[[C], C]:
+def defn(
+    cls: C | None = None, *, name: str | None = None, dynamic_signals: bool = False
+) -> C | Callable[[C], C]:
     """Mark a class as a workflow definition.
 
     ``name`` is the workflow type recorded in history (default: the class name);
-    keep it stable once workflows of this type are running.
+    keep it stable once workflows of this type are running. ``dynamic_signals``
+    declares that the workflow registers signal handlers at run time, so clients
+    must not reject signal names the class does not declare.
     """
 
     def decorate(c: C) -> C:
@@ -156,6 +163,7 @@ def defn(cls: C | None = None, *, name: str | None = None) -> C | Callable[[C], 
             run_return_hint=return_hint(run_method),
             signals=signals,
             queries=queries,
+            dynamic_signals=dynamic_signals,
         )
         setattr(c, _DEFN, definition)
         for method in [run_method, *(h.method for h in signals.values()),

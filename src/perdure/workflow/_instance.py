@@ -218,6 +218,7 @@ class WorkflowInstance:
         self._buffered_signals: dict[str, list[bytes]] = {}
         self._main: asyncio.Task[Any] | None = None
         self._cancel_requested = False
+        self._main_started = False
         self._task_failure: BaseException | None = None
         self._workflow_failure: BaseException | None = None
         self._capture_locations = False
@@ -380,8 +381,13 @@ class WorkflowInstance:
             self._deliver_signal(event.name, bytes(event.args))
         elif isinstance(event, CancelRequested):
             self._cancel_requested = True
-            if self._main is not None and not self._main.done():
-                self._main.cancel(event.reason or None)
+            main = self._main
+            if main is not None and not main.done():
+                if self._main_started:
+                    main.cancel(event.reason or None)
+                else:
+                    # let run() reach its first await, so its own handlers see the cancellation
+                    self.loop.call_soon(main.cancel, event.reason or None)
 
     def _activity_error(
         self, event: ActivityFailed | ActivityTimedOut, pending: _PendingActivity
@@ -419,15 +425,25 @@ class WorkflowInstance:
             history_length=self.history_length,
         )
         definition = self.definition
-        args = self.converter.decode_args(
-            bytes(event.input), definition.run_parameter_hints,
-            what=f"workflow {definition.name!r}",
-        )
+        try:
+            args = self.converter.decode_args(
+                bytes(event.input), definition.run_parameter_hints,
+                what=f"workflow {definition.name!r}",
+            )
+        except PayloadError as exc:
+            # retrying cannot help an input that does not fit the signature: fail the run
+            self._complete(WorkflowFailed(failure=failure_from_exception(exc)))
+            return
         self.workflow_object = definition.cls()
         for name, handler in definition.signals.items():
             self._signal_handlers[name] = handler.method.__get__(self.workflow_object)
         run = definition.run_method.__get__(self.workflow_object)
-        self._main = self.loop.create_task(run(*args), name=f"workflow:{definition.name}")
+
+        async def main() -> Any:
+            self._main_started = True
+            return await run(*args)
+
+        self._main = self.loop.create_task(main(), name=f"workflow:{definition.name}")
         self._main.add_done_callback(self._on_main_done)
 
     def _deliver_signal(self, name: str, args: bytes) -> None:
