@@ -116,10 +116,14 @@ async def completed_steps(handle: object) -> int:
     return sum(isinstance(e, ActivityCompleted) for e in history.events)
 
 
-async def main() -> None:
+def remove_old_database() -> None:
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(DB_PATH + suffix):
             os.remove(DB_PATH + suffix)
+
+
+async def main() -> None:
+    remove_old_database()
     client = await Client.connect(URL)
     print(f"Perdure durable demo (database: {DB_PATH})\n")
     print("1. starting worker A in its own process")

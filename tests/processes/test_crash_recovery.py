@@ -124,7 +124,10 @@ async def test_signal_waiting_workflow_survives_restart_of_every_process(
         "    await client.close()\n"
         "asyncio.run(main())\n"
     )
-    subprocess.run([sys.executable, "-c", signal_script, processes.url], check=True, timeout=60)
+    await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", signal_script, processes.url], check=True,
+        timeout=60,
+    )
 
     processes.start()
     client = await Client.connect(processes.url)

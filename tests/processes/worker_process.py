@@ -12,9 +12,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from process_workflows import AwaitApproval, TwentySteps, step  # noqa: E402
+from process_workflows import AwaitApproval, TwentySteps, step
 
-from perdure import Client, Worker, WorkerOptions  # noqa: E402
+from perdure import Client, Worker, WorkerOptions
 
 
 async def main(url: str, task_queue: str) -> None:
