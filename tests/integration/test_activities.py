@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -271,7 +272,7 @@ async def describe_self() -> str:
 async def fails_with_chain(order_id: int) -> str:
     STATE.record()
     try:
-        {}["order-" + str(order_id)]  # noqa: B018 - raises KeyError on purpose
+        {}["order-" + str(order_id)]
     except KeyError as exc:
         try:
             raise StorageError("row lock timeout") from exc
@@ -301,6 +302,26 @@ async def late_returner() -> str:
         STATE.calls[-1]["returned_late"] = True
         return "late result of attempt 1"
     STATE.event("second_done").set()
+    return f"result of attempt {attempt}"
+
+
+@activity.defn
+async def overlapping_attempts() -> str:
+    """Attempt 1 stops heartbeating (so attempt 2 starts) and returns while attempt 2 runs;
+    attempt 2 heartbeats steadily and succeeds."""
+    STATE.record()
+    attempt = activity.info().attempt
+    activity.heartbeat(attempt)
+    if attempt == 1:
+        # outlives its heartbeat timeout; returns while attempt 2 is running
+        await STATE.event("second_started").wait()
+        await asyncio.sleep(0.2)
+        STATE.calls[0]["returned_late"] = True
+        return "late result of attempt 1"
+    STATE.event("second_started").set()
+    for _ in range(20):
+        await asyncio.sleep(0.05)
+        activity.heartbeat(attempt)
     return f"result of attempt {attempt}"
 
 
@@ -463,6 +484,30 @@ class CancelActivity:
 
 
 @workflow.defn
+class OutlivesItsActivity:
+    """Catches a schedule-to-close timeout and stays open until signalled."""
+
+    def __init__(self) -> None:
+        self.release = False
+
+    @workflow.run
+    async def run(self) -> str:
+        try:
+            await workflow.execute_activity(hang_async, 30.0,
+                                            schedule_to_close_timeout=timedelta(seconds=0.4))
+        except ActivityError as err:
+            seen = f"{type(err.__cause__).__name__}:{getattr(err.__cause__, 'timeout_type', '')}"
+        else:
+            seen = "no error"
+        await workflow.wait_condition(lambda: self.release)
+        return seen
+
+    @workflow.signal
+    def go(self) -> None:
+        self.release = True
+
+
+@workflow.defn
 class LetItFail:
     """Lets an activity's final failure propagate: the workflow fails."""
 
@@ -501,6 +546,7 @@ ALL_ACTIVITIES = [
     make_point, make_profile, add, ratio, words, counts, is_even, nothing, flaky, flaky_sync,
     raise_quota, raise_app_error, hang_async, hang_sync, stalls_heartbeats, resumable,
     resumable_sync, describe_self, fails_with_chain, fails_sync, late_returner,
+    overlapping_attempts,
 ]
 
 
@@ -558,7 +604,7 @@ async def test_retries_until_success_with_growing_backoff(env: WorkflowEnvironme
     assert outcome.result == "ok on attempt 5"
     assert STATE.attempts() == [1, 2, 3, 4, 5]
     times = [c["at"] for c in STATE.calls]
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     # virtual time between attempts: initial 10s, doubled, capped at 30s
     expected = [10, 20, 30, 30]
     for gap, want in zip(gaps, expected, strict=True):
@@ -570,7 +616,7 @@ async def test_default_maximum_interval_is_100x_initial(env: WorkflowEnvironment
     outcome = await call(env, spec, wf_id="default-cap")
     assert outcome.ok
     times = [c["at"] for c in STATE.calls]
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     for gap, want in zip(gaps, [1, 100, 100], strict=True):
         assert want <= gap < want + 2, gaps
 
@@ -677,6 +723,8 @@ async def test_start_to_close_timeout_of_sync_activity(env: WorkflowEnvironment)
     assert outcome.timeout_type == "start_to_close"
     assert outcome.error_attempt == 2
     assert STATE.attempts() == [1, 2]
+    # the hung thread is told to stop (activity.is_cancelled() turns True)
+    await asyncio.wait_for(STATE.event("sync_saw_cancel").wait(), 5)
 
 
 async def test_schedule_to_close_timeout(env: WorkflowEnvironment) -> None:
@@ -690,16 +738,42 @@ async def test_schedule_to_close_timeout(env: WorkflowEnvironment) -> None:
     await asyncio.wait_for(STATE.event("hang_cancelled").wait(), 5)
 
 
-async def test_schedule_to_close_bounds_retries(env: WorkflowEnvironment) -> None:
-    # attempts time out after 0.2s; retries every 0.05s; the whole budget is 0.9s
-    spec = Call("hang_async", [30.0], start_to_close=0.2, schedule_to_close=0.9,
-                initial_interval=0.05, backoff=1.0)
+async def test_schedule_to_close_stops_the_attempt_while_the_workflow_goes_on(
+    env: WorkflowEnvironment,
+) -> None:
+    async with env.worker(task_queue=Q, workflows=[OutlivesItsActivity],
+                          activities=ALL_ACTIVITIES):
+        handle = await env.client.start_workflow(OutlivesItsActivity.run, id="s2c-open",
+                                                 task_queue=Q)
+        # the workflow is still running: only the timeout can stop the hung attempt
+        await asyncio.wait_for(STATE.event("hang_cancelled").wait(), 5)
+        await handle.signal(OutlivesItsActivity.go)
+        assert await handle.result() == "TimeoutFailure:schedule_to_close"
+    assert STATE.attempts() == [1]
+
+
+@pytest.mark.parametrize(
+    ("schedule_to_close", "timeout_type"),
+    [
+        # attempt 2 is cut short by the budget
+        (10.6, "schedule_to_close"),
+        # attempt 2 times out; the next retry (20s later) would pass the budget
+        (25.0, "start_to_close"),
+    ],
+)
+async def test_schedule_to_close_bounds_retries(
+    env: WorkflowEnvironment, schedule_to_close: float, timeout_type: str
+) -> None:
+    spec = Call("hang_async", [30.0], start_to_close=0.4, schedule_to_close=schedule_to_close,
+                initial_interval=10, backoff=2)
     outcome = await call(env, spec, wf_id="sched2close-retries")
     assert not outcome.ok
     assert outcome.cause_class == "TimeoutFailure"
-    assert outcome.timeout_type in ("schedule_to_close", "start_to_close")
-    assert 2 <= len(STATE.attempts()) <= 4
-    assert STATE.attempts() == list(range(1, len(STATE.attempts()) + 1))
+    assert outcome.timeout_type == timeout_type
+    assert outcome.error_attempt == 2
+    assert STATE.attempts() == [1, 2]
+    # the retry waited its 10s of (virtual) back-off
+    assert STATE.calls[1]["at"] - STATE.calls[0]["at"] >= 10
 
 
 async def test_schedule_to_start_timeout_when_no_worker_serves_the_queue(
@@ -727,6 +801,8 @@ async def test_heartbeat_timeout_is_retried_then_reported(env: WorkflowEnvironme
     # the second attempt got the first attempt's last recorded heartbeat
     assert STATE.calls[0]["details"] == []
     assert STATE.calls[1]["details"] == ["beat-1"]
+    # both stalled attempts were told to stop (at their next heartbeat or when the run ended)
+    assert [c.get("cancelled") for c in STATE.calls] == [True, True]
 
 
 async def test_timeout_failure_reaches_the_client(env: WorkflowEnvironment) -> None:
@@ -792,7 +868,10 @@ async def test_activity_info_across_retries(env: WorkflowEnvironment) -> None:
         assert i.task_queue == Q
         assert i.activity_id == infos[0].activity_id
         assert i.start_to_close_timeout == 10.0
-        assert i.scheduled_time == infos[0].scheduled_time
+    # retries keep the activity's schedule time (attempt 1 may have run eagerly, with the
+    # worker's own reading of the clock)
+    assert infos[1].scheduled_time == infos[2].scheduled_time
+    assert abs((infos[0].scheduled_time - infos[1].scheduled_time).total_seconds()) < 1
 
 
 async def test_idempotency_keys_differ_between_activities_and_runs(
@@ -911,9 +990,12 @@ async def test_late_completion_from_timed_out_attempt_is_rejected(
         # wait until attempt 1 has (belatedly) returned its result
         while not any(c.get("returned_late") for c in STATE.calls):
             await asyncio.sleep(0.01)
-        # give the worker time to report it (the workflow is still open)
-        await asyncio.sleep(0.3)
-        await handle.signal(WaitsAfterActivity.go)
+    # the worker has shut down, so it has reported attempt 1's late result; the workflow
+    # is still open (waiting for the signal); a new worker finishes it
+    assert (await handle.describe()).status == "running"
+    await handle.signal(WaitsAfterActivity.go)
+    async with env.worker(task_queue=Q, workflows=[WaitsAfterActivity],
+                          activities=ALL_ACTIVITIES):
         result = await handle.result()
     history = await handle.fetch_history()
     assert result == "result of attempt 2"
@@ -922,6 +1004,26 @@ async def test_late_completion_from_timed_out_attempt_is_rejected(
     completed = _activity_events(history.events, ActivityCompleted)
     assert len(completed) == 1
     assert completed[0].attempt == 2
+
+
+async def test_superseded_attempt_ending_does_not_hide_the_running_one(
+    env: WorkflowEnvironment,
+) -> None:
+    """While attempt 2 runs, the end of superseded attempt 1 must not make the worker look
+    idle (time skipping would then expire attempt 2, which is heartbeating)."""
+    spec = Call("overlapping_attempts", start_to_close=30, heartbeat=0.3,
+                initial_interval=0.05, maximum_attempts=2)
+    async with env.worker(task_queue=Q, workflows=[CallActivity], activities=ALL_ACTIVITIES):
+        handle = await env.client.start_workflow(CallActivity.run, spec, id="overlap",
+                                                 task_queue=Q)
+        outcome = await handle.result()
+        history = await handle.fetch_history()
+    assert STATE.attempts() == [1, 2]
+    assert STATE.calls[0].get("returned_late") is True
+    assert outcome.ok, outcome
+    assert outcome.result == "result of attempt 2"
+    completed = _activity_events(history.events, ActivityCompleted)
+    assert [e.attempt for e in completed] == [2]
 
 
 # =========================================================================== unknown type

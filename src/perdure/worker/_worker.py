@@ -538,6 +538,12 @@ class Worker:
         claim: ActivityTaskClaim,
     ) -> Any:
         timeout = claim.start_to_close_timeout
+        if claim.schedule_to_close_timeout is not None:
+            # the attempt must also stop when the activity's whole budget is spent
+            remaining = max(
+                claim.scheduled_at + claim.schedule_to_close_timeout - self.clock.now(), 0.0
+            )
+            timeout = remaining if timeout is None else min(timeout, remaining)
         if definition.is_async:
             set_activity_context(context)
             if timeout is None:
