@@ -7,6 +7,7 @@ only knows how to write it atomically and how to find due work.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 from perdure._clock import Clock
@@ -20,10 +21,32 @@ from perdure.store._records import (
     WorkflowTaskCompletion,
 )
 
-__all__ = ["StoreNotifier", "TimeoutDecider", "WorkflowStore"]
+__all__ = ["StoreNotes", "StoreNotifier", "TimeoutDecider", "WorkflowStore"]
 
 TimeoutDecider = Callable[[int, str, bytes | None], ActivityDecision]
 """(activity seq, timeout type, last failure) -> the engine's decision function."""
+
+
+class StoreNotes:
+    """What one committed operation should wake in this process: kinds of new work, and
+    the earliest new due time (a timer, deadline or retry) it created."""
+
+    __slots__ = ("due", "kinds")
+
+    def __init__(self) -> None:
+        self.kinds: set[str] = set()
+        self.due = math.inf
+
+    def add(self, kind: str) -> None:
+        self.kinds.add(kind)
+
+    def update(self, kinds: Iterable[str]) -> None:
+        self.kinds.update(kinds)
+
+    def due_at(self, when: float | None) -> None:
+        """Something becomes due at ``when``; the due-work sweep wakes if that is sooner."""
+        if when is not None and when < self.due:
+            self.due = when
 
 
 class StoreNotifier:
@@ -39,6 +62,8 @@ class StoreNotifier:
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
         self.version = 0
+        self.next_due = -math.inf
+        """When the due-work sweep will next look; earlier new due times wake it."""
 
     def event(self, kind: str) -> asyncio.Event:
         event = self._events.get(kind)
@@ -46,12 +71,14 @@ class StoreNotifier:
             event = self._events[kind] = asyncio.Event()
         return event
 
-    def notify(self, kinds: Iterable[str]) -> None:
+    def notify(self, kinds: Iterable[str], due: float = math.inf) -> None:
         self.version += 1
         for kind in kinds:
             event = self._events.get(kind)
             if event is not None:
                 event.set()
+        if due < self.next_due:
+            self.event("timer").set()
 
     async def wait(self, kinds: Sequence[str], timeout: float) -> None:
         """Wait until one of ``kinds`` is notified, or ``timeout`` seconds pass."""

@@ -68,6 +68,8 @@ class WorkflowTaskClaim:
     attempt: int
     history_length: int
     inbox: list[tuple[int, bytes]]
+    history: list[tuple[int, str, bytes]] | None = None
+    """The whole history, when the store read it anyway (a run's first task)."""
 
 
 @dataclasses.dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import queue
 import socket
@@ -32,7 +33,7 @@ from perdure._errors import (
     WorkflowAlreadyStartedError,
     WorkflowNotFoundError,
 )
-from perdure.store._base import StoreNotifier, TimeoutDecider, WorkflowStore
+from perdure.store._base import StoreNotes, StoreNotifier, TimeoutDecider, WorkflowStore
 from perdure.store._records import (
     ActivityAttempt,
     ActivityDecision,
@@ -48,7 +49,7 @@ from perdure.store._schema import SCHEMA_VERSION, SQLITE_MIGRATIONS
 __all__ = ["SqliteStore"]
 
 T = TypeVar("T")
-Op = Callable[[sqlite3.Connection, set[str]], T]
+Op = Callable[[sqlite3.Connection, StoreNotes], T]
 
 _MAX_BATCH = 512
 _NO_DEADLINE = 1e18
@@ -128,22 +129,22 @@ class _WriterThread:
         conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
-        results: list[tuple[Any, Any, BaseException | None, set[str]]] = []
+        results: list[tuple[Any, Any, BaseException | None, StoreNotes | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             for _op, future, loop, notifier in batch:
-                loop.call_soon_threadsafe(_resolve, [(future, None, exc, set())], notifier)
+                loop.call_soon_threadsafe(_resolve, [(future, None, exc, None)], notifier)
             return
         for op, future, _loop, _notifier in batch:
-            notes: set[str] = set()
+            notes = StoreNotes()
             conn.execute("SAVEPOINT op")
             try:
                 value = op(conn, notes)
             except BaseException as exc:
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
-                results.append((future, None, exc, set()))
+                results.append((future, None, exc, None))
             else:
                 conn.execute("RELEASE op")
                 results.append((future, value, None, notes))
@@ -154,14 +155,14 @@ class _WriterThread:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            results = [(f, None, commit_error, set()) for f, _, _, _ in results]
+            results = [(f, None, commit_error, None) for f, _, _, _ in results]
         self.commits += 1
         self.operations += len(batch)
         by_loop: dict[Any, list[Any]] = {}
-        for (future, value, error, notes), (_, _, loop, notifier) in zip(
+        for (future, value, error, op_notes), (_, _, loop, notifier) in zip(
             results, batch, strict=True
         ):
-            by_loop.setdefault((loop, notifier), []).append((future, value, error, notes))
+            by_loop.setdefault((loop, notifier), []).append((future, value, error, op_notes))
         for (loop, notifier), items in by_loop.items():
             try:
                 loop.call_soon_threadsafe(_resolve, items, notifier)
@@ -171,16 +172,19 @@ class _WriterThread:
 
 def _resolve(items: list[Any], notifier: StoreNotifier) -> None:
     kinds: set[str] = set()
+    due = math.inf
     for future, value, exc, notes in items:
-        kinds |= notes
+        if notes is not None:
+            kinds |= notes.kinds
+            due = min(due, notes.due)
         if future.cancelled():
             continue
         if exc is not None:
             future.set_exception(exc)
         else:
             future.set_result(value)
-    if kinds:
-        notifier.notify(kinds)
+    if kinds or due < math.inf:
+        notifier.notify(kinds, due)
 
 
 def _deadline(*candidates: float | None) -> float | None:
@@ -227,7 +231,7 @@ class SqliteStore(WorkflowStore):
 
     # ---------------------------------------------------------------- schema
     async def migrate(self) -> None:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> None:
             exists = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type='table' AND name='perdure_schema'"
             ).fetchone()
@@ -284,7 +288,7 @@ class SqliteStore(WorkflowStore):
 
     def _ensure_workflow_task(
         self, conn: sqlite3.Connection, workflow_id: str, run_id: str, now: float,
-        notes: set[str],
+        notes: StoreNotes,
     ) -> None:
         conn.execute(
             "INSERT INTO workflow_tasks (workflow_id, run_id, task_queue, visible_at, "
@@ -298,7 +302,7 @@ class SqliteStore(WorkflowStore):
 
     def _close_run(
         self, conn: sqlite3.Connection, workflow_id: str, run_id: str, status: str, now: float,
-        result: bytes | None, failure: bytes | None, notes: set[str],
+        result: bytes | None, failure: bytes | None, notes: StoreNotes,
     ) -> None:
         key = (workflow_id, run_id)
         conn.execute(
@@ -336,7 +340,7 @@ class SqliteStore(WorkflowStore):
 
     # ---------------------------------------------------------------- client side
     async def start_workflow(self, record: StartWorkflowRecord) -> str:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> str:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> str:
             latest = self._latest_run(conn, record.workflow_id)
             if latest is not None:
                 run_id, status = latest
@@ -382,14 +386,14 @@ class SqliteStore(WorkflowStore):
                     "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, 0, ?)",
                     (record.workflow_id, record.run_id, record.now + record.execution_timeout),
                 )
-                notes.add("timer")
+                notes.due_at(record.now + record.execution_timeout)
             self._ensure_workflow_task(conn, record.workflow_id, record.run_id, record.now, notes)
             return record.run_id
 
         return await self._run(op)
 
     async def deliver_event(self, workflow_id: str, run_id: str | None, event: bytes) -> str:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> str:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> str:
             rid = self._running_run(conn, workflow_id, run_id)
             conn.execute(
                 "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
@@ -403,7 +407,7 @@ class SqliteStore(WorkflowStore):
     async def terminate(
         self, workflow_id: str, run_id: str | None, event: bytes, failure: bytes
     ) -> str:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> str:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> str:
             rid = self._running_run(conn, workflow_id, run_id)
             (length,) = conn.execute(
                 "SELECT history_length FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
@@ -421,7 +425,7 @@ class SqliteStore(WorkflowStore):
         return await self._run(op)
 
     async def get_run(self, workflow_id: str, run_id: str | None, *, detail: bool = False) -> RunRecord:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> RunRecord:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> RunRecord:
             rid = run_id
             if rid is None:
                 latest = self._latest_run(conn, workflow_id)
@@ -462,7 +466,7 @@ class SqliteStore(WorkflowStore):
     async def get_history(
         self, workflow_id: str, run_id: str, *, after: int = 0
     ) -> list[tuple[int, str, bytes]]:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> list[tuple[int, str, bytes]]:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> list[tuple[int, str, bytes]]:
             return conn.execute(
                 "SELECT seq, event_type, data FROM history_events "
                 "WHERE workflow_id = ? AND run_id = ? AND seq > ? ORDER BY seq",
@@ -474,7 +478,7 @@ class SqliteStore(WorkflowStore):
     async def list_runs(
         self, *, status: str | None, workflow_type: str | None, limit: int
     ) -> list[RunRecord]:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> list[RunRecord]:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> list[RunRecord]:
             where, params = [], []
             if status is not None:
                 where.append("status = ?")
@@ -495,7 +499,7 @@ class SqliteStore(WorkflowStore):
 
     async def enqueue_query(self, workflow_id: str, run_id: str, task_queue: str, name: str,
                             args: bytes) -> int:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> int:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> int:
             cur = conn.execute(
                 "INSERT INTO query_tasks (workflow_id, run_id, task_queue, name, args, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -507,7 +511,7 @@ class SqliteStore(WorkflowStore):
         return await self._run(op)
 
     async def take_query_answer(self, query_id: int, *, give_up: bool) -> tuple[bool, bytes | None, str | None]:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> tuple[bool, bytes | None, str | None]:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> tuple[bool, bytes | None, str | None]:
             row = conn.execute(
                 "SELECT done, answer, error FROM query_tasks WHERE id = ?", (query_id,)
             ).fetchone()
@@ -520,7 +524,7 @@ class SqliteStore(WorkflowStore):
         return await self._run(op)
 
     async def workflow_type_interface(self, workflow_type: str) -> tuple[set[str], set[str]] | None:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> tuple[set[str], set[str]] | None:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> tuple[set[str], set[str]] | None:
             rows = conn.execute(
                 "SELECT signals, queries FROM workflow_types WHERE workflow_type = ?",
                 (workflow_type,),
@@ -541,7 +545,7 @@ class SqliteStore(WorkflowStore):
         self, worker_id: str, task_queues: Sequence[str], build_id: str,
         workflow_types: Sequence[tuple[str, list[str], list[str]]],
     ) -> None:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> None:
             now = self.clock.now()
             conn.execute(
                 "INSERT INTO workers (worker_id, task_queues, heartbeat_at, started_at, build_id, "
@@ -564,7 +568,7 @@ class SqliteStore(WorkflowStore):
         await self._run(op)
 
     async def worker_heartbeat(self, worker_id: str) -> list[tuple[str, str, int]]:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> list[tuple[str, str, int]]:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> list[tuple[str, str, int]]:
             conn.execute(
                 "UPDATE workers SET heartbeat_at = ? WHERE worker_id = ?",
                 (time.time(), worker_id),
@@ -578,7 +582,7 @@ class SqliteStore(WorkflowStore):
         return await self._run(op)
 
     async def remove_worker(self, worker_id: str) -> None:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> None:
             conn.execute(
                 "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
                 "sticky_worker = NULL WHERE lease_owner = ? OR sticky_worker = ?",
@@ -614,9 +618,16 @@ class SqliteStore(WorkflowStore):
             "SELECT id, data FROM inbox WHERE workflow_id = ? AND run_id = ? ORDER BY id",
             (workflow_id, run_id),
         ).fetchall()
+        history = None
+        if row[2] == 1:  # a run's first task: hand over WorkflowStarted, saving a round trip
+            history = conn.execute(
+                "SELECT seq, event_type, data FROM history_events "
+                "WHERE workflow_id = ? AND run_id = ? ORDER BY seq",
+                (workflow_id, run_id),
+            ).fetchall()
         return WorkflowTaskClaim(
             workflow_id=workflow_id, run_id=run_id, workflow_type=row[0], task_queue=row[1],
-            attempt=attempt, history_length=row[2], inbox=inbox,
+            attempt=attempt, history_length=row[2], inbox=inbox, history=history,
         )
 
     async def claim_workflow_tasks(
@@ -624,7 +635,7 @@ class SqliteStore(WorkflowStore):
     ) -> list[WorkflowTaskClaim]:
         marks = ",".join("?" * len(task_queues))
 
-        def op(conn: sqlite3.Connection, notes: set[str]) -> list[WorkflowTaskClaim]:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> list[WorkflowTaskClaim]:
             now, real = self.clock.now(), time.time()
             rows = conn.execute(
                 "UPDATE workflow_tasks SET lease_owner = ?, lease_expires_at = ? "
@@ -645,7 +656,7 @@ class SqliteStore(WorkflowStore):
         return await self._run(op)
 
     async def complete_workflow_task(self, completion: WorkflowTaskCompletion) -> bool:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> bool:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> bool:
             c = completion
             key = (c.workflow_id, c.run_id)
             now = self.clock.now()
@@ -696,8 +707,7 @@ class SqliteStore(WorkflowStore):
                 )
                 if not eager:
                     notes.add("activity_task")
-                if deadline is not None:
-                    notes.add("timer")
+                notes.due_at(deadline)
             for seq in c.cancel_activities:
                 conn.execute(
                     "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ? "
@@ -712,7 +722,7 @@ class SqliteStore(WorkflowStore):
                     "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, ?, ?)",
                     [(*key, seq, fire_at) for seq, fire_at in c.new_timers],
                 )
-                notes.add("timer")
+                notes.due_at(min(fire_at for _, fire_at in c.new_timers))
             for seq in c.cancel_timers:
                 conn.execute(
                     "DELETE FROM timers WHERE workflow_id = ? AND run_id = ? AND seq = ?",
@@ -749,7 +759,7 @@ class SqliteStore(WorkflowStore):
     async def fail_workflow_task(
         self, workflow_id: str, run_id: str, worker_id: str, error: str, retry_at: float
     ) -> None:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> None:
             conn.execute(
                 "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
                 "attempt = attempt + 1, last_failure = ?, visible_at = ?, sticky_worker = NULL "
@@ -760,7 +770,7 @@ class SqliteStore(WorkflowStore):
                 "UPDATE workflow_runs SET sticky_worker = NULL WHERE workflow_id = ? AND run_id = ?",
                 (workflow_id, run_id),
             )
-            notes.add("timer")
+            notes.due_at(retry_at)
 
         await self._run(op)
 
@@ -770,7 +780,7 @@ class SqliteStore(WorkflowStore):
     ) -> list[ActivityTaskClaim]:
         marks = ",".join("?" * len(task_queues))
 
-        def op(conn: sqlite3.Connection, notes: set[str]) -> list[ActivityTaskClaim]:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> list[ActivityTaskClaim]:
             now = self.clock.now()
             rows = conn.execute(
                 "UPDATE activity_tasks SET lease_owner = ?, started_at = ?, deadline = NULLIF(min("
@@ -780,11 +790,12 @@ class SqliteStore(WorkflowStore):
                 f"WHERE task_queue IN ({marks}) AND lease_owner IS NULL AND visible_at <= ? "
                 "ORDER BY visible_at LIMIT ?) RETURNING workflow_id, run_id, seq, activity_type, "
                 "task_queue, input, attempt, scheduled_at, start_to_close_timeout, "
-                "schedule_to_close_timeout, heartbeat_timeout, heartbeat_details, retry_policy",
+                "schedule_to_close_timeout, heartbeat_timeout, heartbeat_details, retry_policy, "
+                "deadline",
                 (worker_id, now, now, now, *task_queues, now, limit),
             ).fetchall()
-            if rows:
-                notes.add("timer")
+            for r in rows:
+                notes.due_at(r[13])
             claims = []
             for r in rows:
                 wf_type = conn.execute(
@@ -806,7 +817,7 @@ class SqliteStore(WorkflowStore):
 
     def _apply_outcome(
         self, conn: sqlite3.Connection, key: tuple[str, str, int], decide: ActivityDecision,
-        row: tuple[Any, ...], now: float, notes: set[str],
+        row: tuple[Any, ...], now: float, notes: StoreNotes,
     ) -> bool:
         """Apply the engine's decision for an ended attempt; True if an event was delivered."""
         attempt, retry_policy, scheduled_at, s2c, s2s, cancel_requested, status = row
@@ -825,7 +836,8 @@ class SqliteStore(WorkflowStore):
                  _deadline(outcome.retry_at + s2s if s2s else None,
                            scheduled_at + s2c if s2c else None), *key),
             )
-            notes.update(("activity_task", "timer"))
+            notes.add("activity_task")
+            notes.due_at(outcome.retry_at)
             return False
         conn.execute(
             "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ?", key
@@ -855,7 +867,7 @@ class SqliteStore(WorkflowStore):
         claim_workflow_task: bool,
         lease: float,
     ) -> tuple[bool, WorkflowTaskClaim | None]:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> tuple[bool, WorkflowTaskClaim | None]:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> tuple[bool, WorkflowTaskClaim | None]:
             key = (workflow_id, run_id, seq)
             row = conn.execute(
                 f"SELECT {self._ATTEMPT_COLUMNS} FROM activity_tasks a JOIN workflow_runs r "
@@ -886,7 +898,7 @@ class SqliteStore(WorkflowStore):
         self, workflow_id: str, run_id: str, seq: int, attempt: int, worker_id: str,
         details: bytes | None,
     ) -> bool:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> bool:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> bool:
             now = self.clock.now()
             row = conn.execute(
                 "UPDATE activity_tasks SET heartbeat_at = ?, heartbeat_details = ?, "
@@ -897,7 +909,7 @@ class SqliteStore(WorkflowStore):
                 "AND lease_owner = ? RETURNING cancel_requested",
                 (now, details, now, workflow_id, run_id, seq, attempt, worker_id),
             ).fetchone()
-            notes.add("timer")
+            # a heartbeat only pushes the deadline later: nothing new to wake for
             return row is None or bool(row[0])
 
         return await self._run(op)
@@ -905,7 +917,7 @@ class SqliteStore(WorkflowStore):
     async def release_activity(
         self, workflow_id: str, run_id: str, seq: int, attempt: int, worker_id: str
     ) -> None:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> None:
             conn.execute(
                 "UPDATE activity_tasks SET lease_owner = NULL, started_at = NULL, visible_at = ?, "
                 "deadline = CASE WHEN schedule_to_close_timeout IS NULL THEN NULL "
@@ -920,7 +932,7 @@ class SqliteStore(WorkflowStore):
 
     # ---------------------------------------------------------------- due work
     async def fire_due_timers(self, limit: int) -> int:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> int:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> int:
             from perdure.history import Failure, TimerFired, WorkflowTimedOut, encode_event
 
             now = self.clock.now()
@@ -966,7 +978,7 @@ class SqliteStore(WorkflowStore):
         return await self._run(op)
 
     async def expire_activities(self, limit: int, decider: TimeoutDecider) -> int:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> int:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> int:
             now = self.clock.now()
             rows = conn.execute(
                 f"SELECT a.workflow_id, a.run_id, a.seq, a.started_at, a.start_to_close_timeout, "
@@ -998,7 +1010,7 @@ class SqliteStore(WorkflowStore):
         return await self._run(op)
 
     async def reclaim_dead_workers(self, dead_after: float, decider: TimeoutDecider) -> int:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> int:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> int:
             now = self.clock.now()
             dead = [
                 r[0] for r in conn.execute(
@@ -1042,7 +1054,7 @@ class SqliteStore(WorkflowStore):
     ) -> list[QueryTaskClaim]:
         marks = ",".join("?" * len(task_queues))
 
-        def op(conn: sqlite3.Connection, notes: set[str]) -> list[QueryTaskClaim]:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> list[QueryTaskClaim]:
             now = time.time()
             rows = conn.execute(
                 "UPDATE query_tasks SET lease_owner = ?, lease_expires_at = ? WHERE id IN ("
@@ -1056,7 +1068,7 @@ class SqliteStore(WorkflowStore):
         return await self._run(op)
 
     async def answer_query(self, query_id: int, answer: bytes | None, error: str | None) -> None:
-        def op(conn: sqlite3.Connection, notes: set[str]) -> None:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> None:
             conn.execute(
                 "UPDATE query_tasks SET done = 1, answer = ?, error = ? WHERE id = ?",
                 (answer, error, query_id),
@@ -1071,7 +1083,7 @@ class SqliteStore(WorkflowStore):
             f" AND task_queue IN ({','.join('?' * len(task_queues))})")
         params = [] if task_queues is None else [*task_queues, *task_queues]
 
-        def op(conn: sqlite3.Connection, notes: set[str]) -> float | None:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> float | None:
             row = conn.execute(
                 "SELECT min(t) FROM ("
                 "SELECT min(fire_at) AS t FROM timers "
@@ -1091,7 +1103,7 @@ class SqliteStore(WorkflowStore):
             f" AND task_queue IN ({','.join('?' * len(task_queues))})")
         params = [] if task_queues is None else list(task_queues)
 
-        def op(conn: sqlite3.Connection, notes: set[str]) -> int:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> int:
             now = self.clock.now()
             wf = conn.execute(
                 "SELECT count(*) FROM workflow_tasks WHERE visible_at <= ? AND "

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import os
 import socket
 import sys
@@ -314,7 +315,9 @@ class Worker:
                 f"{', '.join(sorted(self.workflows)) or 'none'}); pass it in "
                 "Worker(workflows=[...]) on a worker serving this queue"
             )
-        rows = await self.store.get_history(claim.workflow_id, claim.run_id)
+        rows = claim.history
+        if rows is None or len(rows) != claim.history_length:
+            rows = await self.store.get_history(claim.workflow_id, claim.run_id)
         events = [decode_event(data) for _, _, data in rows]
         instance = WorkflowInstance(
             definition, workflow_id=claim.workflow_id, run_id=claim.run_id,
@@ -636,7 +639,12 @@ class Worker:
             due = await self.store.next_due_time()
             wait = reclaim_every if due is None else max(0.0, min(due - now, reclaim_every))
             if wait > 0:
-                await self.store.notifier.wait(["timer"], timeout=self.clock.sleep_scale(wait))
+                # only work due before our next look wakes us early
+                self.store.notifier.next_due = now + wait
+                try:
+                    await self.store.notifier.wait(["timer"], timeout=self.clock.sleep_scale(wait))
+                finally:
+                    self.store.notifier.next_due = -math.inf
 
     async def _query_loop(self) -> None:
         backoff = 0.005
