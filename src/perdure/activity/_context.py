@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -36,6 +35,21 @@ class ActivityInfo:
     heartbeat_timeout: float | None
 
 
+class CancelFlag:
+    """Set once when the attempt should stop; cheap to create, safe to read from any thread."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class ActivityContext:
     """The worker's side of a running attempt."""
 
@@ -51,7 +65,7 @@ class ActivityContext:
         self.converter = converter
         self.previous_heartbeat = heartbeat_details
         self._record_heartbeat = record_heartbeat
-        self.cancelled = threading.Event()
+        self.cancelled = CancelFlag()
 
     def heartbeat(self, details: tuple[Any, ...]) -> None:
         data = (

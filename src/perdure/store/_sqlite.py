@@ -128,16 +128,25 @@ class _WriterThread:
                 break
         conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+    @staticmethod
+    def _execute(
+        conn: sqlite3.Connection, batch: list[Any], *, savepoints: bool
+    ) -> list[tuple[Any, Any, BaseException | None, StoreNotes | None]] | None:
+        """Run the batch's operations; without savepoints, None as soon as one raises."""
         results: list[tuple[Any, Any, BaseException | None, StoreNotes | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            for _op, future, loop, notifier in batch:
-                loop.call_soon_threadsafe(_resolve, [(future, None, exc, None)], notifier)
-            return
         for op, future, _loop, _notifier in batch:
             notes = StoreNotes()
+            if not savepoints:
+                try:
+                    value = op(conn, notes)
+                except BaseException as exc:
+                    if len(batch) > 1:
+                        return None
+                    conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
+                    return [(future, None, exc, None)]
+                results.append((future, value, None, notes))
+                continue
             conn.execute("SAVEPOINT op")
             try:
                 value = op(conn, notes)
@@ -148,6 +157,23 @@ class _WriterThread:
             else:
                 conn.execute("RELEASE op")
                 results.append((future, value, None, notes))
+        return results
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            for _op, future, loop, notifier in batch:
+                loop.call_soon_threadsafe(_resolve, [(future, None, exc, None)], notifier)
+            return
+        results = self._execute(conn, batch, savepoints=False)
+        if results is None:
+            # an operation raised: undo the whole batch, then run it again with a savepoint
+            # around each operation so that only the failing one is undone
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            results = self._execute(conn, batch, savepoints=True)
+            assert results is not None
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as commit_error:

@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+_DEFAULT_RETRY = RetryPolicy().to_dict()
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -102,7 +103,7 @@ def start_activity(
             )
         name = definition.name
         hint = result_type if result_type is not None else definition.return_hint
-    policy = retry_policy if retry_policy is not None else RetryPolicy()
+    policy_dict = retry_policy.to_dict() if retry_policy is not None else _DEFAULT_RETRY
     seq, future = instance.schedule_activity(
         name,
         args,
@@ -112,7 +113,7 @@ def start_activity(
         schedule_to_close_timeout=_seconds(schedule_to_close_timeout),
         schedule_to_start_timeout=_seconds(schedule_to_start_timeout),
         heartbeat_timeout=_seconds(heartbeat_timeout),
-        retry_policy=policy.to_dict(),
+        retry_policy=policy_dict,
     )
     task = instance.loop.create_task(_await_activity(seq, future), name=f"activity:{name}:{seq}")
 
