@@ -107,9 +107,12 @@ async def test_stale_completion_is_rejected(store: WorkflowStore) -> None:
     run_id = await _start(store, "w")
     [claim] = await store.claim_workflow_tasks("A", ["q"], 10, lease=60)
     assert claim.history_length == 1
-    assert not await store.complete_workflow_task(_completion(("w", run_id), "A", 5))
     assert not await store.complete_workflow_task(_completion(("w", run_id), "B", 1))
-    assert await store.complete_workflow_task(_completion(("w", run_id), "A", 1))
+    assert not await store.complete_workflow_task(_completion(("w", run_id), "A", 5))
+    # a stale holder hands the task back at once instead of sitting on its lease
+    [again] = await store.claim_workflow_tasks("B", ["q"], 10, lease=60)
+    assert not await store.complete_workflow_task(_completion(("w", run_id), "A", 1))
+    assert await store.complete_workflow_task(_completion(("w", run_id), "B", again.history_length))
     history = await store.get_history("w", run_id)
     assert [t for _, t, _ in history] == ["WorkflowStarted", "WorkflowTaskCompleted"]
 

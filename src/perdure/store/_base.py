@@ -175,6 +175,18 @@ class WorkflowStore:
         """Commit a workflow task; False if the run moved on (the cached copy is stale)."""
         raise NotImplementedError
 
+    async def complete_activity_and_workflow_task(
+        self, seq: int, attempt: int, event: bytes, completion: WorkflowTaskCompletion
+    ) -> str:
+        """Record an activity's result and the next activation it caused, in one commit.
+
+        For a worker that has the run cached. Returns ``"fused"`` when both were
+        written; ``"accepted"`` when only the result was recorded (the run moved on,
+        or another worker holds its task: the cached copy is stale); ``"rejected"``
+        when the attempt is no longer current.
+        """
+        raise NotImplementedError
+
     async def fail_workflow_task(
         self, workflow_id: str, run_id: str, worker_id: str, error: str, retry_at: float
     ) -> None:

@@ -37,6 +37,7 @@ from perdure.store._base import StoreNotes, StoreNotifier, TimeoutDecider, Workf
 from perdure.store._records import (
     ActivityAttempt,
     ActivityDecision,
+    ActivityOutcome,
     ActivityTaskClaim,
     QueryTaskClaim,
     RunRecord,
@@ -684,103 +685,149 @@ class SqliteStore(WorkflowStore):
     async def complete_workflow_task(self, completion: WorkflowTaskCompletion) -> bool:
         def op(conn: sqlite3.Connection, notes: StoreNotes) -> bool:
             c = completion
-            key = (c.workflow_id, c.run_id)
-            now = self.clock.now()
             row = conn.execute(
                 "SELECT r.history_length, r.status, t.lease_owner FROM workflow_runs r "
                 "JOIN workflow_tasks t ON t.workflow_id = r.workflow_id AND t.run_id = r.run_id "
                 "WHERE r.workflow_id = ? AND r.run_id = ?",
-                key,
+                (c.workflow_id, c.run_id),
             ).fetchone()
-            if (
-                row is None
-                or row[0] != c.expected_history_length
-                or row[1] != "running"
-                or row[2] != c.worker_id
-            ):
+            if row is None or row[2] != c.worker_id:
                 return False
-            self._append(conn, c.workflow_id, c.run_id, c.expected_history_length + 1, c.events)
-            new_length = c.expected_history_length + len(c.events)
+            if row[0] != c.expected_history_length or row[1] != "running":
+                # the run moved on without us: hand the task back at once
+                conn.execute(
+                    "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL "
+                    "WHERE workflow_id = ? AND run_id = ? AND lease_owner = ?",
+                    (c.workflow_id, c.run_id, c.worker_id),
+                )
+                notes.add("workflow_task")
+                return False
+            self._apply_completion(conn, c, self.clock.now(), notes)
+            return True
+
+        return await self._run(op)
+
+    async def complete_activity_and_workflow_task(
+        self, seq: int, attempt: int, event: bytes, completion: WorkflowTaskCompletion
+    ) -> str:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> str:
+            c = completion
+            key = (c.workflow_id, c.run_id, seq)
+            row = conn.execute(
+                f"SELECT {self._ATTEMPT_COLUMNS}, r.history_length FROM activity_tasks a "
+                "JOIN workflow_runs r ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "
+                "WHERE a.workflow_id = ? AND a.run_id = ? AND a.seq = ? AND a.attempt = ? "
+                "AND a.lease_owner = ?",
+                (*key, attempt, c.worker_id),
+            ).fetchone()
+            if row is None:
+                return "rejected"
+            now = self.clock.now()
+            history_length = row[7]
+            task = conn.execute(
+                "SELECT lease_owner, lease_expires_at FROM workflow_tasks "
+                "WHERE workflow_id = ? AND run_id = ?", (c.workflow_id, c.run_id),
+            ).fetchone()
+            task_busy = task is not None and task[0] is not None and task[1] >= time.time()
+            if row[5] or row[6] != "running" or history_length != c.expected_history_length \
+                    or task_busy:
+                # not ours to advance: record the completion the ordinary way
+                self._apply_outcome(conn, key, lambda _state: ActivityOutcome(None, event),
+                                    row[:7], now, notes)
+                return "accepted"
+            conn.execute(
+                "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ?", key
+            )
+            self._apply_completion(conn, c, now, notes)
+            return "fused"
+
+        return await self._run(op)
+
+    def _apply_completion(
+        self, conn: sqlite3.Connection, c: WorkflowTaskCompletion, now: float, notes: StoreNotes
+    ) -> None:
+        """Write one activation: events, new tasks and timers, the run's new state."""
+        key = (c.workflow_id, c.run_id)
+        self._append(conn, c.workflow_id, c.run_id, c.expected_history_length + 1, c.events)
+        new_length = c.expected_history_length + len(c.events)
+        if c.inbox_upto:
             conn.execute(
                 "DELETE FROM inbox WHERE workflow_id = ? AND run_id = ? AND id <= ?",
                 (*key, c.inbox_upto),
             )
-            for task in c.new_activities:
-                eager = task.eager_owner is not None
-                s2s = (
-                    now + task.schedule_to_start_timeout
-                    if task.schedule_to_start_timeout and not eager else None
-                )
-                s2c = now + task.schedule_to_close_timeout if task.schedule_to_close_timeout else None
-                if eager:
-                    deadline = _deadline(
-                        now + task.start_to_close_timeout if task.start_to_close_timeout else None,
-                        now + task.heartbeat_timeout if task.heartbeat_timeout else None,
-                        s2c,
-                    )
-                else:
-                    deadline = _deadline(s2s, s2c)
-                conn.execute(
-                    "INSERT INTO activity_tasks (workflow_id, run_id, seq, activity_type, "
-                    "task_queue, input, scheduled_at, visible_at, lease_owner, started_at, "
-                    "deadline, start_to_close_timeout, schedule_to_close_timeout, "
-                    "schedule_to_start_timeout, heartbeat_timeout, retry_policy) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (*key, task.seq, task.activity_type, task.task_queue, task.input, now, now,
-                     task.eager_owner, now if eager else None, deadline,
-                     task.start_to_close_timeout, task.schedule_to_close_timeout,
-                     task.schedule_to_start_timeout, task.heartbeat_timeout, task.retry_policy),
-                )
-                if not eager:
-                    notes.add("activity_task")
-                notes.due_at(deadline)
-            for seq in c.cancel_activities:
-                conn.execute(
-                    "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ? "
-                    "AND lease_owner IS NULL", (*key, seq),
-                )
-                conn.execute(
-                    "UPDATE activity_tasks SET cancel_requested = 1 "
-                    "WHERE workflow_id = ? AND run_id = ? AND seq = ?", (*key, seq),
-                )
-            if c.new_timers:
-                conn.executemany(
-                    "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, ?, ?)",
-                    [(*key, seq, fire_at) for seq, fire_at in c.new_timers],
-                )
-                notes.due_at(min(fire_at for _, fire_at in c.new_timers))
-            for seq in c.cancel_timers:
-                conn.execute(
-                    "DELETE FROM timers WHERE workflow_id = ? AND run_id = ? AND seq = ?",
-                    (*key, seq),
-                )
-            conn.execute(
-                "UPDATE workflow_runs SET history_length = ?, sticky_worker = ?, sticky_for = ? "
-                "WHERE workflow_id = ? AND run_id = ?",
-                (new_length, c.worker_id if c.sticky_for > 0 else None, c.sticky_for, *key),
+        for task in c.new_activities:
+            eager = task.eager_owner is not None
+            s2s = (
+                now + task.schedule_to_start_timeout
+                if task.schedule_to_start_timeout and not eager else None
             )
-            if c.close_status is not None:
-                self._close_run(conn, c.workflow_id, c.run_id, c.close_status, now,
-                                c.close_result, c.close_failure, notes)
-                return True
-            more = conn.execute(
-                "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? LIMIT 1", key
-            ).fetchone()
-            if more:
-                conn.execute(
-                    "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
-                    "attempt = 1, last_failure = NULL, visible_at = ?, sticky_worker = ?, "
-                    "sticky_until = ? WHERE workflow_id = ? AND run_id = ?",
-                    (now, c.worker_id if c.sticky_for > 0 else None, now + c.sticky_for, *key),
+            s2c = now + task.schedule_to_close_timeout if task.schedule_to_close_timeout else None
+            if eager:
+                deadline = _deadline(
+                    now + task.start_to_close_timeout if task.start_to_close_timeout else None,
+                    now + task.heartbeat_timeout if task.heartbeat_timeout else None,
+                    s2c,
                 )
-                notes.add("workflow_task")
             else:
-                conn.execute(
-                    "DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key
-                )
-            return True
-
-        return await self._run(op)
+                deadline = _deadline(s2s, s2c)
+            conn.execute(
+                "INSERT INTO activity_tasks (workflow_id, run_id, seq, activity_type, "
+                "task_queue, input, scheduled_at, visible_at, lease_owner, started_at, "
+                "deadline, start_to_close_timeout, schedule_to_close_timeout, "
+                "schedule_to_start_timeout, heartbeat_timeout, retry_policy) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, task.seq, task.activity_type, task.task_queue, task.input, now, now,
+                 task.eager_owner, now if eager else None, deadline,
+                 task.start_to_close_timeout, task.schedule_to_close_timeout,
+                 task.schedule_to_start_timeout, task.heartbeat_timeout, task.retry_policy),
+            )
+            if not eager:
+                notes.add("activity_task")
+            notes.due_at(deadline)
+        for seq in c.cancel_activities:
+            conn.execute(
+                "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ? "
+                "AND lease_owner IS NULL", (*key, seq),
+            )
+            conn.execute(
+                "UPDATE activity_tasks SET cancel_requested = 1 "
+                "WHERE workflow_id = ? AND run_id = ? AND seq = ?", (*key, seq),
+            )
+        if c.new_timers:
+            conn.executemany(
+                "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, ?, ?)",
+                [(*key, seq, fire_at) for seq, fire_at in c.new_timers],
+            )
+            notes.due_at(min(fire_at for _, fire_at in c.new_timers))
+        for seq in c.cancel_timers:
+            conn.execute(
+                "DELETE FROM timers WHERE workflow_id = ? AND run_id = ? AND seq = ?",
+                (*key, seq),
+            )
+        conn.execute(
+            "UPDATE workflow_runs SET history_length = ?, sticky_worker = ?, sticky_for = ? "
+            "WHERE workflow_id = ? AND run_id = ?",
+            (new_length, c.worker_id if c.sticky_for > 0 else None, c.sticky_for, *key),
+        )
+        if c.close_status is not None:
+            self._close_run(conn, c.workflow_id, c.run_id, c.close_status, now,
+                            c.close_result, c.close_failure, notes)
+            return
+        more = conn.execute(
+            "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? LIMIT 1", key
+        ).fetchone()
+        if more:
+            conn.execute(
+                "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
+                "attempt = 1, last_failure = NULL, visible_at = ?, sticky_worker = ?, "
+                "sticky_until = ? WHERE workflow_id = ? AND run_id = ?",
+                (now, c.worker_id if c.sticky_for > 0 else None, now + c.sticky_for, *key),
+            )
+            notes.add("workflow_task")
+        else:
+            conn.execute(
+                "DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key
+            )
 
     async def fail_workflow_task(
         self, workflow_id: str, run_id: str, worker_id: str, error: str, retry_at: float

@@ -37,8 +37,20 @@ from perdure.engine import (
     activity_timed_out_outcome,
     plan_workflow_task,
 )
-from perdure.history import ActivityScheduled, Failure, HistoryEvent, decode_event
-from perdure.store._records import ActivityTaskClaim, QueryTaskClaim, WorkflowTaskClaim
+from perdure.history import (
+    ActivityCompleted,
+    ActivityScheduled,
+    Failure,
+    HistoryEvent,
+    decode_event,
+    encode_event,
+)
+from perdure.store._records import (
+    ActivityTaskClaim,
+    QueryTaskClaim,
+    WorkflowTaskClaim,
+    WorkflowTaskCompletion,
+)
 from perdure.workflow._definition import WorkflowDefinition, get_workflow_definition
 from perdure.workflow._instance import WorkflowInstance
 
@@ -141,6 +153,8 @@ class Worker:
         self._own_executor = False
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self._running_activities: dict[tuple[str, str, int], _RunningActivity] = {}
+        self._busy_runs: set[str] = set()
+        """Runs whose activation is being computed or committed here right now."""
         self._inflight_workflow_tasks = 0
         self._activity_slots = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -149,7 +163,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._started = False
         self.stats = {"workflow_tasks": 0, "replays": 0, "activities": 0, "eager_activities": 0,
-                      "task_failures": 0, "rejected_completions": 0}
+                      "task_failures": 0, "rejected_completions": 0, "fused_completions": 0}
 
     def _derive_build_id(self) -> str:
         digest = hashlib.sha256()
@@ -338,38 +352,22 @@ class Worker:
             claim = next_claim
 
     async def _run_workflow_task(self, claim: WorkflowTaskClaim) -> WorkflowTaskClaim | None:
+        self._busy_runs.add(claim.run_id)
+        try:
+            return await self._run_workflow_task_locked(claim)
+        finally:
+            self._busy_runs.discard(claim.run_id)
+
+    async def _run_workflow_task_locked(self, claim: WorkflowTaskClaim) -> WorkflowTaskClaim | None:
         reserved: list[ActivityScheduled] = []
         try:
             instance, tail = await self._instance_for(claim)
             inbox = [(decode_event(data), data) for _, data in claim.inbox]
             now = self.clock.now()
             commands = instance.activate([*tail, *(e for e, _ in inbox)], now)
-
-            def eager(command: ActivityScheduled) -> bool:
-                if (
-                    self.options.eager_activities
-                    and not self._stopping.is_set()
-                    and command.task_queue in self.task_queues
-                    and command.activity_type in self.activities
-                    and self._activity_slots < self.options.max_concurrent_activities
-                ):
-                    self._activity_slots += 1
-                    reserved.append(command)
-                    return True
-                return False
-
-            completion = plan_workflow_task(
-                workflow_id=claim.workflow_id,
-                run_id=claim.run_id,
-                worker_id=self.identity,
-                build_id=self.build_id,
-                expected_history_length=claim.history_length,
-                inbox_upto=claim.inbox[-1][0] if claim.inbox else 0,
-                inbound=inbox,
-                commands=commands,
-                now=now,
-                eager=eager,
-                sticky_for=self.options.sticky_timeout,
+            completion = self._plan(
+                claim.workflow_id, claim.run_id, claim.history_length,
+                claim.inbox[-1][0] if claim.inbox else 0, inbox, commands, now, reserved,
             )
         except Exception as exc:
             self._activity_slots -= len(reserved)
@@ -387,34 +385,126 @@ class Worker:
             self._activity_slots -= len(reserved)
             self._cache.pop(claim.run_id, None)
             return None
-        instance.history_length = claim.history_length + len(completion.events)
+        self._after_commit(instance, claim.workflow_type, completion, reserved, now)
+        return None
+
+    def _plan(
+        self, workflow_id: str, run_id: str, expected_history_length: int, inbox_upto: int,
+        inbound: list[tuple[HistoryEvent, bytes]], commands: list[HistoryEvent], now: float,
+        reserved: list[ActivityScheduled],
+    ) -> WorkflowTaskCompletion:
+        """The engine's plan for one activation; reserves slots for eager activities."""
+
+        def eager(command: ActivityScheduled) -> bool:
+            if (
+                self.options.eager_activities
+                and not self._stopping.is_set()
+                and command.task_queue in self.task_queues
+                and command.activity_type in self.activities
+                and self._activity_slots < self.options.max_concurrent_activities
+            ):
+                self._activity_slots += 1
+                reserved.append(command)
+                return True
+            return False
+
+        return plan_workflow_task(
+            workflow_id=workflow_id,
+            run_id=run_id,
+            worker_id=self.identity,
+            build_id=self.build_id,
+            expected_history_length=expected_history_length,
+            inbox_upto=inbox_upto,
+            inbound=inbound,
+            commands=commands,
+            now=now,
+            eager=eager,
+            sticky_for=self.options.sticky_timeout,
+        )
+
+    def _after_commit(
+        self, instance: WorkflowInstance, workflow_type: str, completion: WorkflowTaskCompletion,
+        reserved: list[ActivityScheduled], now: float,
+    ) -> None:
+        """A committed activation: update the cache, stop cancelled work, start eager work."""
+        workflow_id, run_id = completion.workflow_id, completion.run_id
+        instance.history_length = completion.expected_history_length + len(completion.events)
         for seq in completion.cancel_activities:
-            running = self._running_activities.get((claim.workflow_id, claim.run_id, seq))
+            running = self._running_activities.get((workflow_id, run_id, seq))
             if running is not None:  # running here: no need to wait for a liveness round
                 self._cancel_running(running)
         if instance.completed:
-            self._cache.pop(claim.run_id, None)
+            self._cache.pop(run_id, None)
             for key, running in list(self._running_activities.items()):
-                if key[1] == claim.run_id:
+                if key[1] == run_id:
                     self._cancel_running(running)
         else:
-            self._cache[claim.run_id] = instance
-            self._cache.move_to_end(claim.run_id)
+            self._cache[run_id] = instance
+            self._cache.move_to_end(run_id)
             while len(self._cache) > self.options.max_cached_workflows:
                 self._cache.popitem(last=False)
         for command in reserved:
             self.stats["eager_activities"] += 1
             activity_claim = ActivityTaskClaim(
-                workflow_id=claim.workflow_id, run_id=claim.run_id, seq=command.seq,
+                workflow_id=workflow_id, run_id=run_id, seq=command.seq,
                 activity_type=command.activity_type, task_queue=command.task_queue,
-                workflow_type=claim.workflow_type, input=bytes(command.input), attempt=1,
+                workflow_type=workflow_type, input=bytes(command.input), attempt=1,
                 scheduled_at=now, start_to_close_timeout=command.start_to_close_timeout,
                 schedule_to_close_timeout=command.schedule_to_close_timeout,
                 heartbeat_timeout=command.heartbeat_timeout, heartbeat_details=None,
                 retry_policy=b"",
             )
             self._spawn(self._activity_attempt(activity_claim))
-        return None
+
+    async def _complete_and_advance(self, claim: ActivityTaskClaim, result: bytes) -> bool:
+        """Fused path: deliver a result to the cached run and commit both in one transaction.
+
+        Returns False when the ordinary path must record the result instead.
+        """
+        run_id = claim.run_id
+        instance = self._cache.get(run_id)
+        if (
+            instance is None
+            or instance.completed
+            or run_id in self._busy_runs
+            or self._stopping.is_set()
+        ):
+            return False
+        self._busy_runs.add(run_id)
+        reserved: list[ActivityScheduled] = []
+        try:
+            event = ActivityCompleted(seq=claim.seq, result=msgspec.Raw(result),
+                                      attempt=claim.attempt)
+            data = encode_event(event)
+            now = self.clock.now()
+            try:
+                commands = instance.activate([event], now)
+                completion = self._plan(
+                    claim.workflow_id, run_id, instance.history_length, 0, [(event, data)],
+                    commands, now, reserved,
+                )
+            except Exception:
+                self._activity_slots -= len(reserved)
+                self._cache.pop(run_id, None)  # half-advanced: replay it from history
+                return False
+            try:
+                outcome = await self.store.complete_activity_and_workflow_task(
+                    claim.seq, claim.attempt, data, completion
+                )
+            except BaseException:
+                self._activity_slots -= len(reserved)
+                self._cache.pop(run_id, None)
+                raise
+            if outcome != "fused":
+                self._activity_slots -= len(reserved)
+                self._cache.pop(run_id, None)
+                return True
+            self.stats["workflow_tasks"] += 1
+            self.stats["fused_completions"] += 1
+            self._after_commit(instance, claim.workflow_type, completion, reserved, now)
+            return True
+        finally:
+            self._busy_runs.discard(run_id)
 
     async def _fail_workflow_task(self, claim: WorkflowTaskClaim, exc: BaseException) -> None:
         self._cache.pop(claim.run_id, None)
@@ -524,6 +614,10 @@ class Worker:
             decide = activity_failed_outcome(
                 claim.seq, failure_from_exception(error), self.clock.now()
             )
+        if error is None and result is not None and await self._complete_and_advance(
+            claim, result
+        ):
+            return
         _accepted, wf_claim = await self.store.finish_activity_attempt(
             *key, claim.attempt, self.identity, decide,
             claim_workflow_task=claim.run_id in self._cache and not self._stopping.is_set(),
