@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -153,8 +154,9 @@ class Worker:
         self._own_executor = False
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self._running_activities: dict[tuple[str, str, int], _RunningActivity] = {}
-        self._busy_runs: set[str] = set()
-        """Runs whose activation is being computed or committed here right now."""
+        self._run_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._inflight_workflow_tasks = 0
         self._activity_slots = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -351,12 +353,16 @@ class Worker:
                 return
             claim = next_claim
 
+    def _run_lock(self, run_id: str) -> asyncio.Lock:
+        """One activation of a run at a time in this worker (tasks and fused completions)."""
+        lock = self._run_locks.get(run_id)
+        if lock is None:
+            lock = self._run_locks[run_id] = asyncio.Lock()
+        return lock
+
     async def _run_workflow_task(self, claim: WorkflowTaskClaim) -> WorkflowTaskClaim | None:
-        self._busy_runs.add(claim.run_id)
-        try:
+        async with self._run_lock(claim.run_id):
             return await self._run_workflow_task_locked(claim)
-        finally:
-            self._busy_runs.discard(claim.run_id)
 
     async def _run_workflow_task_locked(self, claim: WorkflowTaskClaim) -> WorkflowTaskClaim | None:
         reserved: list[ActivityScheduled] = []
@@ -462,17 +468,12 @@ class Worker:
         Returns False when the ordinary path must record the result instead.
         """
         run_id = claim.run_id
+        lock = self._run_lock(run_id)
         instance = self._cache.get(run_id)
-        if (
-            instance is None
-            or instance.completed
-            or run_id in self._busy_runs
-            or self._stopping.is_set()
-        ):
+        if instance is None or instance.completed or lock.locked() or self._stopping.is_set():
             return False
-        self._busy_runs.add(run_id)
         reserved: list[ActivityScheduled] = []
-        try:
+        async with lock:
             event = ActivityCompleted(seq=claim.seq, result=msgspec.Raw(result),
                                       attempt=claim.attempt)
             data = encode_event(event)
@@ -503,8 +504,6 @@ class Worker:
             self.stats["fused_completions"] += 1
             self._after_commit(instance, claim.workflow_type, completion, reserved, now)
             return True
-        finally:
-            self._busy_runs.discard(run_id)
 
     async def _fail_workflow_task(self, claim: WorkflowTaskClaim, exc: BaseException) -> None:
         self._cache.pop(claim.run_id, None)
@@ -759,7 +758,11 @@ class Worker:
         try:
             run = await self.store.get_run(claim.workflow_id, claim.run_id)
             instance = self._cache.get(claim.run_id)
-            if instance is None or instance.history_length != run.history_length:
+            if (
+                instance is None
+                or instance.history_length != run.history_length
+                or self._run_lock(claim.run_id).locked()  # mid-activation: not committed state
+            ):
                 definition = self.workflows.get(run.workflow_type)
                 if definition is None:
                     raise ConfigurationError(
