@@ -76,10 +76,11 @@ class WorkerOptions:
     """Running workflows kept in memory (LRU); others are replayed when they wake."""
     workflow_task_lease: float = 60.0
     """Seconds a claimed workflow task stays ours without completion."""
-    liveness_interval: float = 1.0
+    liveness_interval: float = 0.5
     """Seconds between liveness heartbeats."""
-    dead_worker_timeout: float = 5.0
-    """A worker silent this long is dead; its tasks are reclaimed."""
+    dead_worker_timeout: float = 2.0
+    """A worker silent this long is dead; its tasks are reclaimed. Keep it well above
+    the longest time workflow code may block this worker's event loop."""
     sticky_timeout: float = 5.0
     """Seconds a run's next workflow task waits for this worker (its cache) first."""
     max_poll_interval: float = 0.25
