@@ -1,0 +1,152 @@
+"""Worker behaviour: sticky cache, LRU bound, concurrency limits, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from perdure import RetryPolicy, WorkerOptions, activity, workflow
+from perdure.testing import WorkflowEnvironment
+
+from ._helpers import wait_until
+
+RUNNING: list[int] = []
+PEAK: list[int] = [0]
+ATTEMPTS: list[int] = []
+
+
+@activity.defn
+async def tracked(n: int) -> int:
+    RUNNING.append(n)
+    PEAK[0] = max(PEAK[0], len(RUNNING))
+    try:
+        await asyncio.sleep(0.05)
+    finally:
+        RUNNING.remove(n)
+    return n
+
+
+@activity.defn
+async def slow(seconds: float) -> int:
+    ATTEMPTS.append(activity.info().attempt)
+    await asyncio.sleep(seconds)
+    return activity.info().attempt
+
+
+@workflow.defn
+class Steps:
+    @workflow.run
+    async def run(self, count: int) -> int:
+        total = 0
+        for i in range(count):
+            total += await workflow.execute_activity(tracked, i, start_to_close_timeout=10)
+        return total
+
+
+@workflow.defn
+class Parallel:
+    @workflow.run
+    async def run(self, count: int) -> list[int]:
+        return list(await asyncio.gather(*(
+            workflow.execute_activity(tracked, i, start_to_close_timeout=10) for i in range(count)
+        )))
+
+
+@workflow.defn
+class Waits:
+    def __init__(self) -> None:
+        self.go = False
+
+    @workflow.run
+    async def run(self, n: int) -> int:
+        await workflow.wait_condition(lambda: self.go)
+        return n
+
+    @workflow.signal
+    def release(self) -> None:
+        self.go = True
+
+
+@workflow.defn
+class SlowOne:
+    @workflow.run
+    async def run(self, seconds: float) -> int:
+        return await workflow.execute_activity(
+            slow, seconds, start_to_close_timeout=30,
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=10)),
+        )
+
+
+async def test_sticky_cache_means_no_replay_per_step(env: WorkflowEnvironment) -> None:
+    async with env.worker(task_queue="w", workflows=[Steps], activities=[tracked]) as worker:
+        handle = await env.client.start_workflow(Steps.run, 10, id="steps", task_queue="w")
+        assert await handle.result(timeout=30) == sum(range(10))
+        # one instance built for the first task (from WorkflowStarted), then never again
+        assert worker.stats["replays"] == 1
+        assert worker.stats["workflow_tasks"] >= 11
+
+
+async def test_concurrent_activity_limit_holds(env: WorkflowEnvironment) -> None:
+    PEAK[0] = 0
+    options = WorkerOptions(max_concurrent_activities=2)
+    async with env.worker(task_queue="w", workflows=[Parallel], activities=[tracked],
+                          options=options):
+        handle = await env.client.start_workflow(Parallel.run, 8, id="par", task_queue="w")
+        assert await handle.result(timeout=30) == list(range(8))
+    assert PEAK[0] == 2
+
+
+async def test_cache_is_bounded_and_evicted_runs_still_finish(env: WorkflowEnvironment) -> None:
+    options = WorkerOptions(max_cached_workflows=2)
+    async with env.worker(task_queue="w", workflows=[Waits], options=options) as worker:
+        handles = [
+            await env.client.start_workflow(Waits.run, i, id=f"wait-{i}", task_queue="w")
+            for i in range(6)
+        ]
+
+        async def all_waiting() -> bool:
+            return all([(await h.describe()).history_length >= 2 for h in handles])
+
+        await wait_until(all_waiting, what="every workflow waiting")
+        assert len(worker._cache) <= 2
+        for h in handles:
+            await h.signal(Waits.release)
+        assert [await h.result(timeout=30) for h in handles] == list(range(6))
+        assert worker.stats["replays"] >= 4  # evicted runs were rebuilt from history
+
+
+async def test_graceful_shutdown_lets_running_activities_finish(
+    real_env: WorkflowEnvironment,
+) -> None:
+    ATTEMPTS.clear()
+    worker = real_env.worker(task_queue="g", workflows=[SlowOne], activities=[slow],
+                             options=WorkerOptions(graceful_shutdown_timeout=5))
+    await worker.start()
+    handle = await real_env.client.start_workflow(SlowOne.run, 0.3, id="grace-1",
+                                                  task_queue="g")
+    await wait_until(lambda: _has(ATTEMPTS), what="activity started")
+    await worker.shutdown()  # waits for the attempt, which commits its result
+    description = await handle.describe()
+    assert description.pending_activities == 0
+    async with real_env.worker(task_queue="g", workflows=[SlowOne], activities=[slow]):
+        assert await handle.result(timeout=10) == 1
+    assert ATTEMPTS == [1]
+
+
+async def test_shutdown_hands_back_unfinished_attempts(real_env: WorkflowEnvironment) -> None:
+    ATTEMPTS.clear()
+    worker = real_env.worker(task_queue="h", workflows=[SlowOne], activities=[slow],
+                             options=WorkerOptions(graceful_shutdown_timeout=0.1))
+    await worker.start()
+    handle = await real_env.client.start_workflow(SlowOne.run, 0.5, id="grace-2",
+                                                  task_queue="h")
+    await wait_until(lambda: _has(ATTEMPTS), what="activity started")
+    await worker.shutdown()  # the attempt is cancelled and handed back
+    async with real_env.worker(task_queue="h", workflows=[SlowOne], activities=[slow]):
+        # the handed-back attempt did not use up an attempt: the rerun is attempt 1 again
+        assert await handle.result(timeout=10) == 1
+    assert ATTEMPTS == [1, 1]
+
+
+async def _has(items: list[int]) -> bool:
+    return bool(items)
