@@ -19,7 +19,6 @@ import os
 import socket
 import sys
 import uuid
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -155,9 +154,7 @@ class Worker:
         self._own_executor = False
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self._running_activities: dict[tuple[str, str, int], _RunningActivity] = {}
-        self._run_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
+        self._run_locks: dict[str, asyncio.Lock] = {}
         self._inflight_workflow_tasks = 0
         self._activity_slots = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -361,6 +358,13 @@ class Worker:
             lock = self._run_locks[run_id] = asyncio.Lock()
         return lock
 
+    def _forget(self, run_id: str) -> None:
+        """Drop a run from the cache (its lock too, unless an activation holds it)."""
+        self._cache.pop(run_id, None)
+        lock = self._run_locks.get(run_id)
+        if lock is not None and not lock.locked():
+            del self._run_locks[run_id]
+
     async def _run_workflow_task(self, claim: WorkflowTaskClaim) -> WorkflowTaskClaim | None:
         async with self._run_lock(claim.run_id):
             return await self._run_workflow_task_locked(claim)
@@ -441,7 +445,7 @@ class Worker:
             if running is not None:  # running here: no need to wait for a liveness round
                 self._cancel_running(running)
         if instance.completed:
-            self._cache.pop(run_id, None)
+            self._forget(run_id)
             for key, running in list(self._running_activities.items()):
                 if key[1] == run_id:
                     self._cancel_running(running)
@@ -449,7 +453,7 @@ class Worker:
             self._cache[run_id] = instance
             self._cache.move_to_end(run_id)
             while len(self._cache) > self.options.max_cached_workflows:
-                self._cache.popitem(last=False)
+                self._forget(next(iter(self._cache)))
         for command in reserved:
             self.stats["eager_activities"] += 1
             activity_claim = ActivityTaskClaim(
