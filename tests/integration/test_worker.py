@@ -150,3 +150,16 @@ async def test_shutdown_hands_back_unfinished_attempts(real_env: WorkflowEnviron
 
 async def _has(items: list[int]) -> bool:
     return bool(items)
+
+
+async def test_in_process_start_hands_the_first_task_to_the_worker(
+    env: WorkflowEnvironment,
+) -> None:
+    async with env.worker(task_queue="e", workflows=[Steps], activities=[tracked]) as worker:
+        handle = await env.client.start_workflow(Steps.run, 2, id="eager", task_queue="e")
+        assert await handle.result(timeout=10) == 1
+        assert worker.stats["eager_starts"] == 1
+        # a type this worker does not run is left for the pollers (and whoever serves it)
+        other = await env.client.start_workflow(Waits.run, 1, id="not-eager", task_queue="e")
+        assert worker.stats["eager_starts"] == 1
+        await other.terminate("not served here")

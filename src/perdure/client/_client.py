@@ -39,7 +39,7 @@ from perdure.history import (
     encode_event,
 )
 from perdure.store import WorkflowStore, open_store
-from perdure.store._records import RunRecord, StartWorkflowRecord
+from perdure.store._records import RunRecord, StartWorkflowRecord, WorkflowTaskClaim
 from perdure.workflow._definition import (
     WorkflowDefinition,
     get_workflow_definition,
@@ -163,6 +163,8 @@ class Client:
         self.store = store
         self.converter = converter or PayloadConverter()
         self._interfaces: dict[str, tuple[set[str], set[str]] | None] = {}
+        self._local_workers: list[Any] = []
+        """Workers running in this process on this client: candidates for eager start."""
 
     @classmethod
     async def connect(
@@ -271,14 +273,30 @@ class Client:
             workflow_type=workflow_type, task_queue=task_queue, input=msgspec.Raw(data),
             started_at=now, execution_timeout=timeout,
         )
+        eager = None
+        if signal is None:
+            eager = next(
+                (w for w in self._local_workers if w.accepts_eager_start(task_queue, workflow_type)),
+                None,
+            )
+        started_event = encode_event(started)
         run_id = await self.store.start_workflow(
             StartWorkflowRecord(
                 workflow_id=id, run_id=str(uuid.uuid4()), workflow_type=workflow_type,
-                task_queue=task_queue, input=data, started_event=encode_event(started),
+                task_queue=task_queue, input=data, started_event=started_event,
                 execution_timeout=timeout, id_reuse_policy=str(id_reuse_policy), now=now,
-                signal_event=signal,
+                signal_event=signal, eager_worker=eager.identity if eager is not None else None,
             )
         )
+        if eager is not None:
+            # the first workflow task is already leased to that worker: hand it over
+            eager.run_eager_start(
+                WorkflowTaskClaim(
+                    workflow_id=id, run_id=run_id, workflow_type=workflow_type,
+                    task_queue=task_queue, attempt=1, history_length=1, inbox=[],
+                    history=[(1, "WorkflowStarted", started_event)],
+                )
+            )
         hint = result_type
         if hint is None and definition is not None:
             hint = definition.run_return_hint

@@ -33,6 +33,9 @@ class StartWorkflowRecord:
     now: float
     signal_event: bytes | None = None
     """With signal-with-start: a SignalReceived event delivered with the start."""
+    eager_worker: str | None = None
+    """Eager start: lease the first workflow task to this in-process worker at once."""
+    eager_lease: float = 60.0
 
 
 @dataclasses.dataclass

@@ -414,6 +414,14 @@ class SqliteStore(WorkflowStore):
                     (record.workflow_id, record.run_id, record.now + record.execution_timeout),
                 )
                 notes.due_at(record.now + record.execution_timeout)
+            if record.eager_worker is not None and record.signal_event is None:
+                conn.execute(
+                    "INSERT INTO workflow_tasks (workflow_id, run_id, task_queue, visible_at, "
+                    "lease_owner, lease_expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (record.workflow_id, record.run_id, record.task_queue, record.now,
+                     record.eager_worker, time.time() + record.eager_lease),
+                )
+                return record.run_id
             self._ensure_workflow_task(conn, record.workflow_id, record.run_id, record.now, notes)
             return record.run_id
 

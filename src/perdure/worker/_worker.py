@@ -163,7 +163,8 @@ class Worker:
         self._stopped = asyncio.Event()
         self._started = False
         self.stats = {"workflow_tasks": 0, "replays": 0, "activities": 0, "eager_activities": 0,
-                      "task_failures": 0, "rejected_completions": 0, "fused_completions": 0}
+                      "task_failures": 0, "rejected_completions": 0, "fused_completions": 0,
+                      "eager_starts": 0}
 
     def _derive_build_id(self) -> str:
         digest = hashlib.sha256()
@@ -195,6 +196,7 @@ class Worker:
                 thread_name_prefix="perdure-activity",
             )
             self._own_executor = True
+        self.client._local_workers.append(self)
         await self.store.register_worker(
             self.identity,
             self.task_queues,
@@ -228,6 +230,8 @@ class Worker:
             await self._stopped.wait() if self._stopping.is_set() else None
             return
         self._stopping.set()
+        if self in self.client._local_workers:
+            self.client._local_workers.remove(self)
         self.store.notifier.notify(self.store.notifier.KINDS)
         for task in self._loops:
             task.cancel()
@@ -258,6 +262,22 @@ class Worker:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._cache.clear()
         self._stopped.set()
+
+    def accepts_eager_start(self, task_queue: str, workflow_type: str) -> bool:
+        """Whether a start in this process may hand its first task straight to this worker."""
+        return (
+            self._started
+            and not self._stopping.is_set()
+            and task_queue in self.task_queues
+            and workflow_type in self.workflows
+            and self._inflight_workflow_tasks < self.options.max_concurrent_workflow_tasks
+        )
+
+    def run_eager_start(self, claim: WorkflowTaskClaim) -> None:
+        """Run a first workflow task that the start transaction leased to this worker."""
+        self.stats["eager_starts"] += 1
+        self._inflight_workflow_tasks += 1
+        self._spawn(self._workflow_task(claim))
 
     def is_idle(self) -> bool:
         """No workflow task or activity in progress (used by time skipping)."""
