@@ -39,6 +39,12 @@ def rss_mb(pid: int | str = "self") -> float:
     raise RuntimeError("VmRSS not found")
 
 
+def db_size_mb(path: str) -> float:
+    """Size of a SQLite database and its WAL, in MB."""
+    return sum(os.path.getsize(path + suffix) for suffix in ("", "-wal")
+               if os.path.exists(path + suffix)) / 2**20
+
+
 @contextlib.contextmanager
 def temp_db(prefix: str) -> Iterator[tuple[str, str]]:
     """A fresh directory holding (path, url) of a not-yet-created SQLite database."""
@@ -63,7 +69,8 @@ class CommitCounter:
     def __init__(self, store: Any) -> None:
         self.store = store
         self.write_commits = 0
-        self.batch_sizes: list[int] = []
+        self.busy_seconds = 0.0
+        """Time the writer thread spent running batches (SQL, commit, fsync)."""
         self.available = False
         writer = getattr(store, "_writer", None)
         original = getattr(writer, "_run_batch", None)
@@ -72,21 +79,22 @@ class CommitCounter:
 
         def run_batch(conn: sqlite3.Connection, batch: list[Any]) -> None:
             before = conn.total_changes
+            t0 = time.perf_counter()
             original(conn, batch)
+            self.busy_seconds += time.perf_counter() - t0
             if conn.total_changes != before:
                 self.write_commits += 1
-            self.batch_sizes.append(len(batch))
 
         writer._run_batch = run_batch
         self.available = True
 
-    def snapshot(self) -> tuple[int, int, int]:
-        """(commits, operations, write commits) so far."""
-        return self.store.commits, self.store.operations, self.write_commits
+    def snapshot(self) -> tuple[int, int, int, float]:
+        """(commits, operations, write commits, writer busy seconds) so far."""
+        return self.store.commits, self.store.operations, self.write_commits, self.busy_seconds
 
 
-def sqlite_commit_floor_ms(directory: str, n: int = 50) -> float:
-    """Median latency of one tiny INSERT+COMMIT with Perdure's pragmas (WAL, synchronous FULL).
+def sqlite_commit_floor_ms(directory: str, synchronous: str = "FULL", n: int = 100) -> float:
+    """Median latency of one tiny INSERT+COMMIT in WAL mode (Perdure's default: synchronous FULL).
 
     The floor under any durable state change on this disk: one fsync of the WAL.
     """
@@ -94,7 +102,7 @@ def sqlite_commit_floor_ms(directory: str, n: int = 50) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("CREATE TABLE t (x INTEGER)")
         samples = []
         for i in range(n):

@@ -7,7 +7,6 @@ import asyncio
 import signal
 
 from _defs import Recovery, slow_step
-
 from perdure import Client, Worker, WorkerOptions
 
 

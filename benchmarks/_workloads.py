@@ -16,12 +16,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from _defs import SIDE_FILE_ENV, STEP_SECONDS, FanOut, Recovery, Sequential, Waiter, noop
-from _util import CommitCounter, percentile, rss_mb, sqlite_commit_floor_ms, temp_db
-
+from _util import CommitCounter, db_size_mb, percentile, rss_mb, sqlite_commit_floor_ms, temp_db
 from perdure import Client, Worker, WorkerOptions
+from perdure.client import WorkflowHandle
 
 Metrics = dict[str, float]
 QUEUE = "bench"
@@ -43,6 +44,34 @@ class CallCounter:
             setattr(store, name, wrapped)
 
 
+def _store_options(variant: str) -> dict[str, Any]:
+    """Comparison variants only: ``sync=NORMAL`` (or OFF) drops the fsync per commit."""
+    options: dict[str, Any] = {}
+    for token in variant.split(","):
+        if token.startswith("sync="):
+            options["synchronous"] = token.split("=", 1)[1]
+    return options
+
+
+async def _result(handle: WorkflowHandle[Any], timeout: float = 60.0) -> Any:
+    """``handle.result()``, failing loudly (with the run's last task failure) instead of hanging."""
+    try:
+        return await handle.result(timeout=timeout)
+    except TimeoutError:
+        description = await handle.describe()
+        raise RuntimeError(
+            f"workflow {handle.workflow_id!r} did not finish within {timeout:g}s: "
+            f"status={description.status}, history_length={description.history_length}, "
+            f"pending_events={description.pending_events}, "
+            f"workflow_task_attempt={description.workflow_task_attempt}, "
+            f"last_workflow_task_failure={description.last_workflow_task_failure!r}"
+        ) from None
+
+
+async def _execute(client: Client, workflow: Any, *args: Any, id: str) -> Any:
+    return await _result(await client.start_workflow(workflow, *args, id=id, task_queue=QUEUE))
+
+
 def _worker_stats(worker: Worker) -> Metrics:
     stats = getattr(worker, "stats", {})
     return {f"worker.{k}": float(v) for k, v in stats.items()}
@@ -54,17 +83,17 @@ async def w1_throughput(quick: bool, variant: str) -> Metrics:
     n_workflows = 50 if quick else 200
     n_activities = 10
     options = WorkerOptions()
-    if variant == "no-eager":
+    if "no-eager" in variant.split(","):
         options = replace(options, eager_activities=False)
     with temp_db("w1") as (_path, url):
-        client = await Client.connect(url)
+        client = await Client.connect(url, **_store_options(variant))
         counter = CommitCounter(client.store)
         client_ops = CallCounter(client.store, ("start_workflow", "get_run"))
         async with Worker(client, task_queue=QUEUE, workflows=[Sequential], activities=[noop],
                           options=options) as worker:
             # warm up (statement cache, first-import costs) outside the measurement
-            await client.execute_workflow(Sequential.run, 2, id="warm-up", task_queue=QUEUE)
-            commits0, ops0, writes0 = counter.snapshot()
+            await _execute(client, Sequential.run, 2, id="warm-up")
+            commits0, ops0, writes0, busy0 = counter.snapshot()
             calls0 = client_ops.calls
             stats0 = _worker_stats(worker)
             t0 = time.perf_counter()
@@ -75,9 +104,9 @@ async def w1_throughput(quick: bool, variant: str) -> Metrics:
             ))
             t_started = time.perf_counter()
             for handle in handles:
-                assert await handle.result() == sum(range(n_activities))
+                assert await _result(handle) == sum(range(n_activities))
             elapsed = time.perf_counter() - t0
-            commits1, ops1, writes1 = counter.snapshot()
+            commits1, ops1, writes1, busy1 = counter.snapshot()
             stats1 = _worker_stats(worker)
         await client.close()
     activities = n_workflows * n_activities
@@ -96,6 +125,7 @@ async def w1_throughput(quick: bool, variant: str) -> Metrics:
     if counter.available:
         metrics["write_commits/activity"] = (writes1 - writes0) / activities
         metrics["ops/commit"] = ops / max(1, commits1 - commits0)
+        metrics["writer_busy_%"] = 100 * (busy1 - busy0) / elapsed
     for key in ("worker.replays", "worker.eager_activities", "worker.workflow_tasks"):
         if key in stats1:
             metrics[key] = stats1[key] - stats0.get(key, 0.0)
@@ -107,29 +137,34 @@ async def w2_latency(quick: bool, variant: str) -> Metrics:
     """One workflow with one no-op activity, started and awaited N times in sequence."""
     n = 30 if quick else 100
     warm = 5
+    store_options = _store_options(variant)
     with temp_db("w2") as (path, url):
-        client = await Client.connect(url)
+        client = await Client.connect(url, **store_options)
         counter = CommitCounter(client.store)
         samples: list[float] = []
+        start_samples: list[float] = []
         async with Worker(client, task_queue=QUEUE, workflows=[Sequential],
                           activities=[noop]):
             for i in range(warm):
-                await client.execute_workflow(Sequential.run, 1, id=f"warm-{i}", task_queue=QUEUE)
-            commits0, ops0, writes0 = counter.snapshot()
+                await _execute(client, Sequential.run, 1, id=f"warm-{i}")
+            commits0, ops0, writes0, busy0 = counter.snapshot()
             for i in range(n):
                 t0 = time.perf_counter()
                 handle = await client.start_workflow(Sequential.run, 1, id=f"w2-{i}",
                                                      task_queue=QUEUE)
-                assert await handle.result() == 0
+                start_samples.append((time.perf_counter() - t0) * 1000)
+                assert await _result(handle, 10) == 0
                 samples.append((time.perf_counter() - t0) * 1000)
-            commits1, ops1, writes1 = counter.snapshot()
+            commits1, ops1, writes1, busy1 = counter.snapshot()
         await client.close()
-        floor = sqlite_commit_floor_ms(os.path.dirname(path))
+        floor = sqlite_commit_floor_ms(os.path.dirname(path), store_options.get("synchronous",
+                                                                                "FULL"))
     p50 = percentile(samples, 50)
     metrics: Metrics = {
         "p50_ms": p50,
         "p99_ms": percentile(samples, 99),
         "max_ms": max(samples),
+        "start_p50_ms": percentile(start_samples, 50),
         "sqlite_commit_ms": floor,
         "p50/commit_floor": p50 / floor if floor > 0 else float("nan"),
         "commits/workflow": (commits1 - commits0) / n,
@@ -137,6 +172,7 @@ async def w2_latency(quick: bool, variant: str) -> Metrics:
     }
     if counter.available:
         metrics["write_commits/workflow"] = (writes1 - writes0) / n
+        metrics["writer_ms/workflow"] = 1000 * (busy1 - busy0) / n
     return metrics
 
 
@@ -146,18 +182,18 @@ async def w3_fanout(quick: bool, variant: str) -> Metrics:
     branches, depth = (20, 5) if quick else (50, 5)
     activities = branches * depth
     with temp_db("w3") as (_path, url):
-        client = await Client.connect(url)
+        client = await Client.connect(url, **_store_options(variant))
         counter = CommitCounter(client.store)
         async with Worker(client, task_queue=QUEUE, workflows=[FanOut, Sequential],
                           activities=[noop]) as worker:
-            await client.execute_workflow(Sequential.run, 2, id="warm-up", task_queue=QUEUE)
-            commits0, ops0, writes0 = counter.snapshot()
+            await _execute(client, Sequential.run, 2, id="warm-up")
+            commits0, ops0, writes0, busy0 = counter.snapshot()
             stats0 = _worker_stats(worker)
             t0 = time.perf_counter()
-            result = await client.execute_workflow(FanOut.run, branches, depth, id="w3",
-                                                   task_queue=QUEUE)
+            result = await _result(await client.start_workflow(
+                FanOut.run, branches, depth, id="w3", task_queue=QUEUE), timeout=20)
             elapsed = time.perf_counter() - t0
-            commits1, ops1, writes1 = counter.snapshot()
+            commits1, ops1, writes1, busy1 = counter.snapshot()
             stats1 = _worker_stats(worker)
         history = await client.get_workflow_handle("w3").fetch_history()
         await client.close()
@@ -174,6 +210,7 @@ async def w3_fanout(quick: bool, variant: str) -> Metrics:
     }
     if counter.available:
         metrics["write_commits/activity"] = (writes1 - writes0) / activities
+        metrics["writer_busy_%"] = 100 * (busy1 - busy0) / elapsed
     return metrics
 
 
@@ -194,11 +231,12 @@ async def w4_idle_waiters(quick: bool, variant: str) -> Metrics:
     if variant.startswith("cache="):
         cache = int(variant.split("=", 1)[1])
     options = WorkerOptions(max_cached_workflows=cache)
-    with temp_db("w4") as (_path, url):
+    with temp_db("w4") as (path, url):
         client = await Client.connect(url)
-        async with Worker(client, task_queue=QUEUE, workflows=[Waiter], activities=[noop],
+        async with Worker(client, task_queue=QUEUE, workflows=[Waiter, Sequential],
+                          activities=[noop],
                           options=options) as worker:
-            await client.execute_workflow(Sequential.run, 1, id="warm-up", task_queue=QUEUE)
+            await _execute(client, Sequential.run, 1, id="warm-up")
             gc.collect()
             rss0 = rss_mb()
             t0 = time.perf_counter()
@@ -228,12 +266,14 @@ async def w4_idle_waiters(quick: bool, variant: str) -> Metrics:
             await _until(all_done, timeout=300, interval=0.02)
             t_release = time.perf_counter() - t1
             replays = worker.stats.get("replays", 0) - replays0
+            db_mb = db_size_mb(path)
         await client.close()
     growth = rss1 - rss0
     return {
         "rss_growth_mb": growth,
         "kb/waiter": growth * 1024 / n,
         "cached_workflows": cached,
+        "db_file_mb": db_mb,
         "start_until_all_waiting_s": t_waiting,
         "signal_all_s": t_signalled,
         "release_all_s": t_release,
@@ -288,7 +328,7 @@ async def w5_recovery(quick: bool, variant: str) -> Metrics:
 
             await _until(closed, timeout=120, interval=0.02)
             t_done = time.perf_counter() - t_kill
-            assert await handle.result() == sum(range(n))
+            assert await _result(handle, 10) == sum(range(n))
         finally:
             for proc in (first, second):
                 if proc is not None and proc.poll() is None:
@@ -299,8 +339,8 @@ async def w5_recovery(quick: bool, variant: str) -> Metrics:
                         proc.kill()
                         proc.wait()
         await client.close()
-        with open(side_file) as f:
-            lines = [line.split() for line in f if line.strip()]
+        text = await asyncio.to_thread(Path(side_file).read_text)
+        lines = [line.split() for line in text.splitlines() if line]
     starts: dict[int, int] = {}
     ends: dict[int, int] = {}
     resumed_at = None
@@ -329,7 +369,7 @@ async def w5_recovery(quick: bool, variant: str) -> Metrics:
 WORKLOADS: dict[str, tuple[Callable[[bool, str], Awaitable[Metrics]], list[str]]] = {
     # name: (function, variants run by default)
     "W1": (w1_throughput, [""]),
-    "W2": (w2_latency, [""]),
+    "W2": (w2_latency, ["", "sync=NORMAL"]),
     "W3": (w3_fanout, [""]),
     "W4": (w4_idle_waiters, ["", "cache=100"]),
     "W5": (w5_recovery, ["", "fast"]),

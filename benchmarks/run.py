@@ -38,17 +38,38 @@ TARGETS: dict[tuple[str, str], tuple[str, Any]] = {
 
 HEADLINE: dict[str, list[str]] = {
     "W1": ["activities/s", "workflows/s", "commits/activity", "write_commits/activity",
-           "ops/activity", "worker_ops/activity", "ops/commit"],
-    "W2": ["p50_ms", "p99_ms", "sqlite_commit_ms", "p50/commit_floor", "write_commits/workflow",
-           "ops/workflow"],
-    "W3": ["seconds", "activities/s", "commits/activity", "write_commits/activity"],
-    "W4": ["rss_growth_mb", "kb/waiter", "cached_workflows", "start_until_all_waiting_s",
-           "release_all_s", "replays_on_release"],
+           "ops/activity", "worker_ops/activity", "ops/commit", "writer_busy_%"],
+    "W2": ["p50_ms", "p99_ms", "start_p50_ms", "sqlite_commit_ms", "p50/commit_floor",
+           "write_commits/workflow", "writer_ms/workflow", "ops/workflow"],
+    "W3": ["seconds", "activities/s", "commits/activity", "write_commits/activity",
+           "writer_busy_%"],
+    "W4": ["rss_growth_mb", "kb/waiter", "cached_workflows", "db_file_mb",
+           "start_until_all_waiting_s", "release_all_s", "replays_on_release"],
     "W5": ["kill_to_complete_s", "kill_to_worker_ready_s", "kill_to_first_resumed_activity_s",
            "recovery_overhead_s", "activities_run_twice", "activities_completed_twice"],
 }
 
-QUICK_VARIANTS = {"W4": [""], "W5": ["fast"]}
+# variant vs. the same workload's default variant, per round (the two ran back to back)
+RATIOS: list[tuple[str, str, str]] = [
+    ("W2", "sync=NORMAL", "p50_ms"),
+    ("W4", "cache=100", "rss_growth_mb"),
+    ("W4", "cache=100", "release_all_s"),
+    ("W5", "fast", "kill_to_complete_s"),
+]
+
+QUICK_VARIANTS = {"W2": [""], "W4": [""], "W5": ["fast"]}
+
+
+def _revision() -> str:
+    """The checked-out commit, and whether src/ has uncommitted changes (read-only git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "../src"], cwd=HERE,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head or 'unknown'}{' + uncommitted changes in src/' if dirty else ''}"
 
 
 def _label(name: str, variant: str) -> str:
@@ -79,44 +100,56 @@ def child(name: str, variant: str, quick: bool) -> None:
     print(json.dumps(metrics), flush=True)
 
 
-def run_child(name: str, variant: str, quick: bool) -> dict[str, float]:
+CHILD_TIMEOUT = 180.0
+
+
+def run_child(name: str, variant: str, quick: bool) -> dict[str, float] | None:
+    """One run in a fresh process; None (with the reason on stderr) if it failed or hung."""
     args = [sys.executable, os.path.abspath(__file__), "--child", name, "--variant", variant]
     if quick:
         args.append("--quick")
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stderr or b"")[-2000:]
+        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        print(f"  {_label(name, variant)} HUNG (killed after {CHILD_TIMEOUT:g}s):\n{tail}",
+              file=sys.stderr)
+        return None
     if proc.returncode != 0:
-        raise RuntimeError(f"{_label(name, variant)} failed:\n{proc.stderr[-4000:]}")
+        print(f"  {_label(name, variant)} FAILED:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- profiling
-def profile(names: list[str], out_dir: str, quick: bool) -> None:
-    try:
-        from pyinstrument import Profiler
-    except ImportError:
-        sys.exit("profiling needs pyinstrument: .venv/bin/pip install pyinstrument")
+def profile(names: list[str], out_dir: str, quick: bool, profiler: str) -> None:
+    from _profile import with_py_spy, with_pyinstrument
     from _workloads import WORKLOADS
 
     os.makedirs(out_dir, exist_ok=True)
     for name in names:
         fn, _ = WORKLOADS[name]
-        profiler = Profiler(interval=0.0005, async_mode="disabled")
-        profiler.start()
-        metrics = asyncio.run(fn(quick, ""))
-        profiler.stop()
-        text = profiler.output_text(unicode=False, color=False, show_all=False)
-        with open(os.path.join(out_dir, f"{name}.txt"), "w") as f:
-            f.write(text)
-        with open(os.path.join(out_dir, f"{name}.html"), "w") as f:
-            f.write(profiler.output_html())
-        print(f"{name}: {json.dumps(metrics)}")
-        print(f"  profile written to {out_dir}/{name}.txt and .html")
+        if profiler == "pyinstrument":
+            text = with_pyinstrument(name, fn, out_dir, quick)
+        else:
+            text = with_py_spy(name, os.path.abspath(__file__), out_dir, quick,
+                               gil=profiler == "py-spy-gil")
+        print(f"== {name} ({profiler}); files in {out_dir}")
+        print("\n".join(text.splitlines()[:60]))
 
 
 # ---------------------------------------------------------------- the table
-def print_table(results: dict[tuple[str, str], list[dict[str, float]]], all_metrics: bool) -> None:
+def print_table(results: dict[tuple[str, str], list[dict[str, float]]], all_metrics: bool,
+                failures: dict[tuple[str, str], int], planned: int) -> None:
     rows = [("Workload", "Metric", "Median", "Spread (min-max)", "Runs", "Target")]
     for (name, variant), runs in results.items():
+        failed = failures.get((name, variant), 0)
+        if failed:
+            rows.append((_label(name, variant), "FAILED or HUNG runs", str(failed), "-",
+                         str(planned), "0 FAIL"))
+        if not runs:
+            continue
         keys = list(runs[0]) if all_metrics else [
             k for k in HEADLINE.get(name, list(runs[0])) if k in runs[0]
         ]
@@ -131,6 +164,16 @@ def print_table(results: dict[tuple[str, str], list[dict[str, float]]], all_metr
                 text, ok = TARGETS[(name, key)]
                 target = f"{text} {'PASS' if ok(med) else 'FAIL'}"
             rows.append((_label(name, variant), key, _fmt(med), spread, str(len(values)), target))
+    for name, variant, key in RATIOS:
+        base, other = results.get((name, "")), results.get((name, variant))
+        if not base or not other:
+            continue
+        values = [o[key] / b[key] for b, o in zip(base, other, strict=False)
+                  if b.get(key) and key in o]
+        if values:
+            spread = f"{_fmt(min(values))}-{_fmt(max(values))}" if len(values) > 1 else "-"
+            rows.append((f"{_label(name, variant)} / {name}", f"{key} ratio", _fmt(median(values)),
+                         spread, str(len(values)), ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for index, row in enumerate(rows):
         cells = [c.rjust(w) if 2 <= i <= 4 else c.ljust(w)
@@ -143,7 +186,7 @@ def print_table(results: dict[tuple[str, str], list[dict[str, float]]], all_metr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=None,
-                        help="runs per workload (default 3; 1 with --quick)")
+                        help="runs per workload (default 5; 1 with --quick)")
     parser.add_argument("--only", default="",
                         help="comma-separated workloads, e.g. W1,W2 or W4:cache=100")
     parser.add_argument("--quick", action="store_true",
@@ -151,7 +194,11 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help="also write every run's metrics here")
     parser.add_argument("--all-metrics", action="store_true", help="show every metric")
     parser.add_argument("--profile", metavar="W1,W2",
-                        help="run these workloads once in-process under pyinstrument instead")
+                        help="profile one run of these workloads instead of benchmarking")
+    parser.add_argument("--profiler", default="pyinstrument",
+                        choices=["pyinstrument", "py-spy", "py-spy-gil"],
+                        help="pyinstrument: event-loop thread only; py-spy: every thread "
+                        "(on-CPU samples); py-spy-gil: only samples holding the GIL")
     parser.add_argument("--profile-dir", default=os.path.join(
         os.environ.get("TMPDIR", "/tmp"), "perdure-profiles"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -165,7 +212,7 @@ def main() -> None:
 
     if args.profile:
         profile([n.strip().upper() for n in args.profile.split(",")], args.profile_dir,
-                args.quick)
+                args.quick, args.profiler)
         return
 
     selected: list[tuple[str, str]] = []
@@ -181,23 +228,29 @@ def main() -> None:
             variants = QUICK_VARIANTS.get(name, WORKLOADS[name][1]) if args.quick else \
                 WORKLOADS[name][1]
             selected.extend((name, v) for v in variants)
-    runs = args.runs or (1 if args.quick else 3)
+    runs = args.runs or (1 if args.quick else 5)
 
     print(f"Perdure benchmarks: {runs} run(s) each{' (quick)' if args.quick else ''}; "
           f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"{platform.platform()}", file=sys.stderr)
     results: dict[tuple[str, str], list[dict[str, float]]] = {key: [] for key in selected}
+    failures: dict[tuple[str, str], int] = {}
     started = time.perf_counter()
     for run in range(runs):  # interleave workloads so that machine noise spreads over all
         for name, variant in selected:
             t0 = time.perf_counter()
-            results[(name, variant)].append(run_child(name, variant, args.quick))
+            metrics = run_child(name, variant, args.quick)
+            if metrics is None:
+                failures[(name, variant)] = failures.get((name, variant), 0) + 1
+            else:
+                results[(name, variant)].append(metrics)
             print(f"  run {run + 1}/{runs} {_label(name, variant)}: "
-                  f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+                  f"{time.perf_counter() - t0:.1f}s{'' if metrics else ' FAILED'}",
+                  file=sys.stderr)
     print(f"total {time.perf_counter() - started:.0f}s", file=sys.stderr)
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
-    print(f"\n{command.strip()}\n")
-    print_table(results, args.all_metrics)
+    print(f"\n{command.strip()}   (perdure {_revision()})\n")
+    print_table(results, args.all_metrics, failures, runs)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({f"{_label(n, v)}": r for (n, v), r in results.items()}, f, indent=1)
