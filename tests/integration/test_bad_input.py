@@ -324,3 +324,15 @@ async def test_second_client_on_same_database_sees_workflows(env: WorkflowEnviro
     await existing.signal(Greeter.finish)  # type: ignore[attr-defined]
     async with env.worker(task_queue=TQ, workflows=[Greeter]):
         assert await existing.result(timeout=10) == "hi hi bob dave"  # type: ignore[attr-defined]
+
+
+async def test_sqlite_url_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    client = await Client.connect(f"sqlite:///{tmp_path / 'opts.db'}?synchronous=normal")
+    try:
+        assert client.store._writer._synchronous == "NORMAL"  # type: ignore[attr-defined]
+    finally:
+        await client.close()
+    with pytest.raises(InvalidDatabaseURLError, match="unknown option 'journal'"):
+        await Client.connect(f"sqlite:///{tmp_path / 'opts.db'}?journal=off")
+    with pytest.raises(InvalidDatabaseURLError, match="not one of"):
+        await Client.connect(f"sqlite:///{tmp_path / 'opts.db'}?synchronous=sometimes")

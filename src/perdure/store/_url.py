@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from perdure._clock import Clock
 from perdure._errors import InvalidDatabaseURLError
@@ -29,8 +29,15 @@ def open_store(url: str, *, clock: Clock | None = None, **options: object) -> Wo
                 f"{_EXAMPLES}"
             )
         path = path[1:]
+        query = ""
         if "?" in path:
-            path = path.split("?", 1)[0]
+            path, query = path.split("?", 1)
+        for key, values in parse_qs(query).items():
+            if key != "synchronous":
+                raise InvalidDatabaseURLError(
+                    f"unknown option {key!r} in SQLite URL {url!r}; supported: synchronous"
+                )
+            options.setdefault("synchronous", values[-1])
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise InvalidDatabaseURLError(
@@ -39,7 +46,11 @@ def open_store(url: str, *, clock: Clock | None = None, **options: object) -> Wo
             )
         from perdure.store._sqlite import SqliteStore
 
-        synchronous = str(options.get("synchronous", "FULL"))
+        synchronous = str(options.get("synchronous", "FULL")).upper()
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise InvalidDatabaseURLError(
+                f"synchronous={synchronous!r} is not one of OFF, NORMAL, FULL, EXTRA"
+            )
         return SqliteStore(path, clock=clock, synchronous=synchronous, url=url)
     if scheme in ("postgresql", "postgres"):
         parts = urlsplit(url)

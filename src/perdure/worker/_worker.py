@@ -361,7 +361,8 @@ class Worker:
         # the tail is this task's inbound: like inbox events, not counted in the
         # history_length the activation sees (replay counts it the same way)
         instance.history_length = len(events) - len(tail)
-        self.stats["replays"] += 1
+        if len(events) > len(tail):
+            self.stats["replays"] += 1  # not for a first task (only inbound events)
         return instance, [event for _, event in tail]
 
     async def _process_workflow_task(self, claim: WorkflowTaskClaim) -> None:
