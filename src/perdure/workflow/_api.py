@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 from perdure._retry import RetryPolicy
 from perdure.activity._definition import get_activity_definition
 from perdure.workflow import _context
-from perdure.workflow._instance import WorkflowInfo
+from perdure.workflow._instance import WorkflowInfo, WorkflowInstance
 
 __all__ = [
     "ActivityHandle",
@@ -77,18 +77,18 @@ async def _await_activity(seq: int, future: asyncio.Future[T]) -> T:
         raise
 
 
-def start_activity(
+def _schedule(
     activity: Callable[..., Any] | str,
-    *args: Any,
-    task_queue: str | None = None,
-    start_to_close_timeout: timedelta | float | None = None,
-    schedule_to_close_timeout: timedelta | float | None = None,
-    schedule_to_start_timeout: timedelta | float | None = None,
-    heartbeat_timeout: timedelta | float | None = None,
-    retry_policy: RetryPolicy | None = None,
-    result_type: Any = None,
-) -> ActivityHandle[Any]:
-    """Schedule an activity and return a handle at once (see :func:`execute_activity`)."""
+    args: tuple[Any, ...],
+    *,
+    task_queue: str | None,
+    start_to_close_timeout: timedelta | float | None,
+    schedule_to_close_timeout: timedelta | float | None,
+    schedule_to_start_timeout: timedelta | float | None,
+    heartbeat_timeout: timedelta | float | None,
+    retry_policy: RetryPolicy | None,
+    result_type: Any,
+) -> tuple[WorkflowInstance, str, int, asyncio.Future[Any]]:
     instance = _context.current()
     if isinstance(activity, str):
         name, hint = activity, result_type
@@ -114,6 +114,29 @@ def start_activity(
         schedule_to_start_timeout=_seconds(schedule_to_start_timeout),
         heartbeat_timeout=_seconds(heartbeat_timeout),
         retry_policy=policy_dict,
+    )
+    return instance, name, seq, future
+
+
+def start_activity(
+    activity: Callable[..., Any] | str,
+    *args: Any,
+    task_queue: str | None = None,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    schedule_to_start_timeout: timedelta | float | None = None,
+    heartbeat_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    result_type: Any = None,
+) -> ActivityHandle[Any]:
+    """Schedule an activity and return a handle at once (see :func:`execute_activity`)."""
+    instance, name, seq, future = _schedule(
+        activity, args, task_queue=task_queue,
+        start_to_close_timeout=start_to_close_timeout,
+        schedule_to_close_timeout=schedule_to_close_timeout,
+        schedule_to_start_timeout=schedule_to_start_timeout,
+        heartbeat_timeout=heartbeat_timeout, retry_policy=retry_policy,
+        result_type=result_type,
     )
     task = instance.loop.create_task(_await_activity(seq, future), name=f"activity:{name}:{seq}")
 
@@ -144,17 +167,19 @@ async def execute_activity(
     activity's own error or a :class:`TimeoutFailure`. ``task_queue`` defaults to
     the workflow's own queue.
     """
-    return await start_activity(
-        activity,
-        *args,
-        task_queue=task_queue,
+    instance, _name, seq, future = _schedule(
+        activity, args, task_queue=task_queue,
         start_to_close_timeout=start_to_close_timeout,
         schedule_to_close_timeout=schedule_to_close_timeout,
         schedule_to_start_timeout=schedule_to_start_timeout,
-        heartbeat_timeout=heartbeat_timeout,
-        retry_policy=retry_policy,
+        heartbeat_timeout=heartbeat_timeout, retry_policy=retry_policy,
         result_type=result_type,
     )
+    try:
+        return await future  # no task of its own: the caller's task waits on the future
+    except asyncio.CancelledError:
+        instance.cancel_activity(seq)
+        raise
 
 
 async def sleep(duration: timedelta | float) -> None:
