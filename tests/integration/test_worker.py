@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from perdure import RetryPolicy, WorkerOptions, activity, workflow
 from perdure.testing import WorkflowEnvironment
@@ -163,3 +164,60 @@ async def test_in_process_start_hands_the_first_task_to_the_worker(
         other = await env.client.start_workflow(Waits.run, 1, id="not-eager", task_queue="e")
         assert worker.stats["eager_starts"] == 1
         await other.terminate("not served here")
+
+
+SIGNALLER: list[object] = []
+
+
+@activity.defn
+async def poke(workflow_id: str) -> int:
+    client = SIGNALLER[0]
+    await client.get_workflow_handle(workflow_id).signal("add", "x")  # type: ignore[attr-defined]
+    return 1
+
+
+@workflow.defn
+class Collects:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    @workflow.run
+    async def run(self) -> list[Any]:
+        got = await workflow.execute_activity(poke, workflow.info().workflow_id,
+                                              start_to_close_timeout=10)
+        return [got, self.items]
+
+    @workflow.signal
+    def add(self, item: str) -> None:
+        self.items.append(item)
+
+
+async def test_a_signal_acknowledged_before_the_run_closes_is_never_dropped(
+    env: WorkflowEnvironment,
+) -> None:
+    """Regression: the activity's result would close the run in the same (fused) commit that
+    deleted the inbox holding an acknowledged signal."""
+    SIGNALLER[:] = [env.client]
+    async with env.worker(task_queue="s", workflows=[Collects], activities=[poke]):
+        handle = await env.client.start_workflow(Collects.run, id="collect", task_queue="s")
+        assert await handle.result(timeout=10) == [1, ["x"]]
+    types = [type(e).__name__ for e in (await handle.fetch_history()).events]
+    assert "SignalReceived" in types
+
+
+async def test_shutdown_drain_keeps_the_worker_alive(real_env: WorkflowEnvironment) -> None:
+    """Regression: the liveness heartbeat stopped first, so another worker declared the
+    draining one dead and ran its activity a second time."""
+    ATTEMPTS.clear()
+    a = real_env.worker(task_queue="d", workflows=[SlowOne], activities=[slow],
+                        options=WorkerOptions(dead_worker_timeout=0.5, liveness_interval=0.1,
+                                              graceful_shutdown_timeout=5))
+    await a.start()
+    handle = await real_env.client.start_workflow(SlowOne.run, 1.5, id="drain", task_queue="d")
+    await wait_until(lambda: _has(ATTEMPTS), what="activity started")
+    async with real_env.worker(task_queue="d", workflows=[SlowOne], activities=[slow],
+                               options=WorkerOptions(dead_worker_timeout=0.5,
+                                                     liveness_interval=0.1)):
+        await a.shutdown()  # drains for ~1.5 s, three times the dead-worker timeout
+        assert await handle.result(timeout=10) == 1
+    assert ATTEMPTS == [1]

@@ -182,3 +182,36 @@ async def test_concurrent_operations_share_commits(store: WorkflowStore) -> None
     assert commits < ops  # group commit: many starts per transaction
     runs = await store.list_runs(status="running", workflow_type="T", limit=1000)
     assert len(runs) == 200
+
+
+async def test_leases_of_unknown_or_removed_workers_are_reclaimed(store: WorkflowStore) -> None:
+    await store.register_worker("gone", ["q"], "", [])
+    run_id = await _start(store, "w")
+    [claim] = await store.claim_workflow_tasks("gone", ["q"], 10, lease=600)
+    assert await store.complete_workflow_task(
+        _completion(("w", run_id), "gone", claim.history_length, activity=True)
+    )
+    [task] = await store.claim_activity_tasks("gone", ["q"], 10)
+    # deregistering hands the unfinished attempt back without using it up
+    await store.remove_worker("gone")
+    [again] = await store.claim_activity_tasks("zombie", ["q"], 10)
+    assert again.attempt == task.attempt
+    # "zombie" never registered (or was removed): the sweep reclaims its lease anyway
+
+    def decider(seq: int, kind: str, last: bytes | None):  # type: ignore[no-untyped-def]
+        return activity_timed_out_outcome(seq, kind, None, store.clock.now())
+
+    assert await store.reclaim_dead_workers(dead_after=60.0, decider=decider) == 1
+    [third] = await store.claim_activity_tasks("alive", ["q"], 10)
+    assert third.attempt == again.attempt + 1
+
+
+async def test_a_heartbeat_brings_a_worker_declared_dead_back(store: WorkflowStore) -> None:
+    await store.register_worker("slow", ["q"], "", [])
+
+    def decider(seq: int, kind: str, last: bytes | None):  # type: ignore[no-untyped-def]
+        return activity_timed_out_outcome(seq, kind, None, store.clock.now())
+
+    assert await store.reclaim_dead_workers(dead_after=-1.0, decider=decider) == 1
+    await store.worker_heartbeat("slow")  # its loop was only stalled
+    assert await store.reclaim_dead_workers(dead_after=60.0, decider=decider) == 0

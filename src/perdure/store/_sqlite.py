@@ -124,7 +124,19 @@ class _WriterThread:
                     stop = True
                     break
                 batch.append(nxt)
-            self._run_batch(conn, batch)
+            try:
+                self._run_batch(conn, batch)
+            except BaseException as exc:  # the thread must survive anything
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                for _op, future, loop, notifier in batch:
+                    try:
+                        loop.call_soon_threadsafe(_resolve, [(future, None, exc, None)], notifier)
+                    except RuntimeError:
+                        pass  # that loop is closed
             if stop:
                 break
         conn.close()
@@ -143,7 +155,8 @@ class _WriterThread:
                 except BaseException as exc:
                     if len(batch) > 1:
                         return None
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     conn.execute("BEGIN IMMEDIATE")
                     return [(future, None, exc, None)]
                 results.append((future, value, None, notes))
@@ -165,13 +178,17 @@ class _WriterThread:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             for _op, future, loop, notifier in batch:
-                loop.call_soon_threadsafe(_resolve, [(future, None, exc, None)], notifier)
+                try:
+                    loop.call_soon_threadsafe(_resolve, [(future, None, exc, None)], notifier)
+                except RuntimeError:
+                    pass  # that loop is closed
             return
         results = self._execute(conn, batch, savepoints=False)
         if results is None:
             # an operation raised: undo the whole batch, then run it again with a savepoint
             # around each operation so that only the failing one is undone
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             results = self._execute(conn, batch, savepoints=True)
             assert results is not None
@@ -204,7 +221,7 @@ def _resolve(items: list[Any], notifier: StoreNotifier) -> None:
         if notes is not None:
             kinds |= notes.kinds
             due = min(due, notes.due)
-        if future.cancelled():
+        if future.done():
             continue
         if exc is not None:
             future.set_exception(exc)
@@ -604,9 +621,14 @@ class SqliteStore(WorkflowStore):
 
     async def worker_heartbeat(self, worker_id: str) -> list[tuple[str, str, int]]:
         def op(conn: sqlite3.Connection, notes: StoreNotes) -> list[tuple[str, str, int]]:
+            now = time.time()
+            # an upsert: a worker declared dead (say its loop stalled) comes back to life,
+            # so that its later leases stay reclaimable if it then really dies
             conn.execute(
-                "UPDATE workers SET heartbeat_at = ? WHERE worker_id = ?",
-                (time.time(), worker_id),
+                "INSERT INTO workers (worker_id, task_queues, heartbeat_at, started_at) "
+                "VALUES (?, '[]', ?, ?) ON CONFLICT (worker_id) DO UPDATE SET "
+                "heartbeat_at = excluded.heartbeat_at",
+                (worker_id, now, now),
             )
             return conn.execute(
                 "SELECT workflow_id, run_id, seq FROM activity_tasks "
@@ -631,8 +653,15 @@ class SqliteStore(WorkflowStore):
                 "UPDATE query_tasks SET lease_owner = NULL WHERE lease_owner = ? AND done = 0",
                 (worker_id,),
             )
+            # attempts still leased to us were not finished: hand them back unused
+            conn.execute(
+                "UPDATE activity_tasks SET lease_owner = NULL, started_at = NULL, visible_at = ?, "
+                "deadline = CASE WHEN schedule_to_close_timeout IS NULL THEN NULL "
+                "ELSE scheduled_at + schedule_to_close_timeout END WHERE lease_owner = ?",
+                (self.clock.now(), worker_id),
+            )
             conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
-            notes.update(("workflow_task", "query"))
+            notes.update(("workflow_task", "query", "activity_task"))
 
         await self._run(op)
 
@@ -701,8 +730,13 @@ class SqliteStore(WorkflowStore):
             ).fetchone()
             if row is None or row[2] != c.worker_id:
                 return False
-            if row[0] != c.expected_history_length or row[1] != "running":
-                # the run moved on without us: hand the task back at once
+            newer_inbound = c.close_status is not None and conn.execute(
+                "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? AND id > ? LIMIT 1",
+                (c.workflow_id, c.run_id, c.inbox_upto),
+            ).fetchone() is not None
+            if row[0] != c.expected_history_length or row[1] != "running" or newer_inbound:
+                # the run moved on without us, or an event arrived that closing the run
+                # would drop (a signal): hand the task back at once, to run again with it
                 conn.execute(
                     "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL "
                     "WHERE workflow_id = ? AND run_id = ? AND lease_owner = ?",
@@ -737,8 +771,12 @@ class SqliteStore(WorkflowStore):
                 "WHERE workflow_id = ? AND run_id = ?", (c.workflow_id, c.run_id),
             ).fetchone()
             task_busy = task is not None and task[0] is not None and task[1] >= time.time()
+            pending_inbound = conn.execute(
+                "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? LIMIT 1",
+                (c.workflow_id, c.run_id),
+            ).fetchone() is not None
             if row[5] or row[6] != "running" or history_length != c.expected_history_length \
-                    or task_busy:
+                    or task_busy or (pending_inbound and c.close_status is not None):
                 # not ours to advance: record the completion the ordinary way
                 self._apply_outcome(conn, key, lambda _state: ActivityOutcome(None, event),
                                     row[:7], now, notes)
@@ -1125,7 +1163,18 @@ class SqliteStore(WorkflowStore):
                                         decider(row[2], "worker_lost", row[3]), row[4:], now, notes)
                 conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
                 notes.update(("workflow_task", "query"))
-            return len(dead)
+            # leases whose owner has no liveness row at all (removed, or never registered)
+            orphans = conn.execute(
+                f"SELECT a.workflow_id, a.run_id, a.seq, a.last_failure, "
+                f"{self._ATTEMPT_COLUMNS} FROM activity_tasks a JOIN workflow_runs r "
+                "ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "
+                "WHERE a.lease_owner IS NOT NULL "
+                "AND a.lease_owner NOT IN (SELECT worker_id FROM workers)"
+            ).fetchall()
+            for row in orphans:
+                self._apply_outcome(conn, (row[0], row[1], row[2]),
+                                    decider(row[2], "worker_lost", row[3]), row[4:], now, notes)
+            return len(dead) + len(orphans)
 
         return await self._run(op)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -20,7 +21,7 @@ import socket
 import sys
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -103,6 +104,16 @@ class _RunningActivity:
     shutdown: bool = False
 
 
+class _RunGate:
+    """A run's activation lock and how many activations hold or wait for it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class Worker:
     """Serves task queues: runs workflow tasks for ``workflows`` and attempts of ``activities``.
 
@@ -154,7 +165,7 @@ class Worker:
         self._own_executor = False
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
         self._running_activities: dict[tuple[str, str, int], _RunningActivity] = {}
-        self._run_locks: dict[str, asyncio.Lock] = {}
+        self._run_locks: dict[str, _RunGate] = {}
         self._inflight_workflow_tasks = 0
         self._activity_slots = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -233,11 +244,17 @@ class Worker:
         if self in self.client._local_workers:
             self.client._local_workers.remove(self)
         self.store.notifier.notify(self.store.notifier.KINDS)
-        for task in self._loops:
+        # stop taking work, but keep the liveness heartbeat until the drain is over:
+        # otherwise other workers would declare us dead and run our activities again
+        liveness = [t for t in self._loops if t.get_name() == "perdure-liveness"]
+        pollers = [t for t in self._loops if t not in liveness]
+        for task in pollers:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        await asyncio.gather(*pollers, return_exceptions=True)
         # workflow tasks are short: let them commit
-        while self._inflight_workflow_tasks:
+        loop = asyncio.get_running_loop()
+        drain_until = loop.time() + self.options.graceful_shutdown_timeout + 5
+        while self._inflight_workflow_tasks and loop.time() < drain_until:
             await asyncio.sleep(0.01)
         running = [r for r in self._running_activities.values() if r.task is not None]
         if running:
@@ -254,6 +271,9 @@ class Worker:
                 await asyncio.wait(pending, timeout=5)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        for task in liveness:
+            task.cancel()
+        await asyncio.gather(*liveness, return_exceptions=True)
         try:
             await self.store.remove_worker(self.identity)
         except Exception:
@@ -372,22 +392,31 @@ class Worker:
                 return
             claim = next_claim
 
-    def _run_lock(self, run_id: str) -> asyncio.Lock:
+    @contextlib.asynccontextmanager
+    async def _activation(self, run_id: str) -> AsyncIterator[None]:
         """One activation of a run at a time in this worker (tasks and fused completions)."""
-        lock = self._run_locks.get(run_id)
-        if lock is None:
-            lock = self._run_locks[run_id] = asyncio.Lock()
-        return lock
+        gate = self._run_locks.get(run_id)
+        if gate is None:
+            gate = self._run_locks[run_id] = _RunGate()
+        gate.users += 1
+        try:
+            async with gate.lock:
+                yield
+        finally:
+            gate.users -= 1
+            if gate.users == 0 and self._run_locks.get(run_id) is gate:
+                del self._run_locks[run_id]
+
+    def _activation_running(self, run_id: str) -> bool:
+        gate = self._run_locks.get(run_id)
+        return gate is not None and gate.users > 0
 
     def _forget(self, run_id: str) -> None:
-        """Drop a run from the cache (its lock too, unless an activation holds it)."""
+        """Drop a run from the cache."""
         self._cache.pop(run_id, None)
-        lock = self._run_locks.get(run_id)
-        if lock is not None and not lock.locked():
-            del self._run_locks[run_id]
 
     async def _run_workflow_task(self, claim: WorkflowTaskClaim) -> WorkflowTaskClaim | None:
-        async with self._run_lock(claim.run_id):
+        async with self._activation(claim.run_id):
             return await self._run_workflow_task_locked(claim)
 
     async def _run_workflow_task_locked(self, claim: WorkflowTaskClaim) -> WorkflowTaskClaim | None:
@@ -494,12 +523,16 @@ class Worker:
         Returns False when the ordinary path must record the result instead.
         """
         run_id = claim.run_id
-        lock = self._run_lock(run_id)
         instance = self._cache.get(run_id)
-        if instance is None or instance.completed or lock.locked() or self._stopping.is_set():
+        if (
+            instance is None
+            or instance.completed
+            or self._activation_running(run_id)
+            or self._stopping.is_set()
+        ):
             return False
         reserved: list[ActivityScheduled] = []
-        async with lock:
+        async with self._activation(run_id):
             event = ActivityCompleted(seq=claim.seq, result=msgspec.Raw(result),
                                       attempt=claim.attempt)
             data = encode_event(event)
@@ -738,7 +771,7 @@ class Worker:
 
     # ------------------------------------------------------------------ background duties
     async def _liveness_loop(self) -> None:
-        while not self._stopping.is_set():
+        while True:  # also during shutdown's drain: cancelled just before deregistering
             cancelled = await self.store.worker_heartbeat(self.identity)
             for key in cancelled:
                 running = self._running_activities.get(tuple(key))  # type: ignore[arg-type]
@@ -787,7 +820,7 @@ class Worker:
             if (
                 instance is None
                 or instance.history_length != run.history_length
-                or self._run_lock(claim.run_id).locked()  # mid-activation: not committed state
+                or self._activation_running(claim.run_id)  # mid-activation: uncommitted
             ):
                 definition = self.workflows.get(run.workflow_type)
                 if definition is None:
