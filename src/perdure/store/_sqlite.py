@@ -784,15 +784,20 @@ class SqliteStore(WorkflowStore):
             conn.execute(
                 "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ?", key
             )
-            self._apply_completion(conn, c, now, notes)
+            self._apply_completion(conn, c, now, notes, inbox_pending=pending_inbound,
+                                   task_row=task is not None)
             return "fused"
 
         return await self._run(op)
 
     def _apply_completion(
-        self, conn: sqlite3.Connection, c: WorkflowTaskCompletion, now: float, notes: StoreNotes
+        self, conn: sqlite3.Connection, c: WorkflowTaskCompletion, now: float, notes: StoreNotes,
+        *, inbox_pending: bool | None = None, task_row: bool = True,
     ) -> None:
-        """Write one activation: events, new tasks and timers, the run's new state."""
+        """Write one activation: events, new tasks and timers, the run's new state.
+
+        ``inbox_pending`` and ``task_row`` spare queries whose answer the caller knows.
+        """
         key = (c.workflow_id, c.run_id)
         self._append(conn, c.workflow_id, c.run_id, c.expected_history_length + 1, c.events)
         new_length = c.expected_history_length + len(c.events)
@@ -859,9 +864,11 @@ class SqliteStore(WorkflowStore):
             self._close_run(conn, c.workflow_id, c.run_id, c.close_status, now,
                             c.close_result, c.close_failure, notes)
             return
-        more = conn.execute(
-            "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? LIMIT 1", key
-        ).fetchone()
+        more = inbox_pending
+        if more is None:
+            more = conn.execute(
+                "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? LIMIT 1", key
+            ).fetchone() is not None
         if more:
             conn.execute(
                 "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
@@ -870,7 +877,7 @@ class SqliteStore(WorkflowStore):
                 (now, c.worker_id if c.sticky_for > 0 else None, now + c.sticky_for, *key),
             )
             notes.add("workflow_task")
-        else:
+        elif task_row:
             conn.execute(
                 "DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key
             )

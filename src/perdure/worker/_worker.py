@@ -436,6 +436,14 @@ class Worker:
             return None
         try:
             ok = await self.store.complete_workflow_task(completion)
+        except Exception as exc:
+            # the store failed (busy, I/O): release the task now instead of holding its
+            # lease until it expires; if even that fails, the lease expiry takes over
+            self._activity_slots -= len(reserved)
+            self._cache.pop(claim.run_id, None)
+            with contextlib.suppress(Exception):
+                await self._fail_workflow_task(claim, exc)
+            return None
         except BaseException:
             self._activity_slots -= len(reserved)
             self._cache.pop(claim.run_id, None)
