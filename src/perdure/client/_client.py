@@ -59,6 +59,8 @@ __all__ = [
 T = TypeVar("T")
 
 DEFAULT_DATABASE_URL = "sqlite:///perdure.db"
+EAGER_START_LEASE = 5.0
+"""Seconds an eagerly started run's first task stays reserved for the in-process worker."""
 _failure_decoder = msgspec.json.Decoder(Failure)
 
 
@@ -280,32 +282,25 @@ class Client:
                 None,
             )
         started_event = encode_event(started)
-        starting = asyncio.ensure_future(self.store.start_workflow(
+        run_id = await self.store.start_workflow(
             StartWorkflowRecord(
                 workflow_id=id, run_id=str(uuid.uuid4()), workflow_type=workflow_type,
                 task_queue=task_queue, input=data, started_event=started_event,
                 execution_timeout=timeout, id_reuse_policy=str(id_reuse_policy), now=now,
                 signal_event=signal, eager_worker=eager.identity if eager is not None else None,
+                eager_lease=EAGER_START_LEASE,
             )
-        ))
+        )
         if eager is not None:
-            worker = eager
-
-            def hand_over(done: asyncio.Future[str]) -> None:
-                # the first workflow task is leased to that worker: hand it over, even if
-                # our caller was cancelled meanwhile (the start committed all the same)
-                if done.cancelled() or done.exception() is not None:
-                    return
-                worker.run_eager_start(
-                    WorkflowTaskClaim(
-                        workflow_id=id, run_id=done.result(), workflow_type=workflow_type,
-                        task_queue=task_queue, attempt=1, history_length=1, inbox=[],
-                        history=[(1, "WorkflowStarted", started_event)],
-                    )
+            # the first workflow task is leased to that worker: hand it over (if our caller
+            # is cancelled before this line, the short lease expires and any worker claims it)
+            eager.run_eager_start(
+                WorkflowTaskClaim(
+                    workflow_id=id, run_id=run_id, workflow_type=workflow_type,
+                    task_queue=task_queue, attempt=1, history_length=1, inbox=[],
+                    history=[(1, "WorkflowStarted", started_event)],
                 )
-
-            starting.add_done_callback(hand_over)
-        run_id = await asyncio.shield(starting)
+            )
         hint = result_type
         if hint is None and definition is not None:
             hint = definition.run_return_hint
