@@ -54,6 +54,8 @@ Op = Callable[[sqlite3.Connection, StoreNotes], T]
 
 _MAX_BATCH = 512
 _NO_DEADLINE = 1e18
+_CHECKPOINT_INTERVAL = 0.2
+_CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024  # what SQLite's default autocheckpoint would allow
 
 
 class _Stop:
@@ -70,6 +72,8 @@ class _WriterThread:
         self._thread = threading.Thread(target=self._run, name="perdure-sqlite", daemon=True)
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        self._checkpoint_stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self.commits = 0
         self.operations = 0
 
@@ -88,6 +92,28 @@ class _WriterThread:
     def stop(self) -> None:
         self._queue.put(_Stop())
         self._thread.join(timeout=10)
+        self._checkpoint_stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=10)
+
+    def _checkpoint_loop(self) -> None:
+        """Move WAL pages into the database file off the writer thread (PASSIVE: never
+        blocks writers), so that no commit pays for a checkpoint inline."""
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
+                                   timeout=30.0)
+        except sqlite3.Error:
+            return
+        try:
+            wal = self._path + "-wal"
+            while not self._checkpoint_stop.wait(_CHECKPOINT_INTERVAL):
+                try:
+                    if os.path.getsize(wal) >= _CHECKPOINT_WAL_BYTES:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except (OSError, sqlite3.Error):
+                    pass
+        finally:
+            conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
@@ -98,6 +124,7 @@ class _WriterThread:
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
         return conn
 
     def _run(self) -> None:
@@ -108,6 +135,10 @@ class _WriterThread:
             self._ready.set()
             return
         self._ready.set()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="perdure-sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
         q = self._queue
         while True:
             item = q.get()
