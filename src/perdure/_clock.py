@@ -14,10 +14,6 @@ class Clock:
         """Current time, seconds since the epoch."""
         raise NotImplementedError
 
-    def sleep_scale(self, seconds: float) -> float:
-        """Real seconds to wait for ``seconds`` of this clock to pass (upper bound)."""
-        return seconds
-
 
 class SystemClock(Clock):
     """The real wall clock."""

@@ -53,7 +53,6 @@ T = TypeVar("T")
 Op = Callable[[sqlite3.Connection, StoreNotes], T]
 
 _MAX_BATCH = 512
-_NO_DEADLINE = 1e18
 _CHECKPOINT_INTERVAL = 0.2
 _CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024  # what SQLite's default autocheckpoint would allow
 

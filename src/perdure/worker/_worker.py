@@ -806,7 +806,7 @@ class Worker:
                 # only work due before our next look wakes us early
                 self.store.notifier.next_due = now + wait
                 try:
-                    await self.store.notifier.wait(["timer"], timeout=self.clock.sleep_scale(wait))
+                    await self.store.notifier.wait(["timer"], timeout=wait)
                 finally:
                     self.store.notifier.next_due = -math.inf
 

@@ -179,10 +179,6 @@ def _caller_location(instance: WorkflowInstance) -> str:
     return "<unknown location>"
 
 
-class _EvictWorkflow(BaseException):
-    """Internal: stops an activation; never caught by ``except Exception``."""
-
-
 class WorkflowInstance:
     """A workflow run in memory, advanced one activation at a time."""
 
@@ -464,8 +460,6 @@ class WorkflowInstance:
             return
         try:
             handler(*values)
-        except _EvictWorkflow:
-            raise
         except Exception as exc:
             self._fail_from_handler(exc)
 
