@@ -145,6 +145,20 @@ class WriterThread:
             if stop:
                 break
         conn.close()
+        # operations queued behind the stop: fail them rather than leave callers waiting
+        while True:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Stop):
+                continue
+            _op, future, loop, notifier = item
+            closed = RuntimeError("the SQLite store was closed; open a new Client")
+            try:
+                loop.call_soon_threadsafe(_resolve, [(future, None, closed, None)], notifier)
+            except RuntimeError:
+                pass
 
     @staticmethod
     def _execute(
