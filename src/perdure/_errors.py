@@ -5,6 +5,7 @@ Every error Perdure raises on purpose derives from :class:`PerdureError`::
     PerdureError
     ├── ConfigurationError            bad setup: database URL, options
     │   └── InvalidDatabaseURLError
+    ├── DatabaseUnavailableError      the database cannot be reached at first connect
     ├── SchemaVersionError            database schema newer than this code
     ├── PayloadError                  a value that cannot cross the durable boundary
     │   ├── PayloadEncodingError      argument/result not serializable to JSON
@@ -43,6 +44,7 @@ __all__ = [
     "ApplicationError",
     "CancelledFailure",
     "ConfigurationError",
+    "DatabaseUnavailableError",
     "FailureError",
     "InvalidArgumentError",
     "InvalidDatabaseURLError",
@@ -79,6 +81,14 @@ class ConfigurationError(PerdureError):
 
 class InvalidDatabaseURLError(ConfigurationError):
     """A database URL that Perdure cannot parse or does not support."""
+
+
+class DatabaseUnavailableError(PerdureError):
+    """The database cannot be reached (server down, wrong host, port, database or user).
+
+    Raised when a store first connects. Once connected, a store rides out an outage
+    by reconnecting with back-off instead of raising.
+    """
 
 
 class SchemaVersionError(PerdureError):

@@ -54,8 +54,8 @@ class WorkerProcesses:
 
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[WorkerProcesses]:
-    procs = WorkerProcesses(f"sqlite:///{tmp_path / 'crash.db'}", tmp_path / "executions.log")
+def processes(database_url: str, tmp_path: Path) -> Iterator[WorkerProcesses]:
+    procs = WorkerProcesses(database_url, tmp_path / "executions.log")
     try:
         yield procs
     finally:

@@ -1,4 +1,4 @@
-"""The store conformance suite: every backend must pass it (SQLite now, PostgreSQL next).
+"""The store conformance suite: every backend must pass it (SQLite and PostgreSQL).
 
 It drives a store directly, the way the engine and workers do, to pin the
 guarantees the rest of Perdure relies on: leases, optimistic concurrency,
@@ -11,7 +11,6 @@ import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -29,9 +28,9 @@ from perdure.store import WorkflowStore, open_store
 from perdure.store._records import NewActivityTask, StartWorkflowRecord, WorkflowTaskCompletion
 
 
-@pytest.fixture(params=["sqlite"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[WorkflowStore]:
-    s = open_store(f"sqlite:///{tmp_path / 'conformance.db'}")
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[WorkflowStore]:
+    s = open_store(database_url)
     await s.migrate()
     try:
         yield s
@@ -70,15 +69,26 @@ def _completion(claim_id: tuple[str, str], worker: str, length: int, *, activity
     )
 
 
-async def test_migrate_is_idempotent_and_refuses_newer_schema(tmp_path: Path) -> None:
-    path = tmp_path / "schema.db"
-    store = open_store(f"sqlite:///{path}")
+def _bump_schema_version(database_url: str) -> None:
+    """What a newer Perdure would leave behind: a higher schema version."""
+    if database_url.startswith("sqlite"):
+        with sqlite3.connect(database_url.split(":///", 1)[1]) as conn:
+            conn.execute("UPDATE perdure_schema SET version = version + 1")
+        return
+    import psycopg
+
+    base, schema = database_url.split("?schema=")
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'UPDATE "{schema}".perdure_schema SET version = version + 1')
+
+
+async def test_migrate_is_idempotent_and_refuses_newer_schema(database_url: str) -> None:
+    store = open_store(database_url)
     await store.migrate()
     await store.migrate()
     await store.close()
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE perdure_schema SET version = version + 1")
-    newer = open_store(f"sqlite:///{path}")
+    _bump_schema_version(database_url)
+    newer = open_store(database_url)
     with pytest.raises(SchemaVersionError, match="upgrade Perdure"):
         await newer.migrate()
     await newer.close()

@@ -6,7 +6,7 @@ migration, never by editing an old one.
 
 from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "SQLITE_MIGRATIONS"]
+__all__ = ["POSTGRES_MIGRATIONS", "SCHEMA_VERSION", "SQLITE_MIGRATIONS"]
 
 _V1 = """
 CREATE TABLE IF NOT EXISTS perdure_schema (
@@ -143,5 +143,146 @@ CREATE TABLE workflow_types (
 SQLITE_MIGRATIONS: list[str] = [_V1]
 """Migration ``i`` takes the schema from version ``i`` to ``i + 1``."""
 
+_PG_V1 = """
+CREATE TABLE IF NOT EXISTS perdure_schema (
+    version INTEGER NOT NULL
+);
+
+CREATE TABLE workflow_runs (
+    workflow_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    workflow_type TEXT NOT NULL,
+    task_queue TEXT NOT NULL,
+    status TEXT NOT NULL,
+    input BYTEA,
+    result BYTEA,
+    failure BYTEA,
+    history_length INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    closed_at DOUBLE PRECISION,
+    execution_timeout DOUBLE PRECISION,
+    sticky_worker TEXT,
+    sticky_for DOUBLE PRECISION NOT NULL DEFAULT 0,
+    run_no BIGINT GENERATED ALWAYS AS IDENTITY,
+    PRIMARY KEY (workflow_id, run_id)
+);
+CREATE INDEX workflow_runs_latest ON workflow_runs (workflow_id, created_at);
+CREATE INDEX workflow_runs_listing ON workflow_runs (status, workflow_type, created_at);
+CREATE UNIQUE INDEX workflow_runs_one_running ON workflow_runs (workflow_id)
+    WHERE status = 'running';
+
+CREATE TABLE history_events (
+    workflow_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (workflow_id, run_id, seq)
+);
+
+CREATE TABLE inbox (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    data BYTEA NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.02);
+CREATE INDEX inbox_run ON inbox (workflow_id, run_id, id);
+
+CREATE TABLE workflow_tasks (
+    workflow_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    task_queue TEXT NOT NULL,
+    visible_at DOUBLE PRECISION NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at DOUBLE PRECISION,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    last_failure TEXT,
+    sticky_worker TEXT,
+    sticky_until DOUBLE PRECISION,
+    PRIMARY KEY (workflow_id, run_id)
+) WITH (autovacuum_vacuum_scale_factor = 0.02);
+CREATE INDEX workflow_tasks_ready ON workflow_tasks (task_queue, visible_at);
+CREATE INDEX workflow_tasks_owner ON workflow_tasks (lease_owner) WHERE lease_owner IS NOT NULL;
+
+CREATE TABLE activity_tasks (
+    workflow_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    activity_type TEXT NOT NULL,
+    task_queue TEXT NOT NULL,
+    input BYTEA NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    scheduled_at DOUBLE PRECISION NOT NULL,
+    visible_at DOUBLE PRECISION NOT NULL,
+    lease_owner TEXT,
+    started_at DOUBLE PRECISION,
+    deadline DOUBLE PRECISION,
+    start_to_close_timeout DOUBLE PRECISION,
+    schedule_to_close_timeout DOUBLE PRECISION,
+    schedule_to_start_timeout DOUBLE PRECISION,
+    heartbeat_timeout DOUBLE PRECISION,
+    retry_policy BYTEA NOT NULL,
+    heartbeat_at DOUBLE PRECISION,
+    heartbeat_details BYTEA,
+    last_failure BYTEA,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (workflow_id, run_id, seq)
+) WITH (autovacuum_vacuum_scale_factor = 0.02);
+CREATE INDEX activity_tasks_ready ON activity_tasks (task_queue, visible_at)
+    WHERE lease_owner IS NULL;
+CREATE INDEX activity_tasks_deadline ON activity_tasks (deadline) WHERE deadline IS NOT NULL;
+CREATE INDEX activity_tasks_owner ON activity_tasks (lease_owner) WHERE lease_owner IS NOT NULL;
+
+CREATE TABLE timers (
+    workflow_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    fire_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (workflow_id, run_id, seq)
+);
+CREATE INDEX timers_due ON timers (fire_at);
+
+CREATE TABLE workers (
+    worker_id TEXT PRIMARY KEY,
+    task_queues TEXT NOT NULL,
+    heartbeat_at DOUBLE PRECISION NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    build_id TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '',
+    pid INTEGER
+);
+
+CREATE TABLE query_tasks (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    task_queue TEXT NOT NULL,
+    name TEXT NOT NULL,
+    args BYTEA NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at DOUBLE PRECISION,
+    done INTEGER NOT NULL DEFAULT 0,
+    answer BYTEA,
+    error TEXT
+);
+CREATE INDEX query_tasks_ready ON query_tasks (task_queue, done);
+
+CREATE TABLE workflow_types (
+    workflow_type TEXT NOT NULL,
+    task_queue TEXT NOT NULL,
+    signals TEXT NOT NULL,
+    queries TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (workflow_type, task_queue)
+);
+"""
+
+POSTGRES_MIGRATIONS: list[str] = [_PG_V1]
+"""The same schema versions in PostgreSQL's types (BYTEA, DOUBLE PRECISION, identities),
+plus what many processes need: at most one running run per workflow id."""
+
 SCHEMA_VERSION = len(SQLITE_MIGRATIONS)
 """The schema version this code writes and understands."""
+
+assert len(POSTGRES_MIGRATIONS) == SCHEMA_VERSION, "every schema version exists in both dialects"

@@ -70,10 +70,6 @@ class SqlStore(WorkflowStore):
     # dialect ----------------------------------------------------------------------
     _LOCK = ""
     """Appended to a SELECT that must lock the rows it reads (PostgreSQL: FOR UPDATE)."""
-    _LOCK_RUN = ""
-    """Appended to a SELECT joining ``workflow_runs r`` to lock the run row only."""
-    _SKIP_LOCKED = ""
-    """Appended to a claim's inner SELECT (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
     _LEAST = "min"
     """The scalar minimum of several values."""
     _INSERTION_ORDER = "rowid"

@@ -1,0 +1,239 @@
+"""The PostgreSQL store: many worker processes on many machines, one database.
+
+The operations are :class:`SqlStore`'s, with PostgreSQL's dialect: row locks
+(``FOR UPDATE``) on the run an operation changes, claims with ``FOR UPDATE SKIP
+LOCKED`` so that every task goes to exactly one worker, and an advisory lock per
+workflow id around starts. The writer pool (``_postgres_writer``) does group
+commit and rides out lost connections; a listener thread turns ``NOTIFY`` from
+other processes into in-process wake-ups, so idle workers do not poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+import uuid
+from typing import Any, TypeVar
+
+import psycopg
+
+from perdure._clock import Clock, SystemClock
+from perdure._errors import SchemaVersionError
+from perdure.store._base import StoreNotes, StoreNotifier
+from perdure.store._postgres_writer import PgConnection, PostgresWriterPool
+from perdure.store._schema import POSTGRES_MIGRATIONS, SCHEMA_VERSION
+from perdure.store._sql import Conn, Op, SqlStore
+
+__all__ = ["PostgresStore"]
+
+T = TypeVar("T")
+
+_log = logging.getLogger("perdure.store.postgres")
+
+_MIGRATION_LOCK = 0x7065726475726500  # "perdure\0": one migrating process at a time
+
+
+class PostgresStore(SqlStore):
+    """Perdure's state in a PostgreSQL database (optionally in its own schema)."""
+
+    _LOCK = " FOR UPDATE"
+    _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+    _LEAST = "LEAST"
+    _INSERTION_ORDER = "run_no"
+
+    def __init__(self, conninfo: str, *, url: str, schema: str | None = None,
+                 pool_size: int = 2, clock: Clock | None = None, describe: str = "") -> None:
+        self.url = url
+        self.schema = schema
+        self.clock = clock or SystemClock()
+        self.notifier = StoreNotifier()
+        self._conninfo = conninfo
+        self._describe = describe or conninfo
+        self._origin = uuid.uuid4().hex[:12]
+        self.channel = f"perdure_{schema}" if schema else "perdure"
+        self._pool_size = pool_size
+        self._pool: PostgresWriterPool | None = None
+        self._start_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._listener: _NotificationListener | None = None
+
+    # ----------------------------------------------------------------- counters
+    @property
+    def commits(self) -> int:
+        """Transactions committed by this process (for benchmarks)."""
+        return self._pool.commits if self._pool else 0
+
+    @property
+    def operations(self) -> int:
+        """Store operations run by this process (for benchmarks)."""
+        return self._pool.operations if self._pool else 0
+
+    @property
+    def round_trips(self) -> int:
+        """Statements sent in committed transactions, one round trip each (for benchmarks)."""
+        return self._pool.statements if self._pool else 0
+
+    # ----------------------------------------------------------------- lifecycle
+    def _setup_connection(self, conn: PgConnection) -> None:
+        if self.schema:
+            conn.execute(f'SET search_path TO "{self.schema}"')
+        conn.statements = 0
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._pool is not None:
+                return
+            pool = PostgresWriterPool(
+                self._conninfo, size=self._pool_size, setup=self._setup_connection,
+                channel=self.channel, origin=self._origin, describe=self._describe,
+            )
+            pool.start()
+            pool.on_reconnect = self._wake_everything
+            self._pool = pool
+
+    def _wake_everything(self) -> None:
+        """After an outage, anything may have become ready: every loop of ours looks."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self.notifier.notify, StoreNotifier.KINDS, -math.inf)
+            except RuntimeError:
+                pass
+
+    def _run(self, op: Op[T]) -> asyncio.Future[T]:
+        if self._pool is None:
+            self._start()
+        assert self._pool is not None
+        if self._listener is None:
+            self._loop = asyncio.get_running_loop()
+            self._listener = _NotificationListener(self)
+            self._listener.start()
+        return self._pool.submit(op, self.notifier)
+
+    async def close(self) -> None:
+        pool, listener = self._pool, self._listener
+        self._pool = self._listener = None
+        loop = asyncio.get_running_loop()
+        if listener is not None:
+            await loop.run_in_executor(None, listener.stop)
+        if pool is not None:
+            await loop.run_in_executor(None, pool.stop)
+
+    async def migrate(self) -> None:
+        if self._pool is None:
+            await asyncio.get_running_loop().run_in_executor(None, self._start)
+
+        def op(conn: Conn, notes: StoreNotes) -> None:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            if self.schema:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            exists = conn.execute("SELECT to_regclass('perdure_schema')").fetchone()[0]
+            version = 0
+            if exists is not None:
+                row = conn.execute("SELECT version FROM perdure_schema").fetchone()
+                version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the database at {self._describe} has Perdure schema version {version}, "
+                    f"newer than the {SCHEMA_VERSION} this version of Perdure knows; upgrade "
+                    "Perdure (pip install -U perdure) on this machine"
+                )
+            for index in range(version, SCHEMA_VERSION):
+                conn.execute(POSTGRES_MIGRATIONS[index])
+            if version == 0:
+                conn.execute("INSERT INTO perdure_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version < SCHEMA_VERSION:
+                conn.execute("UPDATE perdure_schema SET version = ?", (SCHEMA_VERSION,))
+
+        await self._run(op)
+
+    async def schema_version(self) -> int:
+        """The schema version in the database (0 when Perdure never migrated it)."""
+        def op(conn: Conn, notes: StoreNotes) -> int:
+            if conn.execute("SELECT to_regclass('perdure_schema')").fetchone()[0] is None:
+                return 0
+            row = conn.execute("SELECT version FROM perdure_schema").fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(op)
+
+    # ----------------------------------------------------------------- dialect
+    def _lock_workflow_id(self, conn: Conn, workflow_id: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (workflow_id,))
+
+    def _claim_sql(self, table: str, key: str, set_clause: str, where: str, order: str,
+                   returning: str) -> str:
+        return (
+            f"UPDATE {table} SET {set_clause} WHERE ({key}) IN (SELECT {key} FROM {table} "
+            f"WHERE {where} ORDER BY {order} LIMIT ?{self._SKIP_LOCKED}) RETURNING {returning}"
+        )
+
+    def _may_reclaim(self, dead_after: float) -> bool:
+        pool = self._pool
+        return pool is None or time.time() - pool.reconnected_at >= dead_after
+
+
+class _NotificationListener:
+    """A thread on its own connection: LISTEN, and wake this process's workers when
+    another process commits new work (or a new due time)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self._store = store
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="perdure-postgres-listen",
+                                        daemon=True)
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _main(self) -> None:
+        delay = 0.05
+        first = True
+        while not self._stop.is_set():
+            try:
+                conn = psycopg.connect(self._store._conninfo, autocommit=True)
+            except psycopg.Error:
+                self._stop.wait(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+            try:
+                conn.execute(f'LISTEN "{self._store.channel}"')
+                if not first:
+                    self._store._wake_everything()  # we may have missed notifications
+                first = False
+                while not self._stop.is_set():
+                    for note in conn.notifies(timeout=0.25):
+                        self._dispatch(note.payload)
+            except psycopg.Error:
+                _log.debug("PostgreSQL listener lost its connection; reconnecting")
+            finally:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+
+    def _dispatch(self, payload: str) -> None:
+        try:
+            origin, kinds_text, due_text = payload.split("|")
+        except ValueError:
+            return
+        if origin == self._store._origin:
+            return  # our own commit: this process was woken already
+        kinds = [k for k in kinds_text.split(",") if k]
+        due = float(due_text) if due_text else math.inf
+        loop = self._store._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._store.notifier.notify, kinds, due)
+        except RuntimeError:
+            pass  # the loop is closed
