@@ -3,6 +3,7 @@ none of them corrupts the stored workflows."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from perdure import (
     ApplicationError,
     Client,
     ConfigurationError,
+    DatabaseUnavailableError,
     InvalidArgumentError,
     InvalidDatabaseURLError,
     PayloadConverter,
@@ -18,6 +20,7 @@ from perdure import (
     PayloadError,
     PayloadTooLargeError,
     PerdureError,
+    SchemaVersionError,
     UnknownWorkflowTypeError,
     Worker,
     WorkflowFailureError,
@@ -27,6 +30,7 @@ from perdure import (
 )
 from perdure._converter import DEFAULT_MAX_PAYLOAD_BYTES
 from perdure.testing import WorkflowEnvironment
+from tests._databases import require_postgres
 
 from ._helpers import wait_until
 
@@ -336,3 +340,47 @@ async def test_sqlite_url_options(tmp_path) -> None:  # type: ignore[no-untyped-
         await Client.connect(f"sqlite:///{tmp_path / 'opts.db'}?journal=off")
     with pytest.raises(InvalidDatabaseURLError, match="not one of"):
         await Client.connect(f"sqlite:///{tmp_path / 'opts.db'}?synchronous=sometimes")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://postgres@127.0.0.1:5432", "names no database"),
+        ("postgresql://postgres@127.0.0.1:5432/", "names no database"),
+        ("postgresql://postgres@127.0.0.1:99999/test", "malformed PostgreSQL URL"),
+        ("postgresql://postgres@127.0.0.1/test?pool_size=0", "pool_size='0'"),
+        ("postgresql://postgres@127.0.0.1/test?pool_size=many", "whole number from 1 to 64"),
+        ("postgresql://postgres@127.0.0.1/test?schema=a;drop", "not a plain identifier"),
+        ("postgresql://postgres@127.0.0.1/test?schema=1abc", "not a plain identifier"),
+    ],
+)
+async def test_malformed_postgres_urls(url: str, expected: str) -> None:
+    with pytest.raises(InvalidDatabaseURLError, match=re.escape(expected)):
+        await Client.connect(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://postgres@127.0.0.1:1/test", "127.0.0.1:1/test"),
+        ("postgresql://postgres@127.0.0.1:5432/perdure_no_such_db", "does not exist"),
+    ],
+)
+async def test_unreachable_postgres_is_a_clear_error(url: str, expected: str) -> None:
+    require_postgres()
+    with pytest.raises(DatabaseUnavailableError) as info:
+        await Client.connect(url + "?connect_timeout=5")
+    message = str(info.value)
+    assert expected in message
+    assert "check that the server runs" in message
+    assert isinstance(info.value, PerdureError)
+
+
+async def test_connect_without_migrating_refuses_an_unmigrated_database(
+    database_url: str,
+) -> None:
+    with pytest.raises(SchemaVersionError, match="perdure db migrate"):
+        await Client.connect(database_url, migrate=False)
+    await (await Client.connect(database_url)).close()  # migrates
+    client = await Client.connect(database_url, migrate=False)
+    await client.close()

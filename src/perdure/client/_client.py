@@ -21,6 +21,7 @@ from perdure._errors import (
     InvalidArgumentError,
     QueryRejectedError,
     QueryTimeoutError,
+    SchemaVersionError,
     TerminatedFailure,
     TimeoutFailure,
     UnknownHandlerError,
@@ -40,6 +41,7 @@ from perdure.history import (
 )
 from perdure.store import WorkflowStore, open_store
 from perdure.store._records import RunRecord, StartWorkflowRecord, WorkflowTaskClaim
+from perdure.store._schema import SCHEMA_VERSION
 from perdure.workflow._definition import (
     WorkflowDefinition,
     get_workflow_definition,
@@ -178,11 +180,21 @@ class Client:
         migrate: bool = True,
         **store_options: Any,
     ) -> Client:
-        """Open the database at ``url`` (creating or upgrading its schema)."""
+        """Open the database at ``url``, creating or upgrading its schema.
+
+        With ``migrate=False`` (schemas managed by ``perdure db migrate``), a database
+        whose schema is not exactly this version's is refused instead.
+        """
         url = url or os.environ.get("PERDURE_DATABASE_URL") or DEFAULT_DATABASE_URL
         store = open_store(url, clock=clock, **store_options)
-        if migrate:
-            await store.migrate()
+        try:
+            if migrate:
+                await store.migrate()
+            else:
+                await _check_schema_version(store)
+        except BaseException:
+            await store.close()
+            raise
         return cls(store, converter=converter)
 
     async def close(self) -> None:
@@ -543,3 +555,18 @@ class WorkflowHandle(Generic[T]):
         rows = await self._store.get_history(record.workflow_id, record.run_id)
         return WorkflowHistory(record.workflow_id, record.run_id,
                                [decode_event(data) for _, _, data in rows])
+
+
+async def _check_schema_version(store: WorkflowStore) -> None:
+    version = await store.schema_version()
+    if version > SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database at {store.url} has Perdure schema version {version}, newer than "
+            f"the {SCHEMA_VERSION} this version of Perdure knows; upgrade Perdure"
+        )
+    if version < SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database at {store.url} has Perdure schema version {version}; this version "
+            f"of Perdure needs {SCHEMA_VERSION}: run `perdure db migrate` (or connect with "
+            "migrate=True)"
+        )

@@ -108,6 +108,10 @@ class WorkflowStore:
         """Create or upgrade the schema; refuse a schema newer than this code."""
         raise NotImplementedError
 
+    async def schema_version(self) -> int:
+        """The schema version in the database (0 when Perdure never migrated it)."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         raise NotImplementedError
 

@@ -151,7 +151,9 @@ class PostgresStore(SqlStore):
         await self._run(op)
 
     async def schema_version(self) -> int:
-        """The schema version in the database (0 when Perdure never migrated it)."""
+        if self._pool is None:
+            await asyncio.get_running_loop().run_in_executor(None, self._start)
+
         def op(conn: Conn, notes: StoreNotes) -> int:
             if conn.execute("SELECT to_regclass('perdure_schema')").fetchone()[0] is None:
                 return 0

@@ -135,10 +135,10 @@ class PostgresWriterPool:
         except psycopg.Error as exc:
             for conn in connections:
                 self._discard(conn)
+            reason = " ".join((str(exc).strip() or type(exc).__name__).split())
             raise DatabaseUnavailableError(
-                f"cannot connect to PostgreSQL at {self._describe}: "
-                f"{str(exc).strip() or type(exc).__name__}. Check that the server runs and "
-                "that the URL's host, port, database and user are right"
+                f"cannot connect to PostgreSQL at {self._describe} (check that the server "
+                f"runs and that the URL's host, port, database and user are right): {reason}"
             ) from exc
         for index, conn in enumerate(connections):
             thread = threading.Thread(

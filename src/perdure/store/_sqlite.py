@@ -88,3 +88,14 @@ class SqliteStore(SqlStore):
                 conn.execute("UPDATE perdure_schema SET version = ?", (SCHEMA_VERSION,))
 
         await self._run(op)
+
+    async def schema_version(self) -> int:
+        def op(conn: sqlite3.Connection, notes: StoreNotes) -> int:
+            if conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='perdure_schema'"
+            ).fetchone() is None:
+                return 0
+            row = conn.execute("SELECT version FROM perdure_schema").fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._run(op)
