@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import inspect
@@ -406,22 +407,33 @@ class WorkflowHandle(Generic[T]):
                 clock.result_waiters -= 1
 
     async def _wait_result(self, deadline: float | None) -> T:
-        backoff = 0.01
         notifier = self._store.notifier
-        while True:
-            record = await self._store.get_run(self.workflow_id, self.run_id)
+        backoff = notifier.first_poll
+        run_id = self.run_id
+        if run_id is None:
+            record = await self._store.get_run(self.workflow_id, None)
             if record.status != WorkflowStatus.RUNNING:
                 return self._outcome(record)
-            wait = backoff
-            if deadline is not None:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"workflow {self.workflow_id!r} did not finish within the timeout"
-                    )
-                wait = min(wait, remaining)
-            await notifier.wait(["closed"], timeout=wait)
-            backoff = min(backoff * 2, 0.5)
+            run_id = record.run_id
+        # woken when this run closes (in this process, or by NOTIFY from another);
+        # the back-off poll covers SQLite files shared between processes
+        with notifier.watch_run(run_id) as closed:
+            while True:
+                closed.clear()
+                record = await self._store.get_run(self.workflow_id, run_id)
+                if record.status != WorkflowStatus.RUNNING:
+                    return self._outcome(record)
+                wait = backoff
+                if deadline is not None:
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if remaining <= 0:
+                        raise TimeoutError(
+                            f"workflow {self.workflow_id!r} did not finish within the timeout"
+                        )
+                    wait = min(wait, remaining)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed.wait(), wait)
+                backoff = min(backoff * 2, notifier.poll_interval)
 
     def _outcome(self, record: RunRecord) -> T:
         status = WorkflowStatus(record.status)

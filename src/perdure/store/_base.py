@@ -7,8 +7,10 @@ only knows how to write it atomically and how to find due work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from perdure._clock import Clock
 from perdure.store._records import (
@@ -21,21 +23,27 @@ from perdure.store._records import (
     WorkflowTaskCompletion,
 )
 
-__all__ = ["StoreNotes", "StoreNotifier", "TimeoutDecider", "WorkflowStore"]
+__all__ = ["StoreNotes", "StoreNotifier", "TimeoutDecider", "WorkflowStore", "resolve_batch"]
 
 TimeoutDecider = Callable[[int, str, bytes | None], ActivityDecision]
 """(activity seq, timeout type, last failure) -> the engine's decision function."""
 
 
 class StoreNotes:
-    """What one committed operation should wake in this process: kinds of new work, and
-    the earliest new due time (a timer, deadline or retry) it created."""
+    """What one committed operation should wake in this process: kinds of new work, the
+    earliest new due time (a timer, deadline or retry) it created, and the runs it closed."""
 
-    __slots__ = ("due", "kinds")
+    __slots__ = ("closed_runs", "due", "kinds")
 
     def __init__(self) -> None:
         self.kinds: set[str] = set()
         self.due = math.inf
+        self.closed_runs: list[str] = []
+
+    def run_closed(self, run_id: str) -> None:
+        """A run closed: wake whoever waits for its result."""
+        self.kinds.add("closed")
+        self.closed_runs.append(run_id)
 
     def add(self, kind: str) -> None:
         self.kinds.add(kind)
@@ -59,9 +67,18 @@ class StoreNotifier:
 
     KINDS = ("workflow_task", "activity_task", "timer", "closed", "query", "query_answer")
 
+    ALL_RUNS = "*"
+    """In ``closed_runs``: some runs closed, which ones is not known (wake every waiter)."""
+
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._run_events: dict[str, tuple[asyncio.Event, int]] = {}
         self.version = 0
+        self.first_poll = 0.01
+        """The first of those polls' back-off waits."""
+        self.poll_interval = 0.5
+        """Longest wait between polls for a change no notification may announce (another
+        process's commit on a shared SQLite file); PostgreSQL's NOTIFY allows longer."""
         self.next_due = -math.inf
         """When the due-work sweep will next look; earlier new due times wake it."""
 
@@ -71,7 +88,8 @@ class StoreNotifier:
             event = self._events[kind] = asyncio.Event()
         return event
 
-    def notify(self, kinds: Iterable[str], due: float = math.inf) -> None:
+    def notify(self, kinds: Iterable[str], due: float = math.inf,
+               closed_runs: Iterable[str] = ()) -> None:
         self.version += 1
         for kind in kinds:
             event = self._events.get(kind)
@@ -79,6 +97,29 @@ class StoreNotifier:
                 event.set()
         if due < self.next_due:
             self.event("timer").set()
+        for run_id in closed_runs:
+            if run_id == self.ALL_RUNS:
+                for event, _count in self._run_events.values():
+                    event.set()
+                break
+            waiting = self._run_events.get(run_id)
+            if waiting is not None:
+                waiting[0].set()
+
+    @contextlib.contextmanager
+    def watch_run(self, run_id: str) -> Iterator[asyncio.Event]:
+        """An event set when ``run_id`` is reported closed. Watch *before* reading the
+        run's status, so that a close committed in between is not missed."""
+        event, count = self._run_events.get(run_id) or (asyncio.Event(), 0)
+        self._run_events[run_id] = (event, count + 1)
+        try:
+            yield event
+        finally:
+            event, count = self._run_events[run_id]
+            if count <= 1:
+                del self._run_events[run_id]
+            else:
+                self._run_events[run_id] = (event, count - 1)
 
     async def wait(self, kinds: Sequence[str], timeout: float) -> None:
         """Wait until one of ``kinds`` is notified, or ``timeout`` seconds pass."""
@@ -95,6 +136,27 @@ class StoreNotifier:
                 w.cancel()
             for e in events:
                 e.clear()
+
+
+def resolve_batch(items: list[Any], notifier: StoreNotifier) -> None:
+    """On the waiting event loop: settle a committed batch's futures, then wake what its
+    operations created, in one notification."""
+    kinds: set[str] = set()
+    due = math.inf
+    closed: list[str] = []
+    for future, value, exc, notes in items:
+        if notes is not None:
+            kinds |= notes.kinds
+            due = min(due, notes.due)
+            closed.extend(notes.closed_runs)
+        if future.done():
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+    if kinds or due < math.inf:
+        notifier.notify(kinds, due, closed)
 
 
 class WorkflowStore:

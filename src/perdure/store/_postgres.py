@@ -50,6 +50,8 @@ class PostgresStore(SqlStore):
         self.schema = schema
         self.clock = clock or SystemClock()
         self.notifier = StoreNotifier()
+        # other processes' commits arrive by NOTIFY: polls are only a safety net
+        self.notifier.first_poll, self.notifier.poll_interval = 0.25, 2.0
         self._conninfo = conninfo
         self._describe = describe or conninfo
         self._origin = uuid.uuid4().hex[:12]
@@ -72,9 +74,14 @@ class PostgresStore(SqlStore):
         return self._pool.operations if self._pool else 0
 
     @property
-    def round_trips(self) -> int:
-        """Statements sent in committed transactions, one round trip each (for benchmarks)."""
+    def statements(self) -> int:
+        """Statements sent in committed transactions (for benchmarks)."""
         return self._pool.statements if self._pool else 0
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips to the server in committed transactions (for benchmarks)."""
+        return self._pool.round_trips if self._pool else 0
 
     # ----------------------------------------------------------------- lifecycle
     def _setup_connection(self, conn: PgConnection) -> None:
@@ -99,7 +106,8 @@ class PostgresStore(SqlStore):
         loop = self._loop
         if loop is not None:
             try:
-                loop.call_soon_threadsafe(self.notifier.notify, StoreNotifier.KINDS, -math.inf)
+                loop.call_soon_threadsafe(self.notifier.notify, StoreNotifier.KINDS, -math.inf,
+                                          [StoreNotifier.ALL_RUNS])
             except RuntimeError:
                 pass
 
@@ -142,7 +150,9 @@ class PostgresStore(SqlStore):
                     "Perdure (pip install -U perdure) on this machine"
                 )
             for index in range(version, SCHEMA_VERSION):
-                conn.execute(POSTGRES_MIGRATIONS[index])
+                for statement in POSTGRES_MIGRATIONS[index].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
             if version == 0:
                 conn.execute("INSERT INTO perdure_schema (version) VALUES (?)", (SCHEMA_VERSION,))
             elif version < SCHEMA_VERSION:
@@ -163,6 +173,12 @@ class PostgresStore(SqlStore):
         return await self._run(op)
 
     # ----------------------------------------------------------------- dialect
+    def _lock_run_only(self, conn: Conn, workflow_id: str, run_id: str) -> None:
+        conn.execute(
+            "SELECT 1 FROM workflow_runs WHERE workflow_id = ? AND run_id = ? FOR UPDATE",
+            (workflow_id, run_id),
+        )
+
     def _lock_workflow_id(self, conn: Conn, workflow_id: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (workflow_id,))
 
@@ -225,17 +241,18 @@ class _NotificationListener:
 
     def _dispatch(self, payload: str) -> None:
         try:
-            origin, kinds_text, due_text = payload.split("|")
+            origin, kinds_text, due_text, runs_text = payload.split("|")
         except ValueError:
             return
         if origin == self._store._origin:
             return  # our own commit: this process was woken already
         kinds = [k for k in kinds_text.split(",") if k]
         due = float(due_text) if due_text else math.inf
+        closed = [r for r in runs_text.split(",") if r]
         loop = self._store._loop
         if loop is None:
             return
         try:
-            loop.call_soon_threadsafe(self._store.notifier.notify, kinds, due)
+            loop.call_soon_threadsafe(self._store.notifier.notify, kinds, due, closed)
         except RuntimeError:
             pass  # the loop is closed

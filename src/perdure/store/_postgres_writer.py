@@ -35,6 +35,7 @@ import psycopg.errors
 
 from perdure._errors import DatabaseUnavailableError
 from perdure.store._base import StoreNotes, StoreNotifier
+from perdure.store._base import resolve_batch as _resolve
 from perdure.store._sql import Op
 
 __all__ = ["PgConnection", "PostgresWriterPool"]
@@ -55,24 +56,74 @@ def _to_psycopg(sql: str) -> str:
 
 class PgConnection:
     """A psycopg connection that speaks the shared SQL's ``?`` placeholders and counts
-    round trips."""
+    statements and round trips.
 
-    __slots__ = ("raw", "statements")
+    In pipeline mode a statement whose result nobody reads is queued, not waited for:
+    only a fetch (and the final COMMIT) costs a round trip.
+    """
+
+    __slots__ = ("raw", "round_trips", "statements")
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self.statements = 0
+        self.round_trips = 0
 
-    def execute(self, sql: str, params: Any = ()) -> psycopg.Cursor[Any]:
+    @property
+    def pipelined(self) -> bool:
+        return self.raw._pipeline is not None
+
+    def execute(self, sql: str, params: Any = ()) -> _Cursor:
         self.statements += 1
+        pipelined = self.raw._pipeline is not None
+        if not pipelined:
+            self.round_trips += 1
         if not params:  # the simple protocol: several statements may share a round trip
-            return self.raw.execute(sql)  # type: ignore[arg-type]
-        return self.raw.execute(_to_psycopg(sql), params)  # type: ignore[arg-type]
+            return _Cursor(self.raw.execute(sql), self, pipelined)  # type: ignore[arg-type]
+        cursor = self.raw.execute(_to_psycopg(sql), params)  # type: ignore[arg-type]
+        return _Cursor(cursor, self, pipelined)
 
     def executemany(self, sql: str, params: Any) -> None:
+        if self.raw._pipeline is not None:
+            for row in params:  # queued one by one: no round trip of their own
+                self.execute(sql, row)
+            return
         self.statements += 1
+        self.round_trips += 1
         with self.raw.cursor() as cursor:
             cursor.executemany(_to_psycopg(sql), params)  # type: ignore[arg-type]
+
+
+class _Cursor:
+    """A cursor whose first fetch in pipeline mode is counted as a round trip (an upper
+    bound: the result may have arrived with an earlier one)."""
+
+    __slots__ = ("_conn", "_cursor", "_pending")
+
+    def __init__(self, cursor: psycopg.Cursor[Any], conn: PgConnection, pipelined: bool) -> None:
+        self._cursor = cursor
+        self._conn = conn
+        self._pending = pipelined
+
+    def _fetched(self) -> None:
+        if self._pending:
+            self._pending = False
+            self._conn.round_trips += 1
+
+    def fetchone(self) -> Any:
+        self._fetched()
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        self._fetched()
+        return self._cursor.fetchall()
+
+    def __iter__(self) -> Any:
+        self._fetched()
+        return iter(self._cursor.fetchall())
+
+    def nextset(self) -> bool | None:
+        return self._cursor.nextset()
 
 
 class _Stop:
@@ -113,6 +164,7 @@ class PostgresWriterPool:
         self.commits = 0
         self.operations = 0
         self.statements = 0
+        self.round_trips = 0
         self.conflicts = 0
         self.reconnects = 0
         self.reconnected_at = -math.inf
@@ -248,10 +300,18 @@ class PostgresWriterPool:
                 self._discard(conn)
                 conn = None
                 if lost.txid is not None:
-                    conn = self._reconnect()
-                    if conn is None:
-                        continue
-                    status = self._txid_status(conn, lost.txid)
+                    status: str | None = None
+                    while status is None:  # the outcome must be known before a rerun
+                        conn = self._reconnect()
+                        if conn is None:
+                            break
+                        try:
+                            status = self._txid_status(conn, lost.txid)
+                        except psycopg.OperationalError:
+                            if not (conn.raw.broken or conn.raw.closed):
+                                raise
+                            self._discard(conn)  # lost again while asking: ask again
+                            conn = None
                     if status == "committed" and lost.results is not None:
                         with self._counter_lock:
                             self.commits += 1
@@ -274,6 +334,69 @@ class PostgresWriterPool:
             return conn, results
 
     def _attempt(
+        self, conn: PgConnection, batch: list[Any], *, savepoints: bool
+    ) -> list[Result] | None:
+        if not savepoints:
+            return self._attempt_pipelined(conn, batch)
+        return self._attempt_stepwise(conn, batch, savepoints=savepoints)
+
+    def _attempt_pipelined(self, conn: PgConnection, batch: list[Any]) -> list[Result] | None:
+        """The fast path: the whole batch in one pipeline, so that statements whose
+        results are not read (inserts, updates, COMMIT) cost no round trip of their own.
+        None when an operation raised, after rolling back."""
+        raw = conn.raw
+        results: list[Result] = []
+        failed: BaseException | None = None
+        txid: int | None = None
+        committing = False
+        try:
+            with raw.pipeline():
+                conn.execute("BEGIN")
+                txid_cursor = raw.execute("SELECT txid_current()")
+                for op, future, _loop, _notifier in batch:
+                    notes = StoreNotes()
+                    try:
+                        value = op(conn, notes)
+                    except BaseException as exc:
+                        failed = exc
+                        break
+                    results.append((future, value, None, notes))
+                if failed is None:
+                    payload = self._notify_payload(results)
+                    if payload is not None:
+                        conn.execute("SELECT pg_notify(?, ?)", (self._channel, payload))
+                    row = txid_cursor.fetchone()
+                    assert row is not None
+                    txid = int(row[0])
+                    conn.execute("COMMIT")
+                    committing = True
+            conn.round_trips += 1  # the pipeline's final sync
+        except psycopg.OperationalError as exc:
+            if raw.broken or raw.closed:
+                if committing:
+                    raise _ConnectionLost(exc, txid, results) from exc
+                raise _ConnectionLost(exc) from exc  # before COMMIT: rolled back
+            if isinstance(exc, _TRANSIENT):
+                raise
+            failed = exc
+        except psycopg.Error as exc:
+            failed = exc
+        if failed is not None:
+            if isinstance(failed, _TRANSIENT):
+                raise failed
+            if isinstance(failed, psycopg.OperationalError) and (raw.broken or raw.closed):
+                raise _ConnectionLost(failed) from failed
+            self._rollback(conn)
+            return None
+        with self._counter_lock:
+            self.commits += 1
+            self.operations += len(batch)
+            self.statements += conn.statements
+            self.round_trips += conn.round_trips
+        conn.statements = conn.round_trips = 0
+        return results
+
+    def _attempt_stepwise(
         self, conn: PgConnection, batch: list[Any], *, savepoints: bool
     ) -> list[Result] | None:
         """One transaction over the batch; None when an operation raised (without
@@ -331,7 +454,8 @@ class PostgresWriterPool:
                 self.commits += 1
                 self.operations += len(batch)
                 self.statements += conn.statements
-            conn.statements = 0
+                self.round_trips += conn.round_trips
+            conn.statements = conn.round_trips = 0
             return results
         except _ConnectionLost:
             raise
@@ -341,20 +465,32 @@ class PostgresWriterPool:
             raise
 
     def _notify_payload(self, results: list[Result]) -> str | None:
+        """``origin|kinds|due|closed run ids`` (``*`` when too many to fit a NOTIFY)."""
         kinds: set[str] = set()
         due = math.inf
+        closed: list[str] = []
         for _future, _value, _error, notes in results:
             if notes is not None:
                 kinds |= notes.kinds
                 due = min(due, notes.due)
+                closed.extend(notes.closed_runs)
         if not kinds and due == math.inf:
             return None
-        return f"{self._origin}|{','.join(sorted(kinds))}|{'' if due == math.inf else repr(due)}"
+        runs = ",".join(closed)
+        if len(runs) > 6000 or "'" in runs or "|" in runs:
+            runs = StoreNotifier.ALL_RUNS
+        return (f"{self._origin}|{','.join(sorted(kinds))}|"
+                f"{'' if due == math.inf else repr(due)}|{runs}")
 
     def _txid_status(self, conn: PgConnection, txid: int) -> str:
         """Whether a transaction whose COMMIT was cut off did commit."""
         for _ in range(600):
-            row = conn.execute("SELECT txid_status(?)", (txid,)).fetchone()
+            try:
+                row = conn.execute("SELECT txid_status(?)", (txid,)).fetchone()
+            except psycopg.errors.InvalidParameterValue:
+                # "transaction ID ... is in the future": the server crashed and restarted
+                # before any of that transaction reached its WAL, so it did not commit
+                return "aborted"
             status = row[0] if row else None
             if status != "in progress":
                 return str(status)
@@ -386,20 +522,3 @@ def _deliver(items: list[tuple[Any, Result]]) -> None:
             loop.call_soon_threadsafe(_resolve, group, notifier)
         except RuntimeError:
             pass  # that loop is closed; nobody waits for these results
-
-
-def _resolve(items: list[Any], notifier: StoreNotifier) -> None:
-    kinds: set[str] = set()
-    due = math.inf
-    for future, value, exc, notes in items:
-        if notes is not None:
-            kinds |= notes.kinds
-            due = min(due, notes.due)
-        if future.done():
-            continue
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(value)
-    if kinds or due < math.inf:
-        notifier.notify(kinds, due)

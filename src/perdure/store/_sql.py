@@ -87,6 +87,11 @@ class SqlStore(WorkflowStore):
         ).fetchone()
         return tuple(row) if row is not None else None
 
+    def _lock_run_only(self, conn: Conn, workflow_id: str, run_id: str) -> None:
+        """Lock a run's row without reading it (PostgreSQL). The statements after it run
+        once the lock is held, and (READ COMMITTED) see every change committed before;
+        in a pipeline it costs no round trip of its own."""
+
     def _lock_workflow_id(self, conn: Conn, workflow_id: str) -> None:
         """Serialize starts of one workflow id (PostgreSQL: an advisory lock)."""
 
@@ -167,7 +172,7 @@ class SqlStore(WorkflowStore):
             "AND done = 0 AND lease_owner IS NULL",
             ("closed", *key),
         )
-        notes.add("closed")
+        notes.run_closed(run_id)
 
     def _append(
         self, conn: Conn, workflow_id: str, run_id: str, start_seq: int,
@@ -534,19 +539,20 @@ class SqlStore(WorkflowStore):
     async def complete_workflow_task(self, completion: WorkflowTaskCompletion) -> bool:
         def op(conn: Conn, notes: StoreNotes) -> bool:
             c = completion
+            self._lock_run_only(conn, c.workflow_id, c.run_id)
             row = conn.execute(
-                "SELECT r.history_length, r.status, t.lease_owner FROM workflow_runs r "
-                "JOIN workflow_tasks t ON t.workflow_id = r.workflow_id AND t.run_id = r.run_id "
-                f"WHERE r.workflow_id = ? AND r.run_id = ?{self._LOCK}",
-                (c.workflow_id, c.run_id),
+                "SELECT r.history_length, r.status, t.lease_owner, EXISTS (SELECT 1 FROM inbox i "
+                "WHERE i.workflow_id = r.workflow_id AND i.run_id = r.run_id AND i.id > ?) "
+                "FROM workflow_runs r JOIN workflow_tasks t ON t.workflow_id = r.workflow_id "
+                "AND t.run_id = r.run_id WHERE r.workflow_id = ? AND r.run_id = ?",
+                (c.inbox_upto, c.workflow_id, c.run_id),
             ).fetchone()
             if row is None or row[2] != c.worker_id:
                 return False
-            newer_inbound = c.close_status is not None and conn.execute(
-                "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? AND id > ? LIMIT 1",
-                (c.workflow_id, c.run_id, c.inbox_upto),
-            ).fetchone() is not None
-            if row[0] != c.expected_history_length or row[1] != "running" or newer_inbound:
+            newer_inbound = bool(row[3])
+            if row[0] != c.expected_history_length or row[1] != "running" or (
+                newer_inbound and c.close_status is not None
+            ):
                 # the run moved on without us, or an event arrived that closing the run
                 # would drop (a signal): hand the task back at once, to run again with it
                 conn.execute(
@@ -556,7 +562,7 @@ class SqlStore(WorkflowStore):
                 )
                 notes.add("workflow_task")
                 return False
-            self._apply_completion(conn, c, self.clock.now(), notes)
+            self._apply_completion(conn, c, self.clock.now(), notes, inbox_pending=newer_inbound)
             return True
 
         return await self._run(op)
@@ -567,11 +573,16 @@ class SqlStore(WorkflowStore):
         def op(conn: Conn, notes: StoreNotes) -> str:
             c = completion
             key = (c.workflow_id, c.run_id, seq)
-            if self._lock_run(conn, c.workflow_id, c.run_id) is None:
-                return "rejected"
+            self._lock_run_only(conn, c.workflow_id, c.run_id)
+            # one read for every decision: the attempt, the run, its task, its inbox
             row = conn.execute(
-                f"SELECT {self._ATTEMPT_COLUMNS}, r.history_length FROM activity_tasks a "
-                "JOIN workflow_runs r ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "
+                f"SELECT {self._ATTEMPT_COLUMNS}, r.history_length, t.lease_owner, "
+                "t.lease_expires_at, t.workflow_id IS NOT NULL, EXISTS (SELECT 1 FROM inbox i "
+                "WHERE i.workflow_id = r.workflow_id AND i.run_id = r.run_id) "
+                "FROM activity_tasks a JOIN workflow_runs r "
+                "ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "
+                "LEFT JOIN workflow_tasks t ON t.workflow_id = r.workflow_id "
+                "AND t.run_id = r.run_id "
                 "WHERE a.workflow_id = ? AND a.run_id = ? AND a.seq = ? AND a.attempt = ? "
                 "AND a.lease_owner = ?",
                 (*key, attempt, c.worker_id),
@@ -579,27 +590,19 @@ class SqlStore(WorkflowStore):
             if row is None:
                 return "rejected"
             now = self.clock.now()
-            history_length = row[7]
-            task = conn.execute(
-                "SELECT lease_owner, lease_expires_at FROM workflow_tasks "
-                f"WHERE workflow_id = ? AND run_id = ?{self._LOCK}", (c.workflow_id, c.run_id),
-            ).fetchone()
-            task_busy = task is not None and task[0] is not None and task[1] >= time.time()
-            pending_inbound = conn.execute(
-                "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? LIMIT 1",
-                (c.workflow_id, c.run_id),
-            ).fetchone() is not None
+            history_length, task_owner, task_expires, has_task, pending_inbound = row[7:12]
+            task_busy = task_owner is not None and task_expires >= time.time()
             if row[5] or row[6] != "running" or history_length != c.expected_history_length \
                     or task_busy or (pending_inbound and c.close_status is not None):
                 # not ours to advance: record the completion the ordinary way
                 self._apply_outcome(conn, key, lambda _state: ActivityOutcome(None, event),
-                                    row[:7], now, notes)
+                                    tuple(row[:7]), now, notes)
                 return "accepted"
             conn.execute(
                 "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ?", key
             )
-            self._apply_completion(conn, c, now, notes, inbox_pending=pending_inbound,
-                                   task_row=task is not None)
+            self._apply_completion(conn, c, now, notes, inbox_pending=bool(pending_inbound),
+                                   task_row=bool(has_task))
             return "fused"
 
         return await self._run(op)
@@ -813,8 +816,7 @@ class SqlStore(WorkflowStore):
     ) -> tuple[bool, WorkflowTaskClaim | None]:
         def op(conn: Conn, notes: StoreNotes) -> tuple[bool, WorkflowTaskClaim | None]:
             key = (workflow_id, run_id, seq)
-            if self._lock_run(conn, workflow_id, run_id) is None:
-                return False, None
+            self._lock_run_only(conn, workflow_id, run_id)
             row = conn.execute(
                 f"SELECT {self._ATTEMPT_COLUMNS} FROM activity_tasks a JOIN workflow_runs r "
                 "ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "
@@ -932,8 +934,7 @@ class SqlStore(WorkflowStore):
     ) -> tuple[Any, ...] | None:
         """Lock the run, then read one of its activity tasks if it still matches ``where``
         (another process may have finished it between a sweep's scan and this lock)."""
-        if self._lock_run(conn, workflow_id, run_id) is None:
-            return None
+        self._lock_run_only(conn, workflow_id, run_id)
         row = conn.execute(
             f"SELECT {columns}, {self._ATTEMPT_COLUMNS} FROM activity_tasks a "
             "JOIN workflow_runs r ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "

@@ -12,7 +12,6 @@ once it grows, so that no commit pays for a checkpoint inline.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import queue
 import sqlite3
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from perdure.store._base import StoreNotes, StoreNotifier
+from perdure.store._base import resolve_batch as _resolve
 
 __all__ = ["Op", "WriterThread"]
 
@@ -231,20 +231,3 @@ class WriterThread:
                 loop.call_soon_threadsafe(_resolve, items, notifier)
             except RuntimeError:
                 pass  # the loop is closed; nobody waits for these results
-
-
-def _resolve(items: list[Any], notifier: StoreNotifier) -> None:
-    kinds: set[str] = set()
-    due = math.inf
-    for future, value, exc, notes in items:
-        if notes is not None:
-            kinds |= notes.kinds
-            due = min(due, notes.due)
-        if future.done():
-            continue
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(value)
-    if kinds or due < math.inf:
-        notifier.notify(kinds, due)
