@@ -35,6 +35,21 @@ _log = logging.getLogger("perdure.store.postgres")
 
 _MIGRATION_LOCK = 0x7065726475726500  # "perdure\0": one migrating process at a time
 
+# A host cut off from the network in the middle of a transaction keeps its row locks
+# until the server notices that it is gone: by default only after TCP's retransmission
+# timeout (about 15 minutes) or keepalive (2 hours). Meanwhile no other worker can
+# reclaim the runs it locked, and their batches that touch them wait. So each session
+# asks the server to drop a silent client after about 5 seconds (unless the server's
+# configuration or the URL's options set these; unknown ones, as tcp_user_timeout
+# before PostgreSQL 12, are skipped). The cut-off writer reconnects when the network
+# returns and settles a cut-off COMMIT with txid_status.
+_SERVER_TCP_SETTINGS = (
+    "SELECT set_config(name, v, false) FROM (VALUES ('tcp_keepalives_idle', '2'), "
+    "('tcp_keepalives_interval', '1'), ('tcp_keepalives_count', '3'), "
+    "('tcp_user_timeout', '5000')) AS d (name, v) JOIN pg_settings USING (name) "
+    "WHERE source = 'default'"
+)
+
 
 class PostgresStore(SqlStore):
     """Perdure's state in a PostgreSQL database (optionally in its own schema)."""
@@ -85,8 +100,8 @@ class PostgresStore(SqlStore):
 
     # ----------------------------------------------------------------- lifecycle
     def _setup_connection(self, conn: PgConnection) -> None:
-        if self.schema:
-            conn.execute(f'SET search_path TO "{self.schema}"')
+        schema = f'SET search_path TO "{self.schema}"; ' if self.schema else ""
+        conn.execute(schema + _SERVER_TCP_SETTINGS)  # one round trip
         conn.statements = 0
 
     def _start(self) -> None:
@@ -174,13 +189,14 @@ class PostgresStore(SqlStore):
 
     # ----------------------------------------------------------------- dialect
     def _lock_run_only(self, conn: Conn, workflow_id: str, run_id: str) -> None:
-        conn.execute(
+        conn.execute_unread(
             "SELECT 1 FROM workflow_runs WHERE workflow_id = ? AND run_id = ? FOR UPDATE",
             (workflow_id, run_id),
         )
 
     def _lock_workflow_id(self, conn: Conn, workflow_id: str) -> None:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (workflow_id,))
+        conn.execute_unread("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+                            (workflow_id,))
 
     def _claim_sql(self, table: str, key: str, set_clause: str, where: str, order: str,
                    returning: str) -> str:

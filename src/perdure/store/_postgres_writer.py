@@ -48,10 +48,26 @@ _TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailu
               psycopg.errors.LockNotAvailable)
 
 
+def _unusable(conn: PgConnection, exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection is gone or unusable, not that an operation
+    failed: it broke, the server is shutting down (SQLSTATE class 57P, sent before the
+    socket closes, so ``broken`` is not set yet), or libpq is stuck in pipeline mode."""
+    raw = conn.raw
+    if raw.broken or raw.closed:
+        return True
+    if raw._pipeline is None and raw.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, psycopg.OperationalError) and sqlstate.startswith(("08", "57P"))
+
+
 @functools.lru_cache(maxsize=4096)
-def _to_psycopg(sql: str) -> str:
-    """``?`` placeholders (the shared SQL's) to psycopg's ``%s``."""
-    return sql.replace("%", "%%").replace("?", "%s")
+def _to_psycopg(sql: str) -> tuple[str, bool]:
+    """``?`` placeholders (the shared SQL's) to psycopg's ``%s``; and whether the
+    statement returns rows (a SELECT, or RETURNING), which only a fresh cursor may hold."""
+    head = sql.lstrip()[:6].upper()
+    returns_rows = head in ("SELECT", "WITH") or "RETURNING" in sql.upper()
+    return sql.replace("%", "%%").replace("?", "%s"), returns_rows
 
 
 class PgConnection:
@@ -62,12 +78,15 @@ class PgConnection:
     only a fetch (and the final COMMIT) costs a round trip.
     """
 
-    __slots__ = ("raw", "round_trips", "statements")
+    __slots__ = ("_writes", "raw", "round_trips", "statements")
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self.statements = 0
         self.round_trips = 0
+        # statements that return no rows share one cursor: a new cursor per statement
+        # costs more Python time than the statement itself (about 25 us of 45)
+        self._writes = raw.cursor()
 
     @property
     def pipelined(self) -> bool:
@@ -80,8 +99,19 @@ class PgConnection:
             self.round_trips += 1
         if not params:  # the simple protocol: several statements may share a round trip
             return _Cursor(self.raw.execute(sql), self, pipelined)  # type: ignore[arg-type]
-        cursor = self.raw.execute(_to_psycopg(sql), params)  # type: ignore[arg-type]
+        query, returns_rows = _to_psycopg(sql)
+        if not returns_rows:
+            self._writes.execute(query, params)  # type: ignore[arg-type]
+            return _Cursor(self._writes, self, False)
+        cursor = self.raw.execute(query, params)  # type: ignore[arg-type]
         return _Cursor(cursor, self, pipelined)
+
+    def execute_unread(self, sql: str, params: Any) -> None:
+        """A statement whose rows nobody reads (``SELECT ... FOR UPDATE``, for its lock)."""
+        self.statements += 1
+        if self.raw._pipeline is None:
+            self.round_trips += 1
+        self._writes.execute(_to_psycopg(sql)[0], params)  # type: ignore[arg-type]
 
     def executemany(self, sql: str, params: Any) -> None:
         if self.raw._pipeline is not None:
@@ -91,7 +121,7 @@ class PgConnection:
         self.statements += 1
         self.round_trips += 1
         with self.raw.cursor() as cursor:
-            cursor.executemany(_to_psycopg(sql), params)  # type: ignore[arg-type]
+            cursor.executemany(_to_psycopg(sql)[0], params)  # type: ignore[arg-type]
 
 
 class _Cursor:
@@ -307,8 +337,8 @@ class PostgresWriterPool:
                             break
                         try:
                             status = self._txid_status(conn, lost.txid)
-                        except psycopg.OperationalError:
-                            if not (conn.raw.broken or conn.raw.closed):
+                        except psycopg.OperationalError as exc:
+                            if not _unusable(conn, exc):
                                 raise
                             self._discard(conn)  # lost again while asking: ask again
                             conn = None
@@ -372,7 +402,7 @@ class PostgresWriterPool:
                     committing = True
             conn.round_trips += 1  # the pipeline's final sync
         except psycopg.OperationalError as exc:
-            if raw.broken or raw.closed:
+            if _unusable(conn, exc):
                 if committing:
                     raise _ConnectionLost(exc, txid, results) from exc
                 raise _ConnectionLost(exc) from exc  # before COMMIT: rolled back
@@ -384,7 +414,7 @@ class PostgresWriterPool:
         if failed is not None:
             if isinstance(failed, _TRANSIENT):
                 raise failed
-            if isinstance(failed, psycopg.OperationalError) and (raw.broken or raw.closed):
+            if _unusable(conn, failed):
                 raise _ConnectionLost(failed) from failed
             self._rollback(conn)
             return None
@@ -416,8 +446,8 @@ class PostgresWriterPool:
                         value = op(conn, notes)
                     except _TRANSIENT:
                         raise
-                    except psycopg.OperationalError:
-                        if conn.raw.broken or conn.raw.closed:
+                    except psycopg.OperationalError as exc:
+                        if _unusable(conn, exc):
                             raise
                         self._rollback(conn)
                         return None
@@ -430,9 +460,7 @@ class PostgresWriterPool:
                 try:
                     value = op(conn, notes)
                 except BaseException as exc:
-                    if isinstance(exc, psycopg.OperationalError) and (
-                        conn.raw.broken or conn.raw.closed
-                    ):
+                    if _unusable(conn, exc):
                         raise
                     conn.execute("ROLLBACK TO SAVEPOINT op")
                     conn.execute("RELEASE SAVEPOINT op")
@@ -447,7 +475,7 @@ class PostgresWriterPool:
             try:
                 conn.execute(commit)
             except psycopg.OperationalError as exc:
-                if conn.raw.broken or conn.raw.closed:
+                if _unusable(conn, exc):
                     raise _ConnectionLost(exc, txid, results) from exc
                 raise
             with self._counter_lock:
@@ -460,7 +488,7 @@ class PostgresWriterPool:
         except _ConnectionLost:
             raise
         except psycopg.OperationalError as exc:
-            if conn.raw.broken or conn.raw.closed:
+            if _unusable(conn, exc):
                 raise _ConnectionLost(exc) from exc  # before COMMIT: rolled back
             raise
 
