@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -52,3 +53,87 @@ def test_passwords_are_not_printed(capsys: pytest.CaptureFixture[str]) -> None:
     assert _redact("postgresql://bob:s3cret@db:5432/x") == "postgresql://bob:***@db:5432/x"
     assert _redact("postgresql://bob@db/x") == "postgresql://bob@db/x"
     assert _redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
+
+
+def _create_version_1(database_url: str) -> None:
+    """A database as Perdure 0.1's first schema left it."""
+    from perdure.store._schema import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(database_url.split(":///", 1)[1]) as conn:
+            conn.executescript(SQLITE_MIGRATIONS[0])
+            conn.execute("INSERT INTO perdure_schema (version) VALUES (1)")
+        return
+    import psycopg
+
+    base, schema = database_url.split("?schema=")
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'SET search_path TO "{schema}"')
+        for statement in POSTGRES_MIGRATIONS[0].split(";"):
+            if statement.strip():
+                conn.execute(statement)  # type: ignore[call-overload]
+        conn.execute("INSERT INTO perdure_schema (version) VALUES (1)")
+
+
+def test_migrate_upgrades_an_older_schema(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert SCHEMA_VERSION >= 2
+    _create_version_1(database_url)
+    assert main(["db", "status", "--database-url", database_url]) == 1
+    assert "schema version 1" in capsys.readouterr().out
+    assert main(["db", "migrate", "--database-url", database_url]) == 0
+    assert f"migrated from version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
+    assert main(["db", "status", "--database-url", database_url]) == 0
+
+
+async def test_prune_deletes_old_closed_runs_only(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from perdure import Client, Worker, WorkflowNotFoundError, workflow
+
+    @workflow.defn(name="PruneMe")
+    class PruneMe:
+        @workflow.run
+        async def run(self, wait: bool) -> str:
+            if wait:
+                await workflow.wait_condition(lambda: False)
+            return "done"
+
+    client = await Client.connect(database_url)
+    try:
+        async with Worker(client, task_queue="prune", workflows=[PruneMe]):
+            for index in range(3):
+                await client.execute_workflow(PruneMe.run, False, id=f"old-{index}",
+                                              task_queue="prune")
+            running = await client.start_workflow(PruneMe.run, True, id="still-running",
+                                                  task_queue="prune")
+        # closed less than a day ago: kept
+        assert await asyncio.to_thread(
+            main, ["db", "prune", "--database-url", database_url, "--older-than", "1d"]
+        ) == 0
+        assert "deleted 0 closed runs" in capsys.readouterr().out
+        assert len(await client.list_workflows()) == 4
+        # closed at all: deleted, in batches of two; the running one stays
+        await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(
+            main, ["db", "prune", "--database-url", database_url, "--older-than", "0s",
+                   "--batch", "2"],
+        ) == 0
+        assert "deleted 3 closed runs" in capsys.readouterr().out
+        listed = await client.list_workflows()
+        assert [d.workflow_id for d in listed] == ["still-running"]
+        with pytest.raises(WorkflowNotFoundError):
+            await client.get_workflow_handle("old-0").fetch_history()
+        assert (await running.describe()).status.value == "running"
+    finally:
+        await client.close()
+
+
+def test_prune_rejects_a_bad_duration(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["db", "prune", "--database-url", "sqlite:///x.db", "--older-than", "soon"])
+    assert "not a duration" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""``perdure db migrate`` and ``perdure db status``.
+"""``perdure db migrate``, ``perdure db status`` and ``perdure db prune``.
 
 Every command takes ``--database-url`` and falls back to ``$PERDURE_DATABASE_URL``,
 as :meth:`perdure.Client.connect` does.
@@ -12,8 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from perdure._errors import PerdureError
-from perdure.store import open_store
+from perdure._errors import PerdureError, SchemaVersionError
+from perdure.store import WorkflowStore, open_store
 from perdure.store._schema import SCHEMA_VERSION
 
 __all__ = ["main"]
@@ -57,6 +57,51 @@ async def _status(url: str) -> tuple[str, int]:
             "run `perdure db migrate`"), 1
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``3600s`` (or plain seconds) to seconds."""
+    value = text.strip().lower()
+    try:
+        if value and value[-1] in _UNITS:
+            seconds = float(value[:-1]) * _UNITS[value[-1]]
+        else:
+            seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; write it as 30d, 12h, 90m or 3600s"
+        ) from None
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+    return seconds
+
+
+async def _prune(url: str, older_than: float, batch: int) -> str:
+    store = open_store(url)
+    try:
+        await _require_current_schema(store)
+        cutoff = store.clock.now() - older_than
+        deleted = 0
+        while True:
+            count = await store.delete_closed_runs(cutoff, batch)
+            deleted += count
+            if count < batch:
+                break
+    finally:
+        await store.close()
+    return f"{_redact(url)}: deleted {deleted} closed runs (and their histories)"
+
+
+async def _require_current_schema(store: WorkflowStore) -> None:
+    version = await store.schema_version()
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"the database has Perdure schema version {version}, this Perdure needs "
+            f"{SCHEMA_VERSION}: run `perdure db migrate` first"
+        )
+
+
 def _redact(url: str) -> str:
     """The URL without its password, for printing."""
     if "://" not in url or "@" not in url.split("://", 1)[1].split("/", 1)[0]:
@@ -77,9 +122,15 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("migrate", "create the schema, or upgrade it to this version of Perdure"),
         ("status", "print the schema version; exit 1 unless it matches this Perdure"),
+        ("prune", "delete closed workflow runs, and their histories, older than a duration"),
     ):
         sub = db_commands.add_parser(name, help=help_text)
         sub.add_argument("--database-url", help="database URL (default: $PERDURE_DATABASE_URL)")
+        if name == "prune":
+            sub.add_argument("--older-than", type=_duration, required=True,
+                             help="closed at least this long ago: 30d, 12h, 90m, 3600s")
+            sub.add_argument("--batch", type=int, default=1000,
+                             help="runs deleted per transaction (default 1000)")
     return parser
 
 
@@ -90,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.db_command == "migrate":
             print(asyncio.run(_migrate(url)))
+            return 0
+        if args.db_command == "prune":
+            print(asyncio.run(_prune(url, args.older_than, max(1, args.batch))))
             return 0
         message, status = asyncio.run(_status(url))
         print(message)

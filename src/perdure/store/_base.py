@@ -205,6 +205,11 @@ class WorkflowStore:
     ) -> list[RunRecord]:
         raise NotImplementedError
 
+    async def delete_closed_runs(self, closed_before: float, limit: int) -> int:
+        """Delete up to ``limit`` runs closed before ``closed_before`` (store clock), with
+        their histories; return how many. Retention: running runs are never touched."""
+        raise NotImplementedError
+
     async def enqueue_query(self, workflow_id: str, run_id: str, task_queue: str, name: str,
                             args: bytes) -> int:
         raise NotImplementedError

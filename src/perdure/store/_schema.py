@@ -140,7 +140,12 @@ CREATE TABLE workflow_types (
 );
 """
 
-SQLITE_MIGRATIONS: list[str] = [_V1]
+_V2 = """
+CREATE INDEX workflow_runs_closed ON workflow_runs (closed_at) WHERE closed_at IS NOT NULL;
+"""
+"""Version 2: retention (``perdure db prune``) finds old closed runs by an index."""
+
+SQLITE_MIGRATIONS: list[str] = [_V1, _V2]
 """Migration ``i`` takes the schema from version ``i`` to ``i + 1``."""
 
 _PG_V1 = """
@@ -278,7 +283,7 @@ CREATE TABLE workflow_types (
 );
 """
 
-POSTGRES_MIGRATIONS: list[str] = [_PG_V1]
+POSTGRES_MIGRATIONS: list[str] = [_PG_V1, _V2]
 """The same schema versions in PostgreSQL's types (BYTEA, DOUBLE PRECISION, identities),
 plus what many processes need: at most one running run per workflow id."""
 

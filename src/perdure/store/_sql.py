@@ -366,6 +366,26 @@ class SqlStore(WorkflowStore):
 
         return await self._run(op)
 
+    async def delete_closed_runs(self, closed_before: float, limit: int) -> int:
+        def op(conn: Conn, notes: StoreNotes) -> int:
+            rows = conn.execute(
+                "SELECT workflow_id, run_id FROM workflow_runs WHERE status <> 'running' "
+                "AND closed_at < ? ORDER BY closed_at LIMIT ?",
+                (closed_before, limit),
+            ).fetchall()
+            for workflow_id, run_id in rows:
+                key = (workflow_id, run_id)
+                conn.execute("DELETE FROM history_events WHERE workflow_id = ? AND run_id = ?",
+                             key)
+                conn.execute("DELETE FROM query_tasks WHERE workflow_id = ? AND run_id = ?", key)
+                conn.execute(
+                    "DELETE FROM workflow_runs WHERE workflow_id = ? AND run_id = ? "
+                    "AND status <> 'running'", key,
+                )
+            return len(rows)
+
+        return await self._run(op)
+
     async def enqueue_query(self, workflow_id: str, run_id: str, task_queue: str, name: str,
                             args: bytes) -> int:
         def op(conn: Conn, notes: StoreNotes) -> int:
