@@ -17,6 +17,8 @@ from perdure import Client, Worker, WorkerOptions, activity, workflow
 from perdure.history import ActivityCompleted
 from tests._databases import POSTGRES_URL, database_url_for
 
+from ._helpers import wait_until
+
 TQ = "pg"
 
 
@@ -53,6 +55,10 @@ def _backends(application_name: str) -> list[int]:
     return [row[0] for row in rows]
 
 
+async def _count(application_name: str, expected: int) -> bool:
+    return len(_backends(application_name)) == expected
+
+
 async def test_notify_wakes_an_idle_worker_of_another_process_at_once(pg_url: str) -> None:
     # two stores = two "processes": the worker's only way to hear of the start is NOTIFY,
     # since it would otherwise poll only every 30 s
@@ -78,11 +84,14 @@ async def test_pool_size_opens_that_many_writer_connections(pg_url: str) -> None
     name = f"perdure_pool_{uuid.uuid4().hex[:8]}"
     client = await Client.connect(f"{pg_url}&pool_size=3&application_name={name}")
     try:
-        # three writers and one listener
+        # three writers and one listener (which connects in the background)
+        await wait_until(lambda: _count(name, 4), what="4 connections", timeout=10)
+        await asyncio.sleep(0.2)
         assert len(_backends(name)) == 4
     finally:
         await client.close()
-    assert _backends(name) == []
+    # the server forgets a closed connection as soon as its backend process exits
+    await wait_until(lambda: _count(name, 0), what="no connections left", timeout=10)
 
 
 async def test_dropped_connections_are_reopened_and_nothing_is_lost(pg_url: str) -> None:
