@@ -136,3 +136,15 @@ async def test_a_store_that_lost_its_server_waits_for_it_instead_of_failing(
         assert description.status.value == "running"
     finally:
         await client.close()
+
+
+async def test_libpq_options_pass_through_the_url(pg_url: str) -> None:
+    # a libpq parameter with spaces: server settings for every session of the store
+    client = await Client.connect(f"{pg_url}&options=-c%20work_mem%3D7MB")
+    try:
+        def op(conn, notes):  # type: ignore[no-untyped-def]
+            return conn.execute("SHOW work_mem").fetchone()[0]
+
+        assert await client.store._run(op) == "7MB"  # type: ignore[attr-defined]
+    finally:
+        await client.close()

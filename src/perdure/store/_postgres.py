@@ -195,6 +195,12 @@ class PostgresStore(SqlStore):
                 conn.execute("UPDATE perdure_schema SET version = ?", (SCHEMA_VERSION,))
 
         await self._run(op)
+        self._schema_ready()
+
+    def _schema_ready(self) -> None:
+        """From now on every batch writes its commit marker (the table exists)."""
+        if self._pool is not None:
+            self._pool.marking = True
 
     async def schema_version(self) -> int:
         if self._pool is None:
@@ -206,7 +212,10 @@ class PostgresStore(SqlStore):
             row = conn.execute("SELECT version FROM perdure_schema").fetchone()
             return int(row[0]) if row else 0
 
-        return await self._run(op)
+        version = await self._run(op)
+        if version >= 2:
+            self._schema_ready()
+        return version
 
     # ----------------------------------------------------------------- dialect
     def _lock_run_only(self, conn: Conn, workflow_id: str, run_id: str) -> None:

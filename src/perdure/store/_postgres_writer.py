@@ -11,9 +11,13 @@ operation fails). What PostgreSQL adds:
   runs it again; operations are functions of the database, so a rerun is exact.
 * **Lost connections.** The thread reconnects with back-off for as long as it
   takes and runs the batch again; callers just wait. If the connection died
-  during COMMIT, the outcome is unknown, so the thread asks the server
-  (``txid_status``) whether that transaction committed before deciding between
-  "done" and "run again": nothing is applied twice and nothing acknowledged is lost.
+  during COMMIT, the outcome is unknown. Every batch therefore also writes its
+  number into the connection's row of ``writer_commits``; after reconnecting, the
+  thread makes sure the old session is gone (terminating it if it lingers) and
+  reads that row: the batch committed exactly when its number is there. Nothing
+  is applied twice and nothing acknowledged is lost, across crashes too (a
+  transaction id would not do: after a crash the server hands out the ids of
+  transactions that never reached its WAL again).
 * **Cross-process wake-ups.** A batch that created work sends ``NOTIFY`` in its
   transaction (delivered only if it commits); see ``_postgres``'s listener.
 """
@@ -78,12 +82,20 @@ class PgConnection:
     only a fetch (and the final COMMIT) costs a round trip.
     """
 
-    __slots__ = ("_writes", "raw", "round_trips", "statements")
+    __slots__ = ("_writes", "backend_pid", "backend_started", "batch", "raw", "round_trips",
+                 "statements", "writer_id")
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
         self.statements = 0
         self.round_trips = 0
+        self.backend_pid = raw.info.backend_pid
+        self.backend_started: Any = None
+        """This session's ``backend_start``: with the pid, names it uniquely."""
+        self.writer_id = ""
+        """This connection's row in ``writer_commits``."""
+        self.batch = 0
+        """The number of the last batch this connection tried to commit."""
         # statements that return no rows share one cursor: a new cursor per statement
         # costs more Python time than the statement itself (about 25 us of 45)
         self._writes = raw.cursor()
@@ -164,15 +176,17 @@ Result = tuple[Any, Any, BaseException | None, StoreNotes | None]
 
 
 class _ConnectionLost(Exception):
-    """The connection broke; ``txid`` and ``results`` are set when it broke during
-    COMMIT, when the transaction may have committed."""
+    """The connection broke; ``results`` is set when it broke during COMMIT, when the
+    transaction may have committed."""
 
-    def __init__(self, cause: BaseException, txid: int | None = None,
-                 results: list[Result] | None = None) -> None:
+    def __init__(self, cause: BaseException, results: list[Result] | None = None,
+                 marker: tuple[str, int, int, Any] | None = None) -> None:
         super().__init__(str(cause))
         self.cause = cause
-        self.txid = txid
         self.results = results
+        self.marker = marker
+        """(writer id, batch number, backend pid, backend start) of the cut-off COMMIT;
+        None when the batch wrote no marker (before migration: rerunning is safe)."""
 
 
 class PostgresWriterPool:
@@ -200,11 +214,20 @@ class PostgresWriterPool:
         self.reconnected_at = -math.inf
         """When a connection last came back after an outage (real time)."""
         self.on_reconnect: Callable[[], None] | None = None
+        self.marking = False
+        """Whether batches write their commit marker (once the schema has the table)."""
+        self._connections = 0
 
     # ----------------------------------------------------------------- lifecycle
     def connect(self) -> PgConnection:
         raw = psycopg.connect(self._conninfo, autocommit=True)
         conn = PgConnection(raw)
+        row = raw.execute("SELECT backend_start FROM pg_stat_activity "
+                          "WHERE pid = pg_backend_pid()").fetchone()
+        conn.backend_started = row[0] if row else None
+        with self._counter_lock:
+            self._connections += 1
+            conn.writer_id = f"{self._origin}-{self._connections}"
         self._setup(conn)
         return conn
 
@@ -329,25 +352,27 @@ class PostgresWriterPool:
                 _log.warning("PostgreSQL connection lost (%s); reconnecting", lost.cause)
                 self._discard(conn)
                 conn = None
-                if lost.txid is not None:
-                    status: str | None = None
-                    while status is None:  # the outcome must be known before a rerun
+                if lost.results is not None:
+                    committed: bool | None = None
+                    while committed is None:  # the outcome must be known before a rerun
                         conn = self._reconnect()
                         if conn is None:
                             break
                         try:
-                            status = self._txid_status(conn, lost.txid)
+                            committed = self._settle(conn, lost.marker)
                         except psycopg.OperationalError as exc:
                             if not _unusable(conn, exc):
                                 raise
                             self._discard(conn)  # lost again while asking: ask again
                             conn = None
-                    if status == "committed" and lost.results is not None:
+                    _log.warning("PostgreSQL: a COMMIT was cut off; it %s",
+                                 "had committed" if committed else "had not committed: rerun")
+                    if committed:
                         with self._counter_lock:
                             self.commits += 1
                             self.operations += len(batch)
                         return conn, lost.results
-                    # aborted (or forgotten): nothing of it happened; run it again
+                    # nothing of it happened: run it again
                 continue
             except _TRANSIENT:
                 self._rollback(conn)
@@ -377,12 +402,11 @@ class PostgresWriterPool:
         raw = conn.raw
         results: list[Result] = []
         failed: BaseException | None = None
-        txid: int | None = None
         committing = False
+        marker = None
         try:
             with raw.pipeline():
                 conn.execute("BEGIN")
-                txid_cursor = raw.execute("SELECT txid_current()")
                 for op, future, _loop, _notifier in batch:
                     notes = StoreNotes()
                     try:
@@ -395,16 +419,14 @@ class PostgresWriterPool:
                     payload = self._notify_payload(results)
                     if payload is not None:
                         conn.execute("SELECT pg_notify(?, ?)", (self._channel, payload))
-                    row = txid_cursor.fetchone()
-                    assert row is not None
-                    txid = int(row[0])
+                    marker = self._mark(conn)
                     conn.execute("COMMIT")
                     committing = True
             conn.round_trips += 1  # the pipeline's final sync
         except psycopg.OperationalError as exc:
             if _unusable(conn, exc):
                 if committing:
-                    raise _ConnectionLost(exc, txid, results) from exc
+                    raise _ConnectionLost(exc, results, marker) from exc
                 raise _ConnectionLost(exc) from exc  # before COMMIT: rolled back
             if isinstance(exc, _TRANSIENT):
                 raise
@@ -431,13 +453,8 @@ class PostgresWriterPool:
     ) -> list[Result] | None:
         """One transaction over the batch; None when an operation raised (without
         savepoints), after rolling back."""
-        txid: int | None = None
         try:
-            cursor = conn.execute("BEGIN; SELECT txid_current()")
-            cursor.nextset()  # past BEGIN's result
-            row = cursor.fetchone()
-            assert row is not None
-            txid = int(row[0])
+            conn.execute("BEGIN")
             results: list[Result] = []
             for op, future, _loop, _notifier in batch:
                 notes = StoreNotes()
@@ -472,11 +489,12 @@ class PostgresWriterPool:
             payload = self._notify_payload(results)
             if payload is not None:
                 commit = f"NOTIFY \"{self._channel}\", '{payload}'; COMMIT"
+            marker = self._mark(conn)
             try:
                 conn.execute(commit)
             except psycopg.OperationalError as exc:
                 if _unusable(conn, exc):
-                    raise _ConnectionLost(exc, txid, results) from exc
+                    raise _ConnectionLost(exc, results, marker) from exc
                 raise
             with self._counter_lock:
                 self.commits += 1
@@ -510,20 +528,48 @@ class PostgresWriterPool:
         return (f"{self._origin}|{','.join(sorted(kinds))}|"
                 f"{'' if due == math.inf else repr(due)}|{runs}")
 
-    def _txid_status(self, conn: PgConnection, txid: int) -> str:
-        """Whether a transaction whose COMMIT was cut off did commit."""
+    def _mark(self, conn: PgConnection) -> tuple[str, int, int, Any] | None:
+        """Write this batch's number into the connection's commit marker, inside the
+        batch's transaction: it is there afterwards exactly when the batch committed."""
+        if not self.marking:
+            return None
+        conn.batch += 1
+        now = time.time()
+        if conn.batch == 1:  # a connection's first batch sweeps markers nobody needs
+            conn.execute("DELETE FROM writer_commits WHERE updated_at < ?", (now - 86400,))
+        conn.execute(
+            "INSERT INTO writer_commits (writer_id, batch, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (writer_id) DO UPDATE SET batch = excluded.batch, "
+            "updated_at = excluded.updated_at",
+            (conn.writer_id, conn.batch, now),
+        )
+        return conn.writer_id, conn.batch, conn.backend_pid, conn.backend_started
+
+    def _settle(self, conn: PgConnection, marker: tuple[str, int, int, Any] | None) -> bool:
+        """Whether a batch whose COMMIT was cut off committed, asked on a new connection.
+
+        First the old session must be over: while it lives it may still commit (it may
+        not even have received the COMMIT yet, and then it would wait for a client that
+        is gone). So the old session (its pid and start time name it; a restart ended it
+        anyway) is terminated and awaited. Then the marker row tells.
+        """
+        if marker is None:
+            return False  # no marker (schema not ready): only idempotent work ran; rerun
+        writer_id, batch, pid, backend_started = marker
         for _ in range(600):
-            try:
-                row = conn.execute("SELECT txid_status(?)", (txid,)).fetchone()
-            except psycopg.errors.InvalidParameterValue:
-                # "transaction ID ... is in the future": the server crashed and restarted
-                # before any of that transaction reached its WAL, so it did not commit
-                return "aborted"
-            status = row[0] if row else None
-            if status != "in progress":
-                return str(status)
-            time.sleep(0.05)  # the old backend has not noticed its client is gone yet
-        return "unknown"
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = ? "
+                "AND backend_start = ?)", (pid, backend_started),
+            ).fetchone()
+            if row is None or not row[0]:
+                break
+            conn.execute("SELECT pg_terminate_backend(?)", (pid,)).fetchone()
+            time.sleep(0.05)
+        else:
+            raise psycopg.OperationalError(f"the old session (pid {pid}) does not end")
+        row = conn.execute("SELECT batch FROM writer_commits WHERE writer_id = ?",
+                           (writer_id,)).fetchone()
+        return row is not None and int(row[0]) == batch
 
     @staticmethod
     def _rollback(conn: PgConnection) -> None:

@@ -283,7 +283,17 @@ CREATE TABLE workflow_types (
 );
 """
 
-POSTGRES_MIGRATIONS: list[str] = [_PG_V1, _V2]
+_PG_V2 = _V2 + """
+CREATE TABLE writer_commits (
+    writer_id TEXT PRIMARY KEY,
+    batch BIGINT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+);
+"""
+"""PostgreSQL's version 2 also keeps one commit marker per writer connection: the number
+of its last committed batch, read when a COMMIT was cut off (see ``_postgres_writer``)."""
+
+POSTGRES_MIGRATIONS: list[str] = [_PG_V1, _PG_V2]
 """The same schema versions in PostgreSQL's types (BYTEA, DOUBLE PRECISION, identities),
 plus what many processes need: at most one running run per workflow id."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from perdure._clock import Clock
 from perdure._errors import InvalidDatabaseURLError
@@ -110,7 +110,9 @@ def _open_postgres(url: str, clock: Clock | None, options: dict[str, object]) ->
         ) from exc
     from perdure.store._postgres import PostgresStore
 
-    conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(libpq), ""))
+    # quote, not quote_plus: libpq reads '+' literally (options=-c%20x%3Dy must stay so)
+    conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path,
+                           urlencode(libpq, quote_via=quote), ""))
     describe = f"{parts.hostname or 'localhost'}:{port or 5432}{parts.path}"
     if parts.username:
         describe = f"{parts.username}@{describe}"
