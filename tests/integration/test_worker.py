@@ -221,3 +221,38 @@ async def test_shutdown_drain_keeps_the_worker_alive(real_env: WorkflowEnvironme
         await a.shutdown()  # drains for ~1.5 s, three times the dead-worker timeout
         assert await handle.result(timeout=10) == 1
     assert ATTEMPTS == [1]
+
+
+async def test_a_failing_store_does_not_lose_an_activity_result(
+    real_env: WorkflowEnvironment,
+) -> None:
+    """The result of a finished activity lives only in the worker's memory until it is
+    recorded: a store call that fails is retried, not dropped, and the activity is not
+    run again."""
+    store = real_env.client.store
+    failures = {"fused": 0, "finish": 0}
+    fused, finish = store.complete_activity_and_workflow_task, store.finish_activity_attempt
+
+    async def failing_fused(*args: Any, **kwargs: Any) -> Any:
+        failures["fused"] += 1
+        raise OSError("the database went away")
+
+    async def flaky_finish(*args: Any, **kwargs: Any) -> Any:
+        if failures["finish"] < 2:
+            failures["finish"] += 1
+            raise OSError("the database went away")
+        return await finish(*args, **kwargs)
+
+    store.complete_activity_and_workflow_task = failing_fused  # type: ignore[method-assign]
+    store.finish_activity_attempt = flaky_finish  # type: ignore[method-assign]
+    ATTEMPTS.clear()
+    try:
+        async with real_env.worker(task_queue="flaky", workflows=[SlowOne], activities=[slow]):
+            handle = await real_env.client.start_workflow(SlowOne.run, 0.01, id="flaky-store",
+                                                          task_queue="flaky")
+            assert await handle.result(timeout=20) == 1
+    finally:
+        store.complete_activity_and_workflow_task = fused  # type: ignore[method-assign]
+        store.finish_activity_attempt = finish  # type: ignore[method-assign]
+    assert failures == {"fused": 1, "finish": 2}
+    assert ATTEMPTS == [1]  # recorded on the third try; never run again

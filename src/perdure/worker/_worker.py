@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import sys
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -47,6 +48,7 @@ from perdure.history import (
     encode_event,
 )
 from perdure.store._records import (
+    ActivityDecision,
     ActivityTaskClaim,
     QueryTaskClaim,
     WorkflowTaskClaim,
@@ -174,7 +176,8 @@ class Worker:
         self._stopped = asyncio.Event()
         self._started = False
         self.stats = {"workflow_tasks": 0, "replays": 0, "activities": 0, "eager_activities": 0,
-                      "task_failures": 0, "rejected_completions": 0, "fused_completions": 0,
+                      "task_failures": 0, "rejected_completions": 0, "rejected_activity_results": 0,
+                      "fused_completions": 0,
                       "eager_starts": 0}
 
     def _derive_build_id(self) -> str:
@@ -680,21 +683,51 @@ class Worker:
             decide = activity_failed_outcome(
                 claim.seq, failure_from_exception(error), self.clock.now()
             )
-        if error is None and result is not None and await self._complete_and_advance(
-            claim, result
-        ):
-            return
-        _accepted, wf_claim = await self.store.finish_activity_attempt(
-            *key, claim.attempt, self.identity, decide,
-            claim_workflow_task=claim.run_id in self._cache and not self._stopping.is_set(),
-            lease=self.options.workflow_task_lease,
-        )
+        if error is None and result is not None:
+            try:
+                if await self._complete_and_advance(claim, result):
+                    return
+            except Exception as exc:  # the ordinary path below records the result instead
+                _log.warning("activity %s (workflow %s): fused completion failed: %r",
+                             claim.activity_type, claim.workflow_id, exc)
+        wf_claim = await self._finish_attempt(claim, key, decide)
         if wf_claim is not None:
             self._inflight_workflow_tasks += 1
             try:
                 await self._process_workflow_task(wf_claim)
             finally:
                 self._inflight_workflow_tasks -= 1
+
+    async def _finish_attempt(
+        self, claim: ActivityTaskClaim, key: tuple[str, str, int], decide: ActivityDecision,
+    ) -> WorkflowTaskClaim | None:
+        """Record an attempt's end. The result is only in memory until this commits, so a
+        failing store is retried with back-off (for up to a minute) rather than dropped;
+        past that, the attempt's timeout retries the activity."""
+        delay = 0.1
+        deadline = time.monotonic() + 60.0
+        while True:
+            try:
+                accepted, wf_claim = await self.store.finish_activity_attempt(
+                    *key, claim.attempt, self.identity, decide,
+                    claim_workflow_task=claim.run_id in self._cache
+                    and not self._stopping.is_set(),
+                    lease=self.options.workflow_task_lease,
+                )
+                if not accepted:  # the attempt was superseded (timed out, reclaimed)
+                    self.stats["rejected_activity_results"] += 1
+                return wf_claim
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    _log.error("activity %s (workflow %s, attempt %d): could not record its "
+                               "end, giving up (its timeout will retry it): %r",
+                               claim.activity_type, claim.workflow_id, claim.attempt, exc)
+                    return None
+                _log.warning("activity %s (workflow %s, attempt %d): recording its end "
+                             "failed, retrying in %.1fs: %r", claim.activity_type,
+                             claim.workflow_id, claim.attempt, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _invoke(
         self, definition: ActivityDefinition, args: list[Any], context: ActivityContext,
