@@ -419,7 +419,7 @@ class WorkflowHandle(Generic[T]):
         # the back-off poll covers SQLite files shared between processes
         with notifier.watch_run(run_id) as closed:
             while True:
-                closed.clear()
+                closed.event.clear()
                 record = await self._store.get_run(self.workflow_id, run_id)
                 if record.status != WorkflowStatus.RUNNING:
                     return self._outcome(record)
@@ -432,7 +432,12 @@ class WorkflowHandle(Generic[T]):
                         )
                     wait = min(wait, remaining)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(closed.wait(), wait)
+                    await asyncio.wait_for(closed.event.wait(), wait)
+                if closed.outcome is not None:  # closed by this process: no need to read it
+                    status, result, failure = closed.outcome
+                    return self._outcome(dataclasses.replace(
+                        record, status=status, result=result, failure=failure,
+                    ))
                 backoff = min(backoff * 2, notifier.poll_interval)
 
     def _outcome(self, record: RunRecord) -> T:

@@ -33,17 +33,20 @@ class StoreNotes:
     """What one committed operation should wake in this process: kinds of new work, the
     earliest new due time (a timer, deadline or retry) it created, and the runs it closed."""
 
-    __slots__ = ("closed_runs", "due", "kinds")
+    __slots__ = ("closed_runs", "due", "kinds", "outcomes")
 
     def __init__(self) -> None:
         self.kinds: set[str] = set()
         self.due = math.inf
         self.closed_runs: list[str] = []
+        self.outcomes: dict[str, RunOutcome] = {}
 
-    def run_closed(self, run_id: str) -> None:
-        """A run closed: wake whoever waits for its result."""
+    def run_closed(self, run_id: str, outcome: RunOutcome | None = None) -> None:
+        """A run closed: wake whoever waits for its result (and hand it over, if known)."""
         self.kinds.add("closed")
         self.closed_runs.append(run_id)
+        if outcome is not None:
+            self.outcomes[run_id] = outcome
 
     def add(self, kind: str) -> None:
         self.kinds.add(kind)
@@ -55,6 +58,22 @@ class StoreNotes:
         """Something becomes due at ``when``; the due-work sweep wakes if that is sooner."""
         if when is not None and when < self.due:
             self.due = when
+
+
+RunOutcome = tuple[str, "bytes | None", "bytes | None"]
+"""(status, result, failure) of a closed run."""
+
+
+class RunWatch:
+    """A waiter for one run's close: ``event`` is set when it closes; ``outcome`` is its
+    (status, result, failure) when the close was committed by this process."""
+
+    __slots__ = ("event", "outcome", "watchers")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.outcome: RunOutcome | None = None
+        self.watchers = 0
 
 
 class StoreNotifier:
@@ -72,7 +91,7 @@ class StoreNotifier:
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
-        self._run_events: dict[str, tuple[asyncio.Event, int]] = {}
+        self._run_watches: dict[str, RunWatch] = {}
         self.version = 0
         self.first_poll = 0.01
         """The first of those polls' back-off waits."""
@@ -89,7 +108,8 @@ class StoreNotifier:
         return event
 
     def notify(self, kinds: Iterable[str], due: float = math.inf,
-               closed_runs: Iterable[str] = ()) -> None:
+               closed_runs: Iterable[str] = (),
+               outcomes: dict[str, RunOutcome] | None = None) -> None:
         self.version += 1
         for kind in kinds:
             event = self._events.get(kind)
@@ -99,27 +119,29 @@ class StoreNotifier:
             self.event("timer").set()
         for run_id in closed_runs:
             if run_id == self.ALL_RUNS:
-                for event, _count in self._run_events.values():
-                    event.set()
+                for watch in self._run_watches.values():
+                    watch.event.set()
                 break
-            waiting = self._run_events.get(run_id)
+            waiting = self._run_watches.get(run_id)
             if waiting is not None:
-                waiting[0].set()
+                if outcomes and run_id in outcomes:
+                    waiting.outcome = outcomes[run_id]
+                waiting.event.set()
 
     @contextlib.contextmanager
-    def watch_run(self, run_id: str) -> Iterator[asyncio.Event]:
-        """An event set when ``run_id`` is reported closed. Watch *before* reading the
-        run's status, so that a close committed in between is not missed."""
-        event, count = self._run_events.get(run_id) or (asyncio.Event(), 0)
-        self._run_events[run_id] = (event, count + 1)
+    def watch_run(self, run_id: str) -> Iterator[RunWatch]:
+        """A watch whose event is set when ``run_id`` is reported closed. Watch *before*
+        reading the run's status, so that a close committed in between is not missed."""
+        watch = self._run_watches.get(run_id)
+        if watch is None:
+            watch = self._run_watches[run_id] = RunWatch()
+        watch.watchers += 1
         try:
-            yield event
+            yield watch
         finally:
-            event, count = self._run_events[run_id]
-            if count <= 1:
-                del self._run_events[run_id]
-            else:
-                self._run_events[run_id] = (event, count - 1)
+            watch.watchers -= 1
+            if watch.watchers <= 0:
+                del self._run_watches[run_id]
 
     async def wait(self, kinds: Sequence[str], timeout: float) -> None:
         """Wait until one of ``kinds`` is notified, or ``timeout`` seconds pass."""
@@ -144,11 +166,13 @@ def resolve_batch(items: list[Any], notifier: StoreNotifier) -> None:
     kinds: set[str] = set()
     due = math.inf
     closed: list[str] = []
+    outcomes: dict[str, RunOutcome] = {}
     for future, value, exc, notes in items:
         if notes is not None:
             kinds |= notes.kinds
             due = min(due, notes.due)
             closed.extend(notes.closed_runs)
+            outcomes.update(notes.outcomes)
         if future.done():
             continue
         if exc is not None:
@@ -156,7 +180,7 @@ def resolve_batch(items: list[Any], notifier: StoreNotifier) -> None:
         else:
             future.set_result(value)
     if kinds or due < math.inf:
-        notifier.notify(kinds, due, closed)
+        notifier.notify(kinds, due, closed, outcomes)
 
 
 class WorkflowStore:

@@ -65,13 +65,19 @@ def _unusable(conn: PgConnection, exc: BaseException) -> bool:
     return isinstance(exc, psycopg.OperationalError) and sqlstate.startswith(("08", "57P"))
 
 
+_READ_ONLY = frozenset({"SELECT", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "SHOW",
+                        "SET"})
+
+
 @functools.lru_cache(maxsize=4096)
-def _to_psycopg(sql: str) -> tuple[str, bool]:
-    """``?`` placeholders (the shared SQL's) to psycopg's ``%s``; and whether the
-    statement returns rows (a SELECT, or RETURNING), which only a fresh cursor may hold."""
-    head = sql.lstrip()[:6].upper()
+def _to_psycopg(sql: str) -> tuple[str, bool, bool]:
+    """``?`` placeholders (the shared SQL's) to psycopg's ``%s``; whether the statement
+    returns rows (a SELECT, or RETURNING), which only a fresh cursor may hold; and whether
+    it may change data (anything but a SELECT or transaction control)."""
+    words = sql.split(None, 1)
+    head = words[0].upper() if words else ""
     returns_rows = head in ("SELECT", "WITH") or "RETURNING" in sql.upper()
-    return sql.replace("%", "%%").replace("?", "%s"), returns_rows
+    return sql.replace("%", "%%").replace("?", "%s"), returns_rows, head not in _READ_ONLY
 
 
 class PgConnection:
@@ -83,7 +89,7 @@ class PgConnection:
     """
 
     __slots__ = ("_writes", "backend_pid", "backend_started", "batch", "raw", "round_trips",
-                 "statements", "writer_id")
+                 "statements", "writer_id", "wrote")
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
@@ -96,6 +102,8 @@ class PgConnection:
         """This connection's row in ``writer_commits``."""
         self.batch = 0
         """The number of the last batch this connection tried to commit."""
+        self.wrote = False
+        """Whether the current transaction ran a statement that may change data."""
         # statements that return no rows share one cursor: a new cursor per statement
         # costs more Python time than the statement itself (about 25 us of 45)
         self._writes = raw.cursor()
@@ -109,9 +117,11 @@ class PgConnection:
         pipelined = self.raw._pipeline is not None
         if not pipelined:
             self.round_trips += 1
+        query, returns_rows, writes = _to_psycopg(sql)
+        if writes:
+            self.wrote = True
         if not params:  # the simple protocol: several statements may share a round trip
             return _Cursor(self.raw.execute(sql), self, pipelined)  # type: ignore[arg-type]
-        query, returns_rows = _to_psycopg(sql)
         if not returns_rows:
             self._writes.execute(query, params)  # type: ignore[arg-type]
             return _Cursor(self._writes, self, False)
@@ -132,6 +142,7 @@ class PgConnection:
             return
         self.statements += 1
         self.round_trips += 1
+        self.wrote = True
         with self.raw.cursor() as cursor:
             cursor.executemany(_to_psycopg(sql)[0], params)  # type: ignore[arg-type]
 
@@ -406,6 +417,7 @@ class PostgresWriterPool:
         marker = None
         try:
             with raw.pipeline():
+                conn.wrote = False
                 conn.execute("BEGIN")
                 for op, future, _loop, _notifier in batch:
                     notes = StoreNotes()
@@ -454,6 +466,7 @@ class PostgresWriterPool:
         """One transaction over the batch; None when an operation raised (without
         savepoints), after rolling back."""
         try:
+            conn.wrote = False
             conn.execute("BEGIN")
             results: list[Result] = []
             for op, future, _loop, _notifier in batch:
@@ -531,8 +544,8 @@ class PostgresWriterPool:
     def _mark(self, conn: PgConnection) -> tuple[str, int, int, Any] | None:
         """Write this batch's number into the connection's commit marker, inside the
         batch's transaction: it is there afterwards exactly when the batch committed."""
-        if not self.marking:
-            return None
+        if not self.marking or not conn.wrote:
+            return None  # a batch that changed nothing can simply run again
         conn.batch += 1
         now = time.time()
         if conn.batch == 1:  # a connection's first batch sweeps markers nobody needs

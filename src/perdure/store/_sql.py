@@ -172,7 +172,7 @@ class SqlStore(WorkflowStore):
             "AND done = 0 AND lease_owner IS NULL",
             ("closed", *key),
         )
-        notes.run_closed(run_id)
+        notes.run_closed(run_id, (status, result, failure))
 
     def _append(
         self, conn: Conn, workflow_id: str, run_id: str, start_seq: int,
