@@ -43,7 +43,7 @@ _MIGRATION_LOCK = 0x7065726475726500  # "perdure\0": one migrating process at a 
 # asks the server to drop a silent client after about 5 seconds (unless the server's
 # configuration or the URL's options set these; unknown ones, as tcp_user_timeout
 # before PostgreSQL 12, are skipped). The cut-off writer reconnects when the network
-# returns and settles a cut-off COMMIT with txid_status.
+# returns and settles a cut-off COMMIT by its commit marker.
 _SERVER_TCP_SETTINGS = (
     "SELECT set_config(name, v, false) FROM (VALUES ('tcp_keepalives_idle', '2'), "
     "('tcp_keepalives_interval', '1'), ('tcp_keepalives_count', '3'), "
