@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 from typing import Any
 
-from perdure import RetryPolicy, WorkerOptions, activity, workflow
+import pytest
+
+from perdure import RetryPolicy, WorkerOptions, WorkflowAlreadyStartedError, activity, workflow
 from perdure.testing import WorkflowEnvironment
 
 from ._helpers import wait_until
@@ -164,6 +167,58 @@ async def test_in_process_start_hands_the_first_task_to_the_worker(
         other = await env.client.start_workflow(Waits.run, 1, id="not-eager", task_queue="e")
         assert worker.stats["eager_starts"] == 1
         await other.terminate("not served here")
+
+
+async def test_eager_start_commits_the_first_activation_with_the_start(
+    env: WorkflowEnvironment,
+) -> None:
+    async with env.worker(task_queue="e2", workflows=[Steps], activities=[tracked]) as worker:
+        handle = await env.client.start_workflow(Steps.run, 1, id="fused-start",
+                                                 task_queue="e2")
+        # one transaction wrote the start and the first activation: right after
+        # start_workflow returns, the history already holds the first activity's schedule
+        description = await handle.describe()
+        assert description.history_length >= 3
+        types = [type(e).__name__ for e in (await handle.fetch_history()).events[:3]]
+        assert types == ["WorkflowStarted", "WorkflowTaskCompleted", "ActivityScheduled"]
+        assert await handle.result(timeout=10) == 0
+        assert worker.stats["eager_starts"] == 1
+        assert worker.stats["replays"] == 0
+        # a refused start (the id runs) leaves nothing behind: no activity, no slot
+        blocker = await env.client.start_workflow(Waits.run, 1, id="busy", task_queue="other")
+        slots = worker._activity_slots
+        with pytest.raises(WorkflowAlreadyStartedError):
+            await env.client.start_workflow(Steps.run, 1, id="busy", task_queue="e2")
+        assert worker._activity_slots == slots
+        assert worker.stats["eager_starts"] == 1
+        await blocker.terminate("done")
+
+
+async def test_a_caller_cancelled_during_an_eager_start_strands_nothing(
+    real_env: WorkflowEnvironment,
+) -> None:
+    async with real_env.worker(task_queue="e3", workflows=[Steps], activities=[tracked]):
+        starts = [
+            asyncio.ensure_future(real_env.client.start_workflow(Steps.run, 2, id=f"cancelled-{i}",
+                                                            task_queue="e3"))
+            for i in range(20)
+        ]
+        await asyncio.sleep(0)
+        for start in starts:
+            start.cancel()
+        began = time.monotonic()
+        await asyncio.gather(*starts, return_exceptions=True)
+        # the starts had reached the store: they commit, and their runs go on at once on
+        # the eager worker (not after the 5 s lease that a stranded first task waits out)
+        async def all_started() -> list[Any]:
+            listed = await real_env.client.list_workflows()
+            return listed if len(listed) == 20 else []
+
+        listed = await wait_until(all_started, what="the 20 starts to commit")
+        for description in listed:
+            handle = real_env.client.get_workflow_handle(description.workflow_id)
+            assert await handle.result(timeout=10) == 1
+        assert time.monotonic() - began < 3.0
 
 
 SIGNALLER: list[object] = []

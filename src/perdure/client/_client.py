@@ -295,25 +295,44 @@ class Client:
                 None,
             )
         started_event = encode_event(started)
-        run_id = await self.store.start_workflow(
+        new_run_id = str(uuid.uuid4())
+        prepared = None
+        if eager is not None:
+            # run the first activation now, to commit it with the start: one transaction
+            prepared = eager.prepare_eager_start(id, new_run_id, workflow_type, started_event,
+                                                 now)
+        start = asyncio.ensure_future(self.store.start_workflow(
             StartWorkflowRecord(
-                workflow_id=id, run_id=str(uuid.uuid4()), workflow_type=workflow_type,
+                workflow_id=id, run_id=new_run_id, workflow_type=workflow_type,
                 task_queue=task_queue, input=data, started_event=started_event,
                 execution_timeout=timeout, id_reuse_policy=str(id_reuse_policy), now=now,
-                signal_event=signal, eager_worker=eager.identity if eager is not None else None,
+                signal_event=signal,
+                eager_worker=eager.identity if eager is not None else None,
                 eager_lease=EAGER_START_LEASE,
+                first_completion=prepared.completion if prepared is not None else None,
             )
-        )
-        if eager is not None:
-            # the first workflow task is leased to that worker: hand it over (if our caller
-            # is cancelled before this line, the short lease expires and any worker claims it)
-            eager.run_eager_start(
-                WorkflowTaskClaim(
-                    workflow_id=id, run_id=run_id, workflow_type=workflow_type,
-                    task_queue=task_queue, attempt=1, history_length=1, inbox=[],
-                    history=[(1, "WorkflowStarted", started_event)],
+        ))
+
+        def hand_over(done: asyncio.Future[str]) -> None:
+            """Give the eager worker what the start committed for it, even if our caller
+            was cancelled meanwhile (a cancelled caller must not strand the run)."""
+            committed = not done.cancelled() and done.exception() is None
+            if eager is None:
+                return
+            if prepared is not None:
+                eager.finish_eager_start(prepared,
+                                         committed=committed and done.result() == new_run_id)
+            elif committed:
+                eager.run_eager_start(
+                    WorkflowTaskClaim(
+                        workflow_id=id, run_id=done.result(), workflow_type=workflow_type,
+                        task_queue=task_queue, attempt=1, history_length=1, inbox=[],
+                        history=[(1, "WorkflowStarted", started_event)],
+                    )
                 )
-            )
+
+        start.add_done_callback(hand_over)
+        run_id = await asyncio.shield(start)
         hint = result_type
         if hint is None and definition is not None:
             hint = definition.run_return_hint

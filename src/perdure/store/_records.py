@@ -36,6 +36,9 @@ class StartWorkflowRecord:
     eager_worker: str | None = None
     """Eager start: lease the first workflow task to this in-process worker at once."""
     eager_lease: float = 60.0
+    first_completion: WorkflowTaskCompletion | None = None
+    """Eager start, fused: the first activation, already run by an in-process worker,
+    committed with the start itself (no workflow task row at all)."""
 
 
 @dataclasses.dataclass

@@ -247,6 +247,10 @@ class SqlStore(WorkflowStore):
                     (record.workflow_id, record.run_id, record.now + record.execution_timeout),
                 )
                 notes.due_at(record.now + record.execution_timeout)
+            if record.first_completion is not None and record.signal_event is None:
+                self._apply_completion(conn, record.first_completion, record.now, notes,
+                                       inbox_pending=False, task_row=False)
+                return record.run_id
             if record.eager_worker is not None and record.signal_event is None:
                 conn.execute(
                     "INSERT INTO workflow_tasks (workflow_id, run_id, task_queue, visible_at, "

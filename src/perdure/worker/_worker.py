@@ -116,6 +116,17 @@ class _RunGate:
         self.users = 0
 
 
+@dataclasses.dataclass
+class EagerStart:
+    """A first activation run before its start committed (see ``prepare_eager_start``)."""
+
+    instance: WorkflowInstance
+    workflow_type: str
+    completion: WorkflowTaskCompletion
+    reserved: list[ActivityScheduled]
+    now: float
+
+
 class Worker:
     """Serves task queues: runs workflow tasks for ``workflows`` and attempts of ``activities``.
 
@@ -295,6 +306,40 @@ class Worker:
             and workflow_type in self.workflows
             and self._inflight_workflow_tasks < self.options.max_concurrent_workflow_tasks
         )
+
+    def prepare_eager_start(
+        self, workflow_id: str, run_id: str, workflow_type: str, started_event: bytes,
+        now: float,
+    ) -> EagerStart | None:
+        """Run a new run's first activation before its start commits, so that the start
+        and the activation share one transaction. None when it cannot (the ordinary
+        eager start then leases the first task to this worker instead)."""
+        definition = self.workflows.get(workflow_type)
+        if definition is None:
+            return None
+        reserved: list[ActivityScheduled] = []
+        try:
+            instance = WorkflowInstance(definition, workflow_id=workflow_id, run_id=run_id,
+                                        converter=self.converter)
+            started = decode_event(started_event)
+            tail = instance.replay([started])
+            instance.history_length = 1 - len(tail)
+            commands = instance.activate([event for _, event in tail], now)
+            completion = self._plan(workflow_id, run_id, 1, 0, [], commands, now, reserved)
+        except Exception:
+            self._activity_slots -= len(reserved)
+            return None
+        return EagerStart(instance, workflow_type, completion, reserved, now)
+
+    def finish_eager_start(self, prepared: EagerStart, *, committed: bool) -> None:
+        """The start with its first activation committed (or not: then forget it)."""
+        if not committed:
+            self._activity_slots -= len(prepared.reserved)
+            return
+        self.stats["eager_starts"] += 1
+        self.stats["workflow_tasks"] += 1
+        self._after_commit(prepared.instance, prepared.workflow_type, prepared.completion,
+                           prepared.reserved, prepared.now)
 
     def run_eager_start(self, claim: WorkflowTaskClaim) -> None:
         """Run a first workflow task that the start transaction leased to this worker."""
