@@ -311,3 +311,19 @@ async def test_a_failing_store_does_not_lose_an_activity_result(
         store.finish_activity_attempt = finish  # type: ignore[method-assign]
     assert failures == {"fused": 1, "finish": 2}
     assert ATTEMPTS == [1]  # recorded on the third try; never run again
+
+
+async def test_an_idle_worker_does_not_spin_on_work_it_cannot_take(
+    real_env: WorkflowEnvironment,
+) -> None:
+    # a ready task on a queue nobody serves is "due" for ever; the due-work sweep must
+    # not busy-loop on it (it did: thousands of transactions a second)
+    await real_env.client.start_workflow(Steps.run, 1, id="unserved", task_queue="nobody")
+    store = real_env.client.store
+    async with real_env.worker(task_queue="idle", workflows=[Steps], activities=[tracked]):
+        await asyncio.sleep(0.3)
+        before = store.operations  # type: ignore[attr-defined]
+        await asyncio.sleep(1.0)
+        done = store.operations - before  # type: ignore[attr-defined]
+    # polls back off to 4 a second per loop, liveness beats twice, the sweep twice
+    assert done < 60, f"{done} store operations in one idle second"

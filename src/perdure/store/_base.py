@@ -341,10 +341,12 @@ class WorkflowStore:
     async def answer_query(self, query_id: int, answer: bytes | None, error: str | None) -> None:
         raise NotImplementedError
 
-    async def next_due_time(self, task_queues: Sequence[str] | None = None) -> float | None:
+    async def next_due_time(self, task_queues: Sequence[str] | None = None, *,
+                            after: float | None = None) -> float | None:
         """The earliest time at which anything becomes due (timers, retries, timeouts).
 
-        With ``task_queues``, unclaimed tasks count only on those queues.
+        With ``task_queues``, unclaimed tasks count only on those queues; with ``after``,
+        only times later than it (what is overdue already is someone else's to take).
         """
         raise NotImplementedError
 

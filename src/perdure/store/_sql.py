@@ -1085,20 +1085,28 @@ class SqlStore(WorkflowStore):
         await self._run(op)
 
     # ---------------------------------------------------------------- time skipping
-    async def next_due_time(self, task_queues: Sequence[str] | None = None) -> float | None:
+    async def next_due_time(self, task_queues: Sequence[str] | None = None, *,
+                            after: float | None = None) -> float | None:
         queues = "" if task_queues is None else (
             f" AND task_queue IN ({','.join('?' * len(task_queues))})")
-        params = [] if task_queues is None else [*task_queues, *task_queues]
+        later = "" if after is None else " AND {} > ?"
+        params: list[Any] = []
+        for queue_filter in (False, False, True, True):  # timers, deadlines, two task kinds
+            if queue_filter and task_queues is not None:
+                params += task_queues
+            if after is not None:
+                params.append(after)
 
         def op(conn: Conn, notes: StoreNotes) -> float | None:
             row = conn.execute(
                 "SELECT min(t) FROM ("
-                "SELECT min(fire_at) AS t FROM timers "
-                "UNION ALL SELECT min(deadline) FROM activity_tasks "
+                f"SELECT min(fire_at) AS t FROM timers WHERE 1 = 1{later.format('fire_at')} "
+                "UNION ALL SELECT min(deadline) FROM activity_tasks WHERE 1 = 1"
+                f"{later.format('deadline')} "
                 "UNION ALL SELECT min(visible_at) FROM activity_tasks WHERE lease_owner IS NULL"
-                f"{queues} "
+                f"{queues}{later.format('visible_at')} "
                 "UNION ALL SELECT min(visible_at) FROM workflow_tasks WHERE lease_owner IS NULL"
-                f"{queues}) AS due",
+                f"{queues}{later.format('visible_at')}) AS due",
                 params,
             ).fetchone()
             return float(row[0]) if row and row[0] is not None else None

@@ -870,6 +870,7 @@ class Worker:
         reclaim_every = self.options.liveness_interval
         last_reclaim = 0.0
         while not self._stopping.is_set():
+            swept_at = self.clock.now()
             fired = await self.store.fire_due_timers(500)
             expired = await self.store.expire_activities(500, decider)
             now = self.clock.now()
@@ -878,15 +879,19 @@ class Worker:
                 await self.store.reclaim_dead_workers(self.options.dead_worker_timeout, decider)
             if fired >= 500 or expired >= 500:
                 continue
-            due = await self.store.next_due_time()
-            wait = reclaim_every if due is None else max(0.0, min(due - now, reclaim_every))
-            if wait > 0:
-                # only work due before our next look wakes us early
-                self.store.notifier.next_due = now + wait
-                try:
-                    await self.store.notifier.wait(["timer"], timeout=wait)
-                finally:
-                    self.store.notifier.next_due = -math.inf
+            # what was due when this round began was just swept, or is a task that another
+            # worker or queue will take: waiting for it would spin, so look only later
+            due = await self.store.next_due_time(after=swept_at)
+            wait = reclaim_every if due is None else max(0.001, min(due - now, reclaim_every))
+            # only work due before our next look wakes us early
+            self.store.notifier.next_due = now + wait
+            try:
+                await self.store.notifier.wait(["timer"], timeout=wait)
+            finally:
+                self.store.notifier.next_due = -math.inf
+            if due is not None and self.clock.now() >= due:
+                # a retry or a delayed task became visible: the claim loops look at once
+                self.store.notifier.notify(["workflow_task", "activity_task"])
 
     async def _query_loop(self) -> None:
         backoff = 0.005
