@@ -76,7 +76,7 @@ class PostgresStore(SqlStore):
     """Perdure's state in a PostgreSQL database (optionally in its own schema)."""
 
     _LOCK = " FOR UPDATE"
-    _SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+    _SKIP_LOCKED_OF = " FOR UPDATE OF c, r SKIP LOCKED"
     _LEAST = "LEAST"
     _INSERTION_ORDER = "run_no"
 
@@ -230,9 +230,15 @@ class PostgresStore(SqlStore):
 
     def _claim_sql(self, table: str, key: str, set_clause: str, where: str, order: str,
                    returning: str) -> str:
+        # the run's row is locked with the task's, skipping either if taken: operations
+        # lock a run before its tasks, and a claim that took a task first and its run
+        # later (in a batch) would deadlock with them
+        qualified = ", ".join(f"c.{column.strip()}" for column in key.split(","))
         return (
-            f"UPDATE {table} SET {set_clause} WHERE ({key}) IN (SELECT {key} FROM {table} "
-            f"WHERE {where} ORDER BY {order} LIMIT ?{self._SKIP_LOCKED}) RETURNING {returning}"
+            f"UPDATE {table} SET {set_clause} WHERE ({key}) IN (SELECT {qualified} "
+            f"FROM {table} c JOIN workflow_runs r ON r.workflow_id = c.workflow_id "
+            f"AND r.run_id = c.run_id WHERE {where} ORDER BY {order} LIMIT ?"
+            f"{self._SKIP_LOCKED_OF}) RETURNING {returning}"
         )
 
     def _may_reclaim(self, dead_after: float) -> bool:

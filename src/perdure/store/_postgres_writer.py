@@ -69,15 +69,27 @@ _READ_ONLY = frozenset({"SELECT", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "R
                         "SET"})
 
 
+_WRITES, _WRITES_IF_ROWS = 1, 2
+
+
 @functools.lru_cache(maxsize=4096)
-def _to_psycopg(sql: str) -> tuple[str, bool, bool]:
+def _to_psycopg(sql: str) -> tuple[str, bool, int]:
     """``?`` placeholders (the shared SQL's) to psycopg's ``%s``; whether the statement
     returns rows (a SELECT, or RETURNING), which only a fresh cursor may hold; and whether
-    it may change data (anything but a SELECT or transaction control)."""
+    it may change data: 0 (a SELECT or transaction control), ``_WRITES``, or
+    ``_WRITES_IF_ROWS`` (an UPDATE or DELETE with RETURNING: it changed what it returns,
+    so a claim that finds nothing changed nothing)."""
     words = sql.split(None, 1)
     head = words[0].upper() if words else ""
-    returns_rows = head in ("SELECT", "WITH") or "RETURNING" in sql.upper()
-    return sql.replace("%", "%%").replace("?", "%s"), returns_rows, head not in _READ_ONLY
+    returning = "RETURNING" in sql.upper()
+    returns_rows = head in ("SELECT", "WITH") or returning
+    if head in _READ_ONLY:
+        writes = 0
+    elif returning and head in ("UPDATE", "DELETE"):
+        writes = _WRITES_IF_ROWS
+    else:
+        writes = _WRITES
+    return sql.replace("%", "%%").replace("?", "%s"), returns_rows, writes
 
 
 class PgConnection:
@@ -89,7 +101,7 @@ class PgConnection:
     """
 
     __slots__ = ("_writes", "backend_pid", "backend_started", "batch", "raw", "round_trips",
-                 "statements", "writer_id", "wrote")
+                 "statements", "unread_writes", "writer_id", "wrote")
 
     def __init__(self, raw: psycopg.Connection[Any]) -> None:
         self.raw = raw
@@ -104,6 +116,8 @@ class PgConnection:
         """The number of the last batch this connection tried to commit."""
         self.wrote = False
         """Whether the current transaction ran a statement that may change data."""
+        self.unread_writes = 0
+        """UPDATE/DELETE ... RETURNING statements whose rows were not read yet."""
         # statements that return no rows share one cursor: a new cursor per statement
         # costs more Python time than the statement itself (about 25 us of 45)
         self._writes = raw.cursor()
@@ -118,15 +132,18 @@ class PgConnection:
         if not pipelined:
             self.round_trips += 1
         query, returns_rows, writes = _to_psycopg(sql)
-        if writes:
+        if writes == _WRITES:
             self.wrote = True
+        elif writes == _WRITES_IF_ROWS:
+            self.unread_writes += 1
         if not params:  # the simple protocol: several statements may share a round trip
-            return _Cursor(self.raw.execute(sql), self, pipelined)  # type: ignore[arg-type]
-        if not returns_rows:
+            cursor = self.raw.execute(sql)  # type: ignore[arg-type]
+        elif not returns_rows:
             self._writes.execute(query, params)  # type: ignore[arg-type]
-            return _Cursor(self._writes, self, False)
-        cursor = self.raw.execute(query, params)  # type: ignore[arg-type]
-        return _Cursor(cursor, self, pipelined)
+            return _Cursor(self._writes, self, False, False)
+        else:
+            cursor = self.raw.execute(query, params)  # type: ignore[arg-type]
+        return _Cursor(cursor, self, pipelined, writes == _WRITES_IF_ROWS)
 
     def execute_unread(self, sql: str, params: Any) -> None:
         """A statement whose rows nobody reads (``SELECT ... FOR UPDATE``, for its lock)."""
@@ -151,29 +168,37 @@ class _Cursor:
     """A cursor whose first fetch in pipeline mode is counted as a round trip (an upper
     bound: the result may have arrived with an earlier one)."""
 
-    __slots__ = ("_conn", "_cursor", "_pending")
+    __slots__ = ("_conn", "_cursor", "_pending", "_writes_if_rows")
 
-    def __init__(self, cursor: psycopg.Cursor[Any], conn: PgConnection, pipelined: bool) -> None:
+    def __init__(self, cursor: psycopg.Cursor[Any], conn: PgConnection, pipelined: bool,
+                 writes_if_rows: bool) -> None:
         self._cursor = cursor
         self._conn = conn
         self._pending = pipelined
+        self._writes_if_rows = writes_if_rows
 
-    def _fetched(self) -> None:
+    def _fetched(self, rows: bool) -> None:
         if self._pending:
             self._pending = False
             self._conn.round_trips += 1
+        if self._writes_if_rows:
+            self._writes_if_rows = False
+            self._conn.unread_writes -= 1
+            if rows:
+                self._conn.wrote = True
 
     def fetchone(self) -> Any:
-        self._fetched()
-        return self._cursor.fetchone()
+        row = self._cursor.fetchone()
+        self._fetched(row is not None or self._cursor.rowcount > 0)
+        return row
 
     def fetchall(self) -> list[Any]:
-        self._fetched()
-        return self._cursor.fetchall()
+        rows = self._cursor.fetchall()
+        self._fetched(bool(rows))
+        return rows
 
     def __iter__(self) -> Any:
-        self._fetched()
-        return iter(self._cursor.fetchall())
+        return iter(self.fetchall())
 
     def nextset(self) -> bool | None:
         return self._cursor.nextset()
@@ -417,7 +442,7 @@ class PostgresWriterPool:
         marker = None
         try:
             with raw.pipeline():
-                conn.wrote = False
+                conn.wrote, conn.unread_writes = False, 0
                 conn.execute("BEGIN")
                 for op, future, _loop, _notifier in batch:
                     notes = StoreNotes()
@@ -466,7 +491,7 @@ class PostgresWriterPool:
         """One transaction over the batch; None when an operation raised (without
         savepoints), after rolling back."""
         try:
-            conn.wrote = False
+            conn.wrote, conn.unread_writes = False, 0
             conn.execute("BEGIN")
             results: list[Result] = []
             for op, future, _loop, _notifier in batch:
@@ -544,7 +569,7 @@ class PostgresWriterPool:
     def _mark(self, conn: PgConnection) -> tuple[str, int, int, Any] | None:
         """Write this batch's number into the connection's commit marker, inside the
         batch's transaction: it is there afterwards exactly when the batch committed."""
-        if not self.marking or not conn.wrote:
+        if not self.marking or not (conn.wrote or conn.unread_writes):
             return None  # a batch that changed nothing can simply run again
         conn.batch += 1
         now = time.time()

@@ -97,11 +97,12 @@ class SqlStore(WorkflowStore):
 
     def _claim_sql(self, table: str, key: str, set_clause: str, where: str, order: str,
                    returning: str) -> str:
-        """UPDATE the first ready rows of ``table`` (identified by ``key``) and return
-        them: a claim. Parameters: the SET clause's, the WHERE clause's, the limit."""
+        """UPDATE the first ready rows of ``table`` (identified by ``key``; ``where`` and
+        ``order`` name its columns as ``c.``) and return them: a claim. Parameters: the
+        SET clause's, the WHERE clause's, the limit."""
         del key  # SQLite: the rowid identifies a row
         return (
-            f"UPDATE {table} SET {set_clause} WHERE rowid IN (SELECT rowid FROM {table} "
+            f"UPDATE {table} SET {set_clause} WHERE rowid IN (SELECT c.rowid FROM {table} c "
             f"WHERE {where} ORDER BY {order} LIMIT ?) RETURNING {returning}"
         )
 
@@ -552,10 +553,11 @@ class SqlStore(WorkflowStore):
                 self._claim_sql(
                     "workflow_tasks", "workflow_id, run_id",
                     "lease_owner = ?, lease_expires_at = ?",
-                    f"task_queue IN ({marks}) AND visible_at <= ? "
-                    "AND (lease_owner IS NULL OR lease_expires_at < ?) "
-                    "AND (sticky_worker IS NULL OR sticky_worker = ? OR sticky_until < ?)",
-                    "visible_at", "workflow_id, run_id, attempt",
+                    f"c.task_queue IN ({marks}) AND c.visible_at <= ? "
+                    "AND (c.lease_owner IS NULL OR c.lease_expires_at < ?) "
+                    "AND (c.sticky_worker IS NULL OR c.sticky_worker = ? "
+                    "OR c.sticky_until < ?)",
+                    "c.visible_at", "workflow_id, run_id, attempt",
                 ),
                 (worker_id, real + lease, *task_queues, now, real, worker_id, now, limit),
             ).fetchall()
@@ -765,8 +767,9 @@ class SqlStore(WorkflowStore):
                     "coalesce(? + start_to_close_timeout, 1e18), "
                     "coalesce(? + heartbeat_timeout, 1e18), "
                     "coalesce(scheduled_at + schedule_to_close_timeout, 1e18)), 1e18)",
-                    f"task_queue IN ({marks}) AND lease_owner IS NULL AND visible_at <= ?",
-                    "visible_at",
+                    f"c.task_queue IN ({marks}) AND c.lease_owner IS NULL "
+                    "AND c.visible_at <= ?",
+                    "c.visible_at",
                     "workflow_id, run_id, seq, activity_type, task_queue, input, attempt, "
                     "scheduled_at, start_to_close_timeout, schedule_to_close_timeout, "
                     "heartbeat_timeout, heartbeat_details, retry_policy, deadline",
@@ -1064,9 +1067,9 @@ class SqlStore(WorkflowStore):
             rows = conn.execute(
                 self._claim_sql(
                     "query_tasks", "id", "lease_owner = ?, lease_expires_at = ?",
-                    f"task_queue IN ({marks}) AND done = 0 "
-                    "AND (lease_owner IS NULL OR lease_expires_at < ?)",
-                    "id", "id, workflow_id, run_id, name, args",
+                    f"c.task_queue IN ({marks}) AND c.done = 0 "
+                    "AND (c.lease_owner IS NULL OR c.lease_expires_at < ?)",
+                    "c.id", "id, workflow_id, run_id, name, args",
                 ),
                 (worker_id, now + 30, *task_queues, now, limit),
             ).fetchall()
