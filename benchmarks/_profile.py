@@ -22,7 +22,7 @@ def with_pyinstrument(name: str, fn: Workload, out_dir: str, quick: bool) -> str
         sys.exit("profiling needs pyinstrument: .venv/bin/pip install pyinstrument")
     profiler = Profiler(interval=0.0005)
     profiler.start()
-    asyncio.run(fn(quick, ""))
+    asyncio.run(fn(quick, ""))  # SQLite, in-process worker (the default Bench)
     profiler.stop()
     text = profiler.output_text(unicode=False, color=False)
     with open(os.path.join(out_dir, f"{name}.pyinstrument.txt"), "w") as f:

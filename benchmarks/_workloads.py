@@ -1,32 +1,55 @@
-"""The workloads. Each is ``async def wN(quick, variant) -> dict[str, float]`` run in a fresh process.
+"""The workloads. Each is ``async def wN(quick, variant, bench) -> dict[str, float]`` run in a
+fresh process.
 
-Every workload opens a fresh SQLite file in a temporary directory with the
-default URL options (WAL, synchronous FULL); the client and the worker share
-one process (and so one store and its in-process wake-ups) unless stated.
+SQLite (the default ``Bench``): every workload opens a fresh SQLite file in a
+temporary directory with the default URL options (WAL, synchronous FULL); the
+client and the worker share one process (and so one store and its in-process
+wake-ups), except in W5.
+
+PostgreSQL: every run gets a fresh schema (dropped afterwards). With
+``bench.workers == 0`` the worker runs in this process, as on SQLite; with N > 0,
+N worker subprocesses serve the task queue and this process is the client only.
+Counters (commits, round trips, ...) are summed over every process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from _defs import SIDE_FILE_ENV, STEP_SECONDS, FanOut, Recovery, Sequential, Waiter, noop
-from _util import CommitCounter, db_size_mb, percentile, rss_mb, sqlite_commit_floor_ms, temp_db
-from perdure import Client, Worker, WorkerOptions
+from _backend import (
+    SQLITE,
+    Bench,
+    Snapshot,
+    Workers,
+    database,
+    diff,
+    pg_commit_floor_ms,
+    pg_next_xid,
+    pg_other_sessions,
+    pg_schema_mb,
+    pg_xact_commit,
+    store_counters,
+)
+from _defs import SIDE_FILE_ENV, STEP_SECONDS, FanOut, Recovery, Sequential, Waiter, noop, slow_step
+from _util import CommitCounter, db_size_mb, percentile, sqlite_commit_floor_ms
+from perdure import Client, WorkerOptions
 from perdure.client import WorkflowHandle
 
 Metrics = dict[str, float]
 QUEUE = "bench"
 HERE = os.path.dirname(os.path.abspath(__file__))
+PG_EXIT_SETTLE = 0.3
+"""Seconds for the run's PostgreSQL backends to exit (and publish their statistics)."""
+
+
+class NotApplicable(Exception):
+    """This workload does not make sense for this backend / worker layout."""
 
 
 class CallCounter:
@@ -44,11 +67,13 @@ class CallCounter:
             setattr(store, name, wrapped)
 
 
-def _store_options(variant: str) -> dict[str, Any]:
-    """Comparison variants only: ``sync=NORMAL`` (or OFF) drops the fsync per commit."""
+def _store_options(variant: str, bench: Bench) -> dict[str, Any]:
+    """Comparison variants only: ``sync=NORMAL`` (or OFF) drops SQLite's fsync per commit."""
     options: dict[str, Any] = {}
     for token in variant.split(","):
         if token.startswith("sync="):
+            if bench.postgres:
+                raise NotApplicable("sync=... is a SQLite option")
             options["synchronous"] = token.split("=", 1)[1]
     return options
 
@@ -72,30 +97,139 @@ async def _execute(client: Client, workflow: Any, *args: Any, id: str) -> Any:
     return await _result(await client.start_workflow(workflow, *args, id=id, task_queue=QUEUE))
 
 
-def _worker_stats(worker: Worker) -> Metrics:
-    stats = getattr(worker, "stats", {})
-    return {f"worker.{k}": float(v) for k, v in stats.items()}
+async def _warm_up(client: Client, bench: Bench, n_activities: int = 2) -> None:
+    """Statement caches, first-import costs: one workflow per worker process (concurrently,
+    so that each process probably runs one), outside the measurement."""
+    count = max(1, bench.workers)
+    await asyncio.gather(*(_execute(client, Sequential.run, n_activities, id=f"warm-up-{i}")
+                           for i in range(count)))
+
+
+def _counter_metrics(delta: dict[str, float], per: float, unit: str,
+                     bench: Bench) -> Metrics:
+    """Commits (and on PostgreSQL round trips and statements) per activity or workflow,
+    summed over every process of the run."""
+    metrics = {
+        f"commits/{unit}": delta["commits"] / per,
+        f"ops/{unit}": delta["operations"] / per,
+        "ops/commit": delta["operations"] / max(1.0, delta["commits"]),
+    }
+    if bench.postgres:
+        metrics[f"round_trips/{unit}"] = delta["round_trips"] / per
+        metrics[f"statements/{unit}"] = delta["statements"] / per
+        metrics["conflict_retries"] = delta.get("conflicts", 0.0)
+    return metrics
+
+
+def _stats_delta(after: Snapshot, before: Snapshot) -> Metrics:
+    """The workers' own counters (workflow tasks, replays, rejected completions...)."""
+    return {f"worker.{k}": v - before.stats.get(k, 0.0) for k, v in after.stats.items()}
+
+
+class PgCrossCheck:
+    """PostgreSQL's own counts, as a check on the store counters.
+
+    * ``pg_xact_commit``: ``pg_stat_database.xact_commit`` of the database, read before this
+      run's first connection and after its last one closed. Backends publish their statistics
+      when idle at most once a second (sometimes only 10 s later) but always when they exit,
+      so only a window around the whole run is exact. It counts every session's commits in
+      the database: read-only ones, each connection's ``SET search_path`` and ``LISTEN``
+      (a few per process), and other sessions' if anything else uses the database. It is
+      compared with the whole-run counters (warm-up, idle heartbeats, shutdown included).
+    * ``pg_xids``: transaction ids assigned cluster-wide during the measurement
+      (``pg_current_snapshot()``'s xmax, which reading does not move). A transaction takes
+      one when it first writes, so this is Perdure's writing batches (each writes a commit
+      marker; up to 67e982d every batch took one, by ``txid_current()``) + rolled-back
+      attempts + other sessions' writing transactions anywhere on the server.
+    """
+
+    def __init__(self, bench: Bench, dsn: str) -> None:
+        self.bench = bench
+        self.dsn = dsn
+        self.x0 = 0
+        self.xid0 = self.xid1 = 0
+        self.others = 0
+
+    async def begin(self) -> None:
+        """Before the run's first connection."""
+        if self.bench.postgres:
+            self.x0 = await pg_xact_commit(self.dsn)
+            self.others = await pg_other_sessions(self.dsn)
+
+    async def mark_start(self) -> None:
+        if self.bench.postgres:
+            self.xid0 = await pg_next_xid(self.dsn)
+
+    async def mark_end(self) -> None:
+        if self.bench.postgres:
+            self.xid1 = await pg_next_xid(self.dsn)
+
+    async def finish(self, workers: Workers, client_totals: dict[str, float],
+                     window: dict[str, float], per: float, unit: str) -> Metrics:
+        """After the client closed and every worker process exited."""
+        if not self.bench.postgres:
+            return {}
+        await asyncio.sleep(PG_EXIT_SETTLE)  # the backends publish their statistics on exit
+        x1 = await pg_xact_commit(self.dsn)
+        totals = workers.final_totals(client_totals)
+        return {
+            f"whole_run_commits/{unit}": totals["commits"] / per,
+            f"whole_run_round_trips/{unit}": totals["round_trips"] / per,
+            f"pg_xact_commit/{unit}": (x1 - self.x0) / per,
+            "pg_xact_commit/whole_run_commits": (x1 - self.x0) / max(1.0, totals["commits"]),
+            f"pg_xids/{unit}": (self.xid1 - self.xid0) / per,
+            "pg_xids/commits": (self.xid1 - self.xid0) / max(1.0, window["commits"]),
+            "worker_final_lines": float(len(workers.finals)),
+            "pg_other_sessions": float(self.others),
+        }
+
+
+def _worker_args(options: WorkerOptions) -> list[str]:
+    """The same WorkerOptions for a worker subprocess."""
+    default = WorkerOptions()
+    args: list[str] = []
+    if options.max_cached_workflows != default.max_cached_workflows:
+        args += ["--max-cached-workflows", str(options.max_cached_workflows)]
+    if options.eager_activities != default.eager_activities:
+        args.append("--no-eager")
+    if options.dead_worker_timeout != default.dead_worker_timeout:
+        args += ["--dead-worker-timeout", str(options.dead_worker_timeout)]
+    if options.liveness_interval != default.liveness_interval:
+        args += ["--liveness-interval", str(options.liveness_interval)]
+    return args
+
+
+def _workers(bench: Bench, client: Client, url: str, options: WorkerOptions | None = None,
+             *, task_queue: str = QUEUE, env: dict[str, str] | None = None) -> Workers:
+    options = options or WorkerOptions()
+    return Workers(bench, client, url, task_queue,
+                   workflows=[Sequential, FanOut, Waiter, Recovery],
+                   activities=[noop, slow_step], options=options,
+                   proc_args=_worker_args(options), env=env)
 
 
 # ---------------------------------------------------------------- W1 throughput
-async def w1_throughput(quick: bool, variant: str) -> Metrics:
+async def w1_throughput(quick: bool, variant: str, bench: Bench = SQLITE) -> Metrics:
     """200 workflows started at once, each running 10 sequential no-op activities."""
     n_workflows = 50 if quick else 200
     n_activities = 10
+    activities = n_workflows * n_activities
     options = WorkerOptions()
     if "no-eager" in variant.split(","):
         options = replace(options, eager_activities=False)
-    with temp_db("w1") as (_path, url):
-        client = await Client.connect(url, **_store_options(variant))
+    async with database(bench, "w1") as db:
+        check = PgCrossCheck(bench, db.dsn)
+        await check.begin()
+        client = await Client.connect(db.url, **_store_options(variant, bench))
         counter = CommitCounter(client.store)
         client_ops = CallCounter(client.store, ("start_workflow", "get_run"))
-        async with Worker(client, task_queue=QUEUE, workflows=[Sequential], activities=[noop],
-                          options=options) as worker:
+        async with _workers(bench, client, db.url, options) as workers:
             # warm up (statement cache, first-import costs) outside the measurement
-            await _execute(client, Sequential.run, 2, id="warm-up")
-            commits0, ops0, writes0, busy0 = counter.snapshot()
+            await _warm_up(client, bench)
+            snap0 = await workers.snapshot()
+            await check.mark_start()
+            _commits0, _ops0, writes0, busy0 = counter.snapshot()
             calls0 = client_ops.calls
-            stats0 = _worker_stats(worker)
             t0 = time.perf_counter()
             handles = await asyncio.gather(*(
                 client.start_workflow(Sequential.run, n_activities, id=f"w1-{i}",
@@ -106,69 +240,89 @@ async def w1_throughput(quick: bool, variant: str) -> Metrics:
             for handle in handles:
                 assert await _result(handle) == sum(range(n_activities))
             elapsed = time.perf_counter() - t0
-            commits1, ops1, writes1, busy1 = counter.snapshot()
-            stats1 = _worker_stats(worker)
+            _commits1, _ops1, writes1, busy1 = counter.snapshot()
+            snap1 = await workers.snapshot()
+            await check.mark_end()
+        client_totals = store_counters(client)
         await client.close()
-    activities = n_workflows * n_activities
-    ops = ops1 - ops0
+        delta = diff(snap1.counters, snap0.counters)
+        metrics_check = await check.finish(workers, client_totals, delta, activities, "activity")
     client_calls = client_ops.calls - calls0
     metrics: Metrics = {
         "seconds": elapsed,
         "start_all_ms": (t_started - t0) * 1000,
         "workflows/s": n_workflows / elapsed,
         "activities/s": activities / elapsed,
-        "commits/activity": (commits1 - commits0) / activities,
-        "ops/activity": ops / activities,
+        **_counter_metrics(delta, activities, "activity", bench),
         "client_ops/activity": client_calls / activities,
-        "worker_ops/activity": (ops - client_calls) / activities,
+        "worker_ops/activity": (delta["operations"] - client_calls) / activities,
+        **metrics_check,
     }
     if counter.available:
         metrics["write_commits/activity"] = (writes1 - writes0) / activities
-        metrics["ops/commit"] = ops / max(1, commits1 - commits0)
         metrics["writer_busy_%"] = 100 * (busy1 - busy0) / elapsed
-    for key in ("worker.replays", "worker.eager_activities", "worker.workflow_tasks"):
-        if key in stats1:
-            metrics[key] = stats1[key] - stats0.get(key, 0.0)
+    metrics.update(_stats_delta(snap1, snap0))
     return metrics
 
 
 # ---------------------------------------------------------------- W2 latency
-async def w2_latency(quick: bool, variant: str) -> Metrics:
+async def w2_latency(quick: bool, variant: str, bench: Bench = SQLITE) -> Metrics:
     """One workflow with one no-op activity, started and awaited N times in sequence."""
     n = 30 if quick else 100
     warm = 5
-    store_options = _store_options(variant)
-    with temp_db("w2") as (path, url):
-        client = await Client.connect(url, **store_options)
+    store_options = _store_options(variant, bench)
+    async with database(bench, "w2") as db:
+        check = PgCrossCheck(bench, db.dsn)
+        await check.begin()
+        client = await Client.connect(db.url, **store_options)
         counter = CommitCounter(client.store)
         samples: list[float] = []
         start_samples: list[float] = []
-        async with Worker(client, task_queue=QUEUE, workflows=[Sequential],
-                          activities=[noop]):
+        async with _workers(bench, client, db.url) as workers:
             for i in range(warm):
                 await _execute(client, Sequential.run, 1, id=f"warm-{i}")
-            commits0, ops0, writes0, busy0 = counter.snapshot()
+            snap0 = await workers.snapshot()
+            await check.mark_start()
+            _c0, _o0, writes0, busy0 = counter.snapshot()
+            walls: list[tuple[float, float]] = []
             for i in range(n):
+                wall0 = time.time()
                 t0 = time.perf_counter()
                 handle = await client.start_workflow(Sequential.run, 1, id=f"w2-{i}",
                                                      task_queue=QUEUE)
                 start_samples.append((time.perf_counter() - t0) * 1000)
                 assert await _result(handle, 10) == 0
                 samples.append((time.perf_counter() - t0) * 1000)
-            commits1, ops1, writes1, busy1 = counter.snapshot()
+                walls.append((wall0, time.time()))
+            _c1, _o1, writes1, busy1 = counter.snapshot()
+            snap1 = await workers.snapshot()
+            await check.mark_end()
+        phases = await _w2_phases(client, walls)
+        client_totals = store_counters(client)
         await client.close()
-        floor = sqlite_commit_floor_ms(os.path.dirname(path), store_options.get("synchronous",
-                                                                                "FULL"))
+        delta = diff(snap1.counters, snap0.counters)
+        metrics_check = await check.finish(workers, client_totals, delta, n, "workflow")
+        if bench.postgres:
+            floor_name = "pg_commit_ms"
+            floor = await asyncio.to_thread(pg_commit_floor_ms, db.dsn)
+        else:
+            floor_name = "sqlite_commit_ms"
+            floor = sqlite_commit_floor_ms(db.directory,
+                                           store_options.get("synchronous", "FULL"))
     p50 = percentile(samples, 50)
+    counted = _counter_metrics(delta, n, "workflow", bench)
+    counted.pop("ops/commit")
     metrics: Metrics = {
         "p50_ms": p50,
         "p99_ms": percentile(samples, 99),
         "max_ms": max(samples),
         "start_p50_ms": percentile(start_samples, 50),
-        "sqlite_commit_ms": floor,
+        floor_name: floor,
         "p50/commit_floor": p50 / floor if floor > 0 else float("nan"),
-        "commits/workflow": (commits1 - commits0) / n,
-        "ops/workflow": (ops1 - ops0) / n,
+        **counted,
+        **phases,
+        **metrics_check,
+        **_stats_delta(snap1, snap0),
     }
     if counter.available:
         metrics["write_commits/workflow"] = (writes1 - writes0) / n
@@ -176,37 +330,66 @@ async def w2_latency(quick: bool, variant: str) -> Metrics:
     return metrics
 
 
+async def _w2_phases(client: Client, walls: list[tuple[float, float]]) -> Metrics:
+    """Where W2's time goes (medians, wall clock; every process is on this machine), from the
+    two activations' ``WorkflowTaskCompleted.time`` (when each activation began):
+
+    * ``to_first_activation_ms``: start_workflow (commit, wake-up of a worker, claim);
+    * ``between_activations_ms``: first activation's commit, the activity, its completion;
+    * ``last_activation_to_result_ms``: second activation, its commit, the client's wake-up
+      (on PostgreSQL with worker subprocesses: NOTIFY to the client's listener) and read.
+    """
+    phases: dict[str, list[float]] = {"to_first_activation_ms": [], "between_activations_ms": [],
+                                      "last_activation_to_result_ms": []}
+    for i, (wall0, wall1) in enumerate(walls):
+        history = await client.get_workflow_handle(f"w2-{i}").fetch_history()
+        times = [e.time for e in history.events if type(e).__name__ == "WorkflowTaskCompleted"]
+        if len(times) < 2:
+            continue
+        phases["to_first_activation_ms"].append((times[0] - wall0) * 1000)
+        phases["between_activations_ms"].append((times[-1] - times[0]) * 1000)
+        phases["last_activation_to_result_ms"].append((wall1 - times[-1]) * 1000)
+    return {k: percentile(v, 50) for k, v in phases.items() if v}
+
+
 # ---------------------------------------------------------------- W3 fan-out
-async def w3_fanout(quick: bool, variant: str) -> Metrics:
+async def w3_fanout(quick: bool, variant: str, bench: Bench = SQLITE) -> Metrics:
     """One workflow: 50 concurrent branches (asyncio.gather) of 5 sequential activities."""
     branches, depth = (20, 5) if quick else (50, 5)
     activities = branches * depth
-    with temp_db("w3") as (_path, url):
-        client = await Client.connect(url, **_store_options(variant))
+    async with database(bench, "w3") as db:
+        check = PgCrossCheck(bench, db.dsn)
+        await check.begin()
+        client = await Client.connect(db.url, **_store_options(variant, bench))
         counter = CommitCounter(client.store)
-        async with Worker(client, task_queue=QUEUE, workflows=[FanOut, Sequential],
-                          activities=[noop]) as worker:
-            await _execute(client, Sequential.run, 2, id="warm-up")
-            commits0, ops0, writes0, busy0 = counter.snapshot()
-            stats0 = _worker_stats(worker)
+        async with _workers(bench, client, db.url) as workers:
+            await _warm_up(client, bench)
+            snap0 = await workers.snapshot()
+            await check.mark_start()
+            _c0, _o0, writes0, busy0 = counter.snapshot()
             t0 = time.perf_counter()
             result = await _result(await client.start_workflow(
                 FanOut.run, branches, depth, id="w3", task_queue=QUEUE), timeout=20)
             elapsed = time.perf_counter() - t0
-            commits1, ops1, writes1, busy1 = counter.snapshot()
-            stats1 = _worker_stats(worker)
+            _c1, _o1, writes1, busy1 = counter.snapshot()
+            snap1 = await workers.snapshot()
+            await check.mark_end()
         history = await client.get_workflow_handle("w3").fetch_history()
+        client_totals = store_counters(client)
         await client.close()
+        delta = diff(snap1.counters, snap0.counters)
+        metrics_check = await check.finish(workers, client_totals, delta, activities, "activity")
     assert result == sum(range(activities))
     metrics: Metrics = {
         "seconds": elapsed,
         "activities/s": activities / elapsed,
-        "commits/activity": (commits1 - commits0) / activities,
-        "ops/activity": (ops1 - ops0) / activities,
+        **_counter_metrics(delta, activities, "activity", bench),
         "workflow_tasks/activity": (
-            stats1.get("worker.workflow_tasks", 0) - stats0.get("worker.workflow_tasks", 0)
+            snap1.stats.get("workflow_tasks", 0) - snap0.stats.get("workflow_tasks", 0)
         ) / activities,
         "history_events": float(len(history.events)),
+        **metrics_check,
+        **_stats_delta(snap1, snap0),
     }
     if counter.available:
         metrics["write_commits/activity"] = (writes1 - writes0) / activities
@@ -224,21 +407,21 @@ async def _until(predicate: Callable[[], Awaitable[bool]], timeout: float,
         await asyncio.sleep(interval)
 
 
-async def w4_idle_waiters(quick: bool, variant: str) -> Metrics:
-    """2,000 workflows waiting on a signal: worker-process memory, then release them all."""
+async def w4_idle_waiters(quick: bool, variant: str, bench: Bench = SQLITE) -> Metrics:
+    """2,000 workflows waiting on a signal: worker-process memory, then release them all.
+
+    With worker subprocesses, RSS is the sum over the workers (the client's is not counted).
+    """
     n = 300 if quick else 2000
     cache = WorkerOptions().max_cached_workflows
     if variant.startswith("cache="):
         cache = int(variant.split("=", 1)[1])
     options = WorkerOptions(max_cached_workflows=cache)
-    with temp_db("w4") as (path, url):
-        client = await Client.connect(url)
-        async with Worker(client, task_queue=QUEUE, workflows=[Waiter, Sequential],
-                          activities=[noop],
-                          options=options) as worker:
-            await _execute(client, Sequential.run, 1, id="warm-up")
-            gc.collect()
-            rss0 = rss_mb()
+    async with database(bench, "w4") as db:
+        client = await Client.connect(db.url)
+        async with _workers(bench, client, db.url, options) as workers:
+            await _warm_up(client, bench, 1)
+            snap0 = await workers.snapshot()  # gc.collect() and VmRSS in every worker process
             t0 = time.perf_counter()
             handles = await asyncio.gather(*(
                 client.start_workflow(Waiter.run, id=f"w4-{i}", task_queue=QUEUE)
@@ -252,10 +435,7 @@ async def w4_idle_waiters(quick: bool, variant: str) -> Metrics:
 
             await _until(all_waiting, timeout=300)
             t_waiting = time.perf_counter() - t0
-            gc.collect()
-            rss1 = rss_mb()
-            cached = float(len(getattr(worker, "_cache", ())))
-            replays0 = worker.stats.get("replays", 0)
+            snap1 = await workers.snapshot()
             t1 = time.perf_counter()
             await asyncio.gather(*(h.signal(Waiter.release) for h in handles))
             t_signalled = time.perf_counter() - t1
@@ -265,49 +445,59 @@ async def w4_idle_waiters(quick: bool, variant: str) -> Metrics:
 
             await _until(all_done, timeout=300, interval=0.02)
             t_release = time.perf_counter() - t1
-            replays = worker.stats.get("replays", 0) - replays0
-            db_mb = db_size_mb(path)
+            snap2 = await workers.snapshot()
+            if bench.postgres:
+                db_mb = await pg_schema_mb(db.dsn, db.schema or "")
+            else:
+                db_mb = db_size_mb(db.path or "")
         await client.close()
-    growth = rss1 - rss0
-    return {
+    growth = snap1.rss_mb - snap0.rss_mb
+    metrics = {
         "rss_growth_mb": growth,
         "kb/waiter": growth * 1024 / n,
-        "cached_workflows": cached,
+        "cached_workflows": snap1.cached,
         "db_file_mb": db_mb,
         "start_until_all_waiting_s": t_waiting,
         "signal_all_s": t_signalled,
         "release_all_s": t_release,
-        "replays_on_release": float(replays),
+        "replays_on_release": snap2.stats.get("replays", 0) - snap1.stats.get("replays", 0),
     }
+    if bench.workers:
+        metrics["worker_rss_mb_before"] = snap0.rss_mb
+    return metrics
 
 
 # ---------------------------------------------------------------- W5 crash recovery
-def _spawn_worker(url: str, side_file: str, variant: str) -> subprocess.Popen[str]:
-    args = [sys.executable, os.path.join(HERE, "_worker_proc.py"), url, "bench-w5"]
-    if variant == "fast":
-        args += ["--dead-worker-timeout", "1.0", "--liveness-interval", "0.2"]
-    env = dict(os.environ, **{SIDE_FILE_ENV: side_file})
-    return subprocess.Popen(args, stdout=subprocess.PIPE, env=env, text=True)
+def _side_lines(side_file: str) -> list[list[str]]:
+    try:
+        text = Path(side_file).read_text()
+    except FileNotFoundError:
+        return []
+    return [line.split() for line in text.splitlines() if line]
 
 
-async def _wait_ready(proc: subprocess.Popen[str]) -> None:
-    assert proc.stdout is not None
-    line = await asyncio.to_thread(proc.stdout.readline)
-    if line.strip() != "ready":
-        raise RuntimeError(f"worker subprocess did not start: {line!r}")
+async def w5_recovery(quick: bool, variant: str, bench: Bench = SQLITE) -> Metrics:
+    """20 sequential 200 ms activities served by worker subprocesses; SIGKILL the one running
+    the activity in flight after ~8.
 
-
-async def w5_recovery(quick: bool, variant: str) -> Metrics:
-    """20 sequential 200 ms activities; SIGKILL the worker subprocess after ~8; start another."""
+    With one worker (SQLite, or PostgreSQL ``--workers 1``) a fresh worker subprocess is
+    started at once; with N > 1 the other N - 1 take over, and none is started.
+    """
+    if bench.workers == 0 and bench.postgres:
+        raise NotApplicable("W5 kills a worker process: it needs worker subprocesses")
+    procs = max(1, bench.workers)
+    layout = replace(bench, workers=procs)
     n, kill_after = 20, 8
-    with temp_db("w5") as (path, url):
-        side_file = os.path.join(os.path.dirname(path), "side.log")
-        client = await Client.connect(url)
+    options = WorkerOptions()
+    if variant == "fast":
+        options = WorkerOptions(dead_worker_timeout=1.0, liveness_interval=0.2)
+    async with database(bench, "w5") as db:
+        side_file = os.path.join(db.directory, "side.log")
+        client = await Client.connect(db.url)
         handle = await client.start_workflow(Recovery.run, n, id="w5", task_queue="bench-w5")
-        first = _spawn_worker(url, side_file, variant)
-        second: subprocess.Popen[str] | None = None
-        try:
-            await _wait_ready(first)
+        t_ready = float("nan")
+        async with _workers(layout, client, db.url, options, task_queue="bench-w5",
+                            env={SIDE_FILE_ENV: side_file}) as workers:
 
             async def completed_enough() -> bool:
                 history = await handle.fetch_history()
@@ -315,13 +505,24 @@ async def w5_recovery(quick: bool, variant: str) -> Metrics:
                 return done >= kill_after
 
             await _until(completed_enough, timeout=60, interval=0.02)
+            victim: list[int] = []
+
+            async def in_flight_started() -> bool:
+                # the worker running the next activity (normally already started)
+                for kind, seq, _attempt, pid, _when, _key in _side_lines(side_file):
+                    if kind == "start" and int(seq) == kill_after:
+                        victim.append(int(pid))
+                        return True
+                return False
+
+            await _until(in_flight_started, timeout=10, interval=0.005)
             kill_wall = time.time()
             t_kill = time.perf_counter()
-            first.send_signal(signal.SIGKILL)
-            first.wait()
-            second = _spawn_worker(url, side_file, variant)
-            await _wait_ready(second)
-            t_ready = time.perf_counter() - t_kill
+            workers.kill(victim[0])
+            if procs == 1:
+                await workers.procs[0].proc.wait()
+                replacement = await workers.spawn()
+                t_ready = replacement.ready_at - t_kill
 
             async def closed() -> bool:
                 return (await handle.describe()).status != "running"
@@ -329,18 +530,8 @@ async def w5_recovery(quick: bool, variant: str) -> Metrics:
             await _until(closed, timeout=120, interval=0.02)
             t_done = time.perf_counter() - t_kill
             assert await _result(handle, 10) == sum(range(n))
-        finally:
-            for proc in (first, second):
-                if proc is not None and proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        await asyncio.to_thread(proc.wait, 15)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
         await client.close()
-        text = await asyncio.to_thread(Path(side_file).read_text)
-        lines = [line.split() for line in text.splitlines() if line]
+        lines = await asyncio.to_thread(_side_lines, side_file)
     starts: dict[int, int] = {}
     ends: dict[int, int] = {}
     resumed_at = None
@@ -355,18 +546,20 @@ async def w5_recovery(quick: bool, variant: str) -> Metrics:
             if float(when) <= kill_wall:
                 completed_before_kill += 1
     remaining_work = (n - completed_before_kill) * STEP_SECONDS
-    return {
+    metrics = {
         "kill_to_complete_s": t_done,
-        "kill_to_worker_ready_s": t_ready,
         "kill_to_first_resumed_activity_s": resumed_at if resumed_at is not None else float("nan"),
         "recovery_overhead_s": t_done - remaining_work,
         "activities_run_twice": float(sum(1 for c in starts.values() if c > 1)),
         "activities_completed_twice": float(sum(1 for c in ends.values() if c > 1)),
         "completed_before_kill": float(completed_before_kill),
     }
+    if procs == 1:
+        metrics["kill_to_worker_ready_s"] = t_ready
+    return metrics
 
 
-WORKLOADS: dict[str, tuple[Callable[[bool, str], Awaitable[Metrics]], list[str]]] = {
+WORKLOADS: dict[str, tuple[Callable[..., Awaitable[Metrics]], list[str]]] = {
     # name: (function, variants run by default)
     "W1": (w1_throughput, [""]),
     "W2": (w2_latency, ["", "sync=NORMAL"]),
@@ -375,3 +568,7 @@ WORKLOADS: dict[str, tuple[Callable[[bool, str], Awaitable[Metrics]], list[str]]
     "W5": (w5_recovery, ["", "fast"]),
 }
 
+# PostgreSQL: variants that make sense there (sync= is SQLite's)
+PG_VARIANTS: dict[str, list[str]] = {
+    "W1": [""], "W2": [""], "W3": [""], "W4": ["", "cache=100"], "W5": ["", "fast"],
+}
