@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,9 @@ TIMEOUT = 75.0
 """Seconds for the whole run, from the first start to the last completion."""
 
 
-async def test_random_worker_sigkilled_every_second(tmp_path: Path) -> None:
+async def test_random_worker_sigkilled_every_second(
+    tmp_path: Path, report: Callable[[str], None]
+) -> None:
     require_postgres()
     rng = random.Random()
     with database_url_for("postgres", tmp_path) as url:
@@ -76,7 +79,7 @@ async def test_random_worker_sigkilled_every_second(tmp_path: Path) -> None:
 
             verified = await verify_all(client, fleet, keys, ACTIVITIES)
             fleet.assert_no_errors_logged()
-            print(
+            report(
                 f"\nchaos: {verified.workflows} workflows, {verified.activities} activities, "
                 f"{fleet.kills} kills, {verified.reexecuted} activities executed more than "
                 f"once, {verified.executions} executions in all, {elapsed:.1f}s wall"

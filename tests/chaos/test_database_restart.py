@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,8 @@ TIMEOUT = 60.0
 
 @pytest.mark.parametrize("outage", ["fast restart", "crash and outage"])
 async def test_run_survives_postgres_restart(
-    outage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    outage: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    report: Callable[[str], None],
 ) -> None:
     caplog.set_level(logging.WARNING, logger="perdure")
     require_postgres()
@@ -123,7 +125,7 @@ async def test_run_survives_postgres_restart(
         workers_lost = fleet.logged("connection lost")
         client_lost = sum("connection lost" in r.getMessage() for r in caplog.records)
         assert workers_lost > 0, f"no worker noticed the {outage}:\n{fleet.stderr_tail()}"
-        print(
+        report(
             f"\n{outage}: {verified.workflows} workflows, {verified.activities} activities, "
             f"{executed_before} executions before the outage, server back after "
             f"{server_back:.1f}s, connections lost: {workers_lost} in workers, {client_lost} in "

@@ -570,7 +570,7 @@ def _network(tmp_path: Path, database_url: str, executions: Path) -> Iterator[Ne
 
 # --------------------------------------------------------------------------- the test
 async def test_cut_off_host_is_reclaimed_and_rejoins_without_double_completion(
-    tmp_path: Path,
+    tmp_path: Path, report: Callable[[str], None],
 ) -> None:
     require_postgres()
     executions_path = tmp_path / "executions.log"
@@ -580,14 +580,14 @@ async def test_cut_off_host_is_reclaimed_and_rejoins_without_double_completion(
         client = await Client.connect(url)  # creates the schema before the workers come
         db = Database(schema)
         try:
-            await _run_scenario(network, client, db, executions_path)
+            await _run_scenario(network, client, db, executions_path, report)
         finally:
             db.close()
             await client.close()
 
 
 async def _run_scenario(network: Network, client: Client, db: Database,
-                        executions_path: Path) -> None:
+                        executions_path: Path, report: Callable[[str], None]) -> None:
     a, b = network.hosts["a"], network.hosts["b"]
     t0 = time.time()
     marks: dict[str, float] = {}
@@ -727,7 +727,7 @@ async def _run_scenario(network: Network, client: Client, db: Database,
 
     a_after = sum(e.phase == "start" and e.host == "a" and back_at <= e.at < finished_at
                   for e in runs)
-    print(
+    report(
         f"\nheld by host a when cut: {len(held_at_cut)} activity leases; host b declared it "
         f"dead after {reclaim_took + 0.3:.2f}s, retried one of its attempts after "
         f"{retried_at - cut_at:.2f}s and started {b_during_outage} attempts during the "
