@@ -444,6 +444,11 @@ class PostgresWriterPool:
             with raw.pipeline():
                 conn.wrote, conn.unread_writes = False, 0
                 conn.execute("BEGIN")
+                if all(getattr(item[0], "lease_only", False) for item in batch):
+                    # claims and heartbeats only: losing them in a crash is harmless, so
+                    # their COMMIT need not wait for the WAL flush (later durable commits
+                    # flush it anyway, in order)
+                    conn.execute("SET LOCAL synchronous_commit TO OFF")
                 for op, future, _loop, _notifier in batch:
                     notes = StoreNotes()
                     try:

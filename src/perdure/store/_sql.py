@@ -44,7 +44,7 @@ from perdure.store._records import (
     WorkflowTaskCompletion,
 )
 
-__all__ = ["Conn", "Op", "SqlStore"]
+__all__ = ["Conn", "Op", "SqlStore", "lease_only"]
 
 T = TypeVar("T")
 
@@ -53,6 +53,14 @@ Conn = Any
 
 Op = Callable[[Conn, StoreNotes], T]
 """One store operation: runs inside a transaction the backend's writer owns."""
+
+
+def lease_only(op: Op[T]) -> Op[T]:
+    """Mark an operation whose writes are only leases and liveness: soft state that a
+    database crash may lose harmlessly (an unleased task is claimed again, a worker
+    heartbeats again). A batch of nothing else need not wait for its WAL to reach disk."""
+    op.lease_only = True  # type: ignore[attr-defined]
+    return op
 
 
 def _deadline(*candidates: float | None) -> float | None:
@@ -479,7 +487,7 @@ class SqlStore(WorkflowStore):
             ).fetchall()
             return [(str(w), str(r), int(q)) for w, r, q in rows]
 
-        return await self._run(op)
+        return await self._run(lease_only(op))
 
     @staticmethod
     def _release_worker_tasks(conn: Conn, worker_id: str) -> None:
@@ -568,7 +576,7 @@ class SqlStore(WorkflowStore):
                     claims.append(claim)
             return claims
 
-        return await self._run(op)
+        return await self._run(lease_only(op))
 
     async def complete_workflow_task(self, completion: WorkflowTaskCompletion) -> bool:
         def op(conn: Conn, notes: StoreNotes) -> bool:
@@ -795,7 +803,7 @@ class SqlStore(WorkflowStore):
                 )
             return claims
 
-        return await self._run(op)
+        return await self._run(lease_only(op))
 
     def _apply_outcome(
         self, conn: Conn, key: tuple[str, str, int], decide: ActivityDecision,
@@ -1075,7 +1083,7 @@ class SqlStore(WorkflowStore):
             ).fetchall()
             return [QueryTaskClaim(*r) for r in rows]
 
-        return await self._run(op)
+        return await self._run(lease_only(op))
 
     async def answer_query(self, query_id: int, answer: bytes | None, error: str | None) -> None:
         def op(conn: Conn, notes: StoreNotes) -> None:
