@@ -282,7 +282,10 @@ class _NotificationListener:
                 first = False
                 while not self._stop.is_set():
                     for note in conn.notifies(timeout=0.25):
-                        self._dispatch(note.payload)
+                        try:
+                            self._dispatch(note.payload)
+                        except Exception:  # a malformed payload must not end the listener
+                            _log.warning("ignored a malformed notification: %r", note.payload)
             except psycopg.Error:
                 _log.debug("PostgreSQL listener lost its connection; reconnecting")
             finally:
