@@ -44,7 +44,9 @@ class WorkerProcess:
 class WorkerFleet:
     """Worker subprocesses on one database; stdout/stderr of each go to files in ``logs``."""
 
-    def __init__(self, url: str, logs: Path, *, step_seconds: float = 0.004) -> None:
+    def __init__(self, url: str, logs: Path, *, step_seconds: float = 0.004,
+                 activity_slots: int = 100) -> None:
+        self.activity_slots = activity_slots
         self.url = url
         self.logs = logs
         self.executions = logs / "executions.log"
@@ -59,6 +61,7 @@ class WorkerFleet:
         env = dict(os.environ)
         env[EXECUTIONS_ENV] = str(self.executions)
         env[STEP_SECONDS_ENV] = str(self.step_seconds)
+        env["PERDURE_CHAOS_ACTIVITY_SLOTS"] = str(self.activity_slots)
         with out.open("wb") as stdout, err.open("wb") as stderr:
             proc = subprocess.Popen([sys.executable, str(WORKER), self.url, TASK_QUEUE],
                                     stdout=stdout, stderr=stderr, env=env)

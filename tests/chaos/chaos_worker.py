@@ -20,7 +20,10 @@ from perdure import Client, Worker, WorkerOptions
 
 async def main(url: str, task_queue: str) -> None:
     client = await Client.connect(url)
-    options = WorkerOptions(liveness_interval=0.25, dead_worker_timeout=1.5)
+    # few activity slots, so that the run lasts long enough for many kills
+    slots = int(os.environ.get("PERDURE_CHAOS_ACTIVITY_SLOTS", "100"))
+    options = WorkerOptions(liveness_interval=0.25, dead_worker_timeout=1.5,
+                            max_concurrent_activities=slots)
     worker = Worker(client, task_queue=task_queue, workflows=[ChaosSteps],
                     activities=[chaos_step], options=options)
     stop = asyncio.Event()

@@ -43,7 +43,8 @@ async def test_random_worker_sigkilled_every_second(
     require_postgres()
     rng = random.Random()
     with database_url_for("postgres", tmp_path) as url:
-        fleet = WorkerFleet(url, tmp_path)
+        # 40-120 ms activities, 12 slots a worker: about 10 s of work, so about 10 kills
+        fleet = WorkerFleet(url, tmp_path, step_seconds=0.08, activity_slots=12)
         client = await Client.connect(url)
         starter: asyncio.Task[None] | None = None
         try:
