@@ -1,0 +1,780 @@
+"""The SQL stores' operations on runs: start, signal, read, claim and advance them.
+
+Shared by SQLite and PostgreSQL; ``_sql`` adds activity attempts, due work, queries
+and retention on top.
+
+Every store method is one *operation*: a function of a DB-API connection that
+a backend's writer runs in a transaction, possibly shared with other operations
+(group commit). The SQL is written once, with ``?`` placeholders; the few places
+where the dialects differ (row locks, claims with ``SKIP LOCKED``, ``LEAST``) are
+class attributes and methods that :class:`PostgresStore` overrides.
+
+Concurrency rule (what makes many worker processes safe on PostgreSQL): an
+operation that changes a run's rows first locks that run's ``workflow_runs`` row
+(``_lock_run``), so that a run's history, inbox and tasks change one transaction
+at a time, and inbox ids are handed out in commit order. Claims take a task row
+and its run's row together with ``FOR UPDATE ... SKIP LOCKED`` instead. On SQLite,
+whose write lock already serializes every transaction, the locks are no-ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from perdure._clock import Clock
+from perdure._errors import (
+    WorkflowAlreadyStartedError,
+    WorkflowNotFoundError,
+)
+from perdure.store._base import StoreNotes, StoreNotifier, WorkflowStore
+from perdure.store._records import (
+    ActivityAttempt,
+    ActivityDecision,
+    ActivityOutcome,
+    RunRecord,
+    StartWorkflowRecord,
+    WorkflowTaskClaim,
+    WorkflowTaskCompletion,
+)
+
+__all__ = ["Conn", "Op", "SqlRunStore", "lease_only"]
+
+T = TypeVar("T")
+
+Conn = Any
+"""A DB-API connection with ``execute`` and ``executemany`` taking ``?`` placeholders."""
+
+Op = Callable[[Conn, StoreNotes], T]
+"""One store operation: runs inside a transaction the backend's writer owns."""
+
+
+def lease_only(op: Op[T]) -> Op[T]:
+    """Mark an operation whose writes are only leases and liveness: soft state that a
+    database crash may lose harmlessly (an unleased task is claimed again, a worker
+    heartbeats again). A batch of nothing else need not wait for its WAL to reach disk."""
+    op.lease_only = True  # type: ignore[attr-defined]
+    return op
+
+
+def _deadline(*candidates: float | None) -> float | None:
+    values = [c for c in candidates if c is not None]
+    return min(values) if values else None
+
+
+class SqlRunStore(WorkflowStore):
+    """The operations on runs, in SQL; a backend supplies the writer and the dialect."""
+
+    clock: Clock
+    notifier: StoreNotifier
+    url: str
+
+    # dialect ----------------------------------------------------------------------
+    _LOCK = ""
+    """Appended to a SELECT that must lock the rows it reads (PostgreSQL: FOR UPDATE)."""
+    _LEAST = "min"
+    """The scalar minimum of several values."""
+    _INSERTION_ORDER = "rowid"
+    """A column that orders the runs of one workflow id by creation."""
+
+    def _run(self, op: Op[T]) -> asyncio.Future[T]:
+        raise NotImplementedError
+
+    def _lock_run(self, conn: Conn, workflow_id: str, run_id: str) -> tuple[Any, ...] | None:
+        """Lock a run's row (PostgreSQL) and read (status, history_length)."""
+        row = conn.execute(
+            "SELECT status, history_length FROM workflow_runs WHERE workflow_id = ? "
+            f"AND run_id = ?{self._LOCK}",
+            (workflow_id, run_id),
+        ).fetchone()
+        return tuple(row) if row is not None else None
+
+    def _lock_run_only(self, conn: Conn, workflow_id: str, run_id: str) -> None:
+        """Lock a run's row without reading it (PostgreSQL). The statements after it run
+        once the lock is held, and (READ COMMITTED) see every change committed before;
+        in a pipeline it costs no round trip of its own."""
+
+    def _lock_workflow_id(self, conn: Conn, workflow_id: str) -> None:
+        """Serialize starts of one workflow id (PostgreSQL: an advisory lock)."""
+
+    def _claim_sql(self, table: str, key: str, set_clause: str, where: str, order: str,
+                   returning: str) -> str:
+        """UPDATE the first ready rows of ``table`` (identified by ``key``; ``where`` and
+        ``order`` name its columns as ``c.``) and return them: a claim. Parameters: the
+        SET clause's, the WHERE clause's, the limit."""
+        del key  # SQLite: the rowid identifies a row
+        return (
+            f"UPDATE {table} SET {set_clause} WHERE rowid IN (SELECT c.rowid FROM {table} c "
+            f"WHERE {where} ORDER BY {order} LIMIT ?) RETURNING {returning}"
+        )
+
+    # ---------------------------------------------------------------- helpers
+    def _latest_run(self, conn: Conn, workflow_id: str) -> tuple[str, str] | None:
+        row = conn.execute(
+            "SELECT run_id, status FROM workflow_runs WHERE workflow_id = ? "
+            f"ORDER BY created_at DESC, {self._INSERTION_ORDER} DESC LIMIT 1",
+            (workflow_id,),
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def _running_run(self, conn: Conn, workflow_id: str, run_id: str | None) -> str:
+        """The run that an inbound event or termination is for, locked; it must be running."""
+        if run_id is None:
+            latest = self._latest_run(conn, workflow_id)
+            if latest is None:
+                raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
+            run_id = latest[0]
+        row = self._lock_run(conn, workflow_id, run_id)
+        if row is None:
+            raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r} and run {run_id}")
+        status = row[0]
+        if status != "running":
+            raise WorkflowNotFoundError(
+                f"workflow {workflow_id!r} (run {run_id}) is {status}, not running; "
+                "only running workflows accept signals, cancellation and termination"
+            )
+        return run_id
+
+    def _ensure_workflow_task(
+        self, conn: Conn, workflow_id: str, run_id: str, now: float,
+        notes: StoreNotes,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO workflow_tasks (workflow_id, run_id, task_queue, visible_at, "
+            "sticky_worker, sticky_until) "
+            "SELECT workflow_id, run_id, task_queue, ?, sticky_worker, ? + sticky_for "
+            "FROM workflow_runs WHERE workflow_id = ? AND run_id = ? "
+            "ON CONFLICT (workflow_id, run_id) DO NOTHING",
+            (now, now, workflow_id, run_id),
+        )
+        notes.add("workflow_task")
+
+    def _close_run(
+        self, conn: Conn, workflow_id: str, run_id: str, status: str, now: float,
+        result: bytes | None, failure: bytes | None, notes: StoreNotes,
+    ) -> None:
+        key = (workflow_id, run_id)
+        conn.execute(
+            "UPDATE workflow_runs SET status = ?, result = ?, failure = ?, closed_at = ?, "
+            "sticky_worker = NULL WHERE workflow_id = ? AND run_id = ?",
+            (status, result, failure, now, *key),
+        )
+        conn.execute("DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key)
+        conn.execute("DELETE FROM timers WHERE workflow_id = ? AND run_id = ?", key)
+        conn.execute("DELETE FROM inbox WHERE workflow_id = ? AND run_id = ?", key)
+        conn.execute(
+            "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? "
+            "AND lease_owner IS NULL", key,
+        )
+        conn.execute(
+            "UPDATE activity_tasks SET cancel_requested = 1 WHERE workflow_id = ? AND run_id = ?",
+            key,
+        )
+        conn.execute(
+            "UPDATE query_tasks SET done = 1, error = ? WHERE workflow_id = ? AND run_id = ? "
+            "AND done = 0 AND lease_owner IS NULL",
+            ("closed", *key),
+        )
+        notes.run_closed(run_id, (status, result, failure))
+
+    def _append(
+        self, conn: Conn, workflow_id: str, run_id: str, start_seq: int,
+        events: Sequence[tuple[str, bytes]],
+    ) -> None:
+        """Append events to a run's history: one statement per 1,000 events (the
+        drivers' parameter limits allow 6,000 on SQLite and 13,000 on PostgreSQL)."""
+        for first in range(0, len(events), 1000):
+            chunk = events[first:first + 1000]
+            values = ", ".join(["(?, ?, ?, ?, ?)"] * len(chunk))
+            params: list[Any] = []
+            for i, (kind, data) in enumerate(chunk, start_seq + first):
+                params += (workflow_id, run_id, i, kind, data)
+            conn.execute(
+                "INSERT INTO history_events (workflow_id, run_id, seq, event_type, data) "
+                f"VALUES {values}",
+                params,
+            )
+
+    # ---------------------------------------------------------------- client side
+    async def start_workflow(self, record: StartWorkflowRecord) -> str:
+        def op(conn: Conn, notes: StoreNotes) -> str:
+            self._lock_workflow_id(conn, record.workflow_id)
+            latest = self._latest_run(conn, record.workflow_id)
+            if latest is not None:
+                run_id, status = latest
+                if run_id == record.run_id:
+                    return run_id  # this very start, committed before a lost connection
+                if status == "running":
+                    locked = self._lock_run(conn, record.workflow_id, run_id)
+                    status = locked[0] if locked is not None else "gone"
+                if status == "running":
+                    if record.signal_event is not None:
+                        conn.execute(
+                            "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+                            (record.workflow_id, run_id, record.signal_event),
+                        )
+                        self._ensure_workflow_task(conn, record.workflow_id, run_id, record.now,
+                                                   notes)
+                        return run_id
+                    raise WorkflowAlreadyStartedError(
+                        f"workflow {record.workflow_id!r} is already running (run {run_id}); "
+                        "use get_workflow_handle() to reach it, or pick another id",
+                        workflow_id=record.workflow_id, run_id=run_id,
+                    )
+                policy = record.id_reuse_policy
+                if policy == "reject_duplicate" or (
+                    policy == "allow_duplicate_failed_only" and status == "completed"
+                ):
+                    raise WorkflowAlreadyStartedError(
+                        f"workflow id {record.workflow_id!r} was already used (last run {run_id} "
+                        f"is {status}) and the id reuse policy is {policy}",
+                        workflow_id=record.workflow_id, run_id=run_id,
+                    )
+            conn.execute(
+                "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, "
+                "status, input, history_length, created_at, execution_timeout) "
+                "VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?)",
+                (record.workflow_id, record.run_id, record.workflow_type, record.task_queue,
+                 record.input, record.now, record.execution_timeout),
+            )
+            self._append(conn, record.workflow_id, record.run_id, 1,
+                         [("WorkflowStarted", record.started_event)])
+            if record.signal_event is not None:
+                conn.execute(
+                    "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+                    (record.workflow_id, record.run_id, record.signal_event),
+                )
+            if record.execution_timeout is not None:
+                conn.execute(
+                    "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, 0, ?)",
+                    (record.workflow_id, record.run_id, record.now + record.execution_timeout),
+                )
+                notes.due_at(record.now + record.execution_timeout)
+            if record.first_completion is not None and record.signal_event is None:
+                self._apply_completion(conn, record.first_completion, record.now, notes,
+                                       inbox_pending=False, task_row=False)
+                return record.run_id
+            if record.eager_worker is not None and record.signal_event is None:
+                conn.execute(
+                    "INSERT INTO workflow_tasks (workflow_id, run_id, task_queue, visible_at, "
+                    "lease_owner, lease_expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (record.workflow_id, record.run_id, record.task_queue, record.now,
+                     record.eager_worker, time.time() + record.eager_lease),
+                )
+                return record.run_id
+            self._ensure_workflow_task(conn, record.workflow_id, record.run_id, record.now, notes)
+            return record.run_id
+
+        return await self._run(op)
+
+    async def deliver_event(self, workflow_id: str, run_id: str | None, event: bytes) -> str:
+        def op(conn: Conn, notes: StoreNotes) -> str:
+            rid = self._running_run(conn, workflow_id, run_id)
+            conn.execute(
+                "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+                (workflow_id, rid, event),
+            )
+            self._ensure_workflow_task(conn, workflow_id, rid, self.clock.now(), notes)
+            return rid
+
+        return await self._run(op)
+
+    async def terminate(
+        self, workflow_id: str, run_id: str | None, event: bytes, failure: bytes
+    ) -> str:
+        def op(conn: Conn, notes: StoreNotes) -> str:
+            rid = self._running_run(conn, workflow_id, run_id)
+            (length,) = conn.execute(
+                "SELECT history_length FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
+                (workflow_id, rid),
+            ).fetchone()
+            self._append(conn, workflow_id, rid, length + 1, [("WorkflowTerminated", event)])
+            conn.execute(
+                "UPDATE workflow_runs SET history_length = ? WHERE workflow_id = ? AND run_id = ?",
+                (length + 1, workflow_id, rid),
+            )
+            self._close_run(conn, workflow_id, rid, "terminated", self.clock.now(), None, failure,
+                            notes)
+            return rid
+
+        return await self._run(op)
+
+    async def get_run(self, workflow_id: str, run_id: str | None, *, detail: bool = False) -> RunRecord:
+        def op(conn: Conn, notes: StoreNotes) -> RunRecord:
+            rid = run_id
+            if rid is None:
+                latest = self._latest_run(conn, workflow_id)
+                if latest is None:
+                    raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
+                rid = latest[0]
+            row = conn.execute(
+                "SELECT workflow_id, run_id, workflow_type, task_queue, status, history_length, "
+                "created_at, closed_at, result, failure, execution_timeout "
+                "FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
+                (workflow_id, rid),
+            ).fetchone()
+            if row is None:
+                raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r} and run {rid}")
+            record = RunRecord(*row)
+            if detail:
+                key = (workflow_id, rid)
+                record.pending_inbox = conn.execute(
+                    "SELECT count(*) FROM inbox WHERE workflow_id = ? AND run_id = ?", key
+                ).fetchone()[0]
+                record.pending_activities = conn.execute(
+                    "SELECT count(*) FROM activity_tasks WHERE workflow_id = ? AND run_id = ?", key
+                ).fetchone()[0]
+                record.pending_timers = conn.execute(
+                    "SELECT count(*) FROM timers WHERE workflow_id = ? AND run_id = ? AND seq > 0",
+                    key,
+                ).fetchone()[0]
+                task = conn.execute(
+                    "SELECT attempt, last_failure FROM workflow_tasks "
+                    "WHERE workflow_id = ? AND run_id = ?", key,
+                ).fetchone()
+                if task is not None:
+                    record.workflow_task_attempt, record.workflow_task_failure = task
+            return record
+
+        return await self._run(op)
+
+    async def get_history(
+        self, workflow_id: str, run_id: str, *, after: int = 0
+    ) -> list[tuple[int, str, bytes]]:
+        def op(conn: Conn, notes: StoreNotes) -> list[tuple[int, str, bytes]]:
+            rows = conn.execute(
+                "SELECT seq, event_type, data FROM history_events "
+                "WHERE workflow_id = ? AND run_id = ? AND seq > ? ORDER BY seq",
+                (workflow_id, run_id, after),
+            ).fetchall()
+            return [(int(seq), str(kind), bytes(data)) for seq, kind, data in rows]
+
+        return await self._run(op)
+
+    async def list_runs(
+        self, *, status: str | None, workflow_type: str | None, limit: int
+    ) -> list[RunRecord]:
+        def op(conn: Conn, notes: StoreNotes) -> list[RunRecord]:
+            where, params = [], []
+            if status is not None:
+                where.append("status = ?")
+                params.append(status)
+            if workflow_type is not None:
+                where.append("workflow_type = ?")
+                params.append(workflow_type)
+            sql = (
+                "SELECT workflow_id, run_id, workflow_type, task_queue, status, history_length, "
+                "created_at, closed_at, result, failure, execution_timeout FROM workflow_runs"
+            )
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += " ORDER BY created_at DESC LIMIT ?"
+            return [RunRecord(*row) for row in conn.execute(sql, (*params, limit))]
+
+        return await self._run(op)
+
+    async def enqueue_query(self, workflow_id: str, run_id: str, task_queue: str, name: str,
+                            args: bytes) -> int:
+        def op(conn: Conn, notes: StoreNotes) -> int:
+            row = conn.execute(
+                "INSERT INTO query_tasks (workflow_id, run_id, task_queue, name, args, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (workflow_id, run_id, task_queue, name, args, self.clock.now()),
+            ).fetchone()
+            notes.add("query")
+            return int(row[0])
+
+        return await self._run(op)
+
+    async def take_query_answer(self, query_id: int, *, give_up: bool) -> tuple[bool, bytes | None, str | None]:
+        def op(conn: Conn, notes: StoreNotes) -> tuple[bool, bytes | None, str | None]:
+            row = conn.execute(
+                "SELECT done, answer, error FROM query_tasks WHERE id = ?", (query_id,)
+            ).fetchone()
+            if row is None:
+                return True, None, "query task vanished"
+            if row[0] or give_up:
+                conn.execute("DELETE FROM query_tasks WHERE id = ?", (query_id,))
+            return bool(row[0]), row[1], row[2]
+
+        return await self._run(op)
+
+    async def workflow_type_interface(self, workflow_type: str) -> tuple[set[str], set[str]] | None:
+        def op(conn: Conn, notes: StoreNotes) -> tuple[set[str], set[str]] | None:
+            rows = conn.execute(
+                "SELECT signals, queries FROM workflow_types WHERE workflow_type = ?",
+                (workflow_type,),
+            ).fetchall()
+            if not rows:
+                return None
+            signals: set[str] = set()
+            queries: set[str] = set()
+            for s, q in rows:
+                signals.update(json.loads(s))
+                queries.update(json.loads(q))
+            return signals, queries
+
+        return await self._run(op)
+
+    # ---------------------------------------------------------------- workers
+    async def register_worker(
+        self, worker_id: str, task_queues: Sequence[str], build_id: str,
+        workflow_types: Sequence[tuple[str, list[str], list[str]]],
+    ) -> None:
+        def op(conn: Conn, notes: StoreNotes) -> None:
+            now = self.clock.now()
+            conn.execute(
+                "INSERT INTO workers (worker_id, task_queues, heartbeat_at, started_at, build_id, "
+                "host, pid) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (worker_id) DO UPDATE SET "
+                "heartbeat_at = excluded.heartbeat_at",
+                (worker_id, json.dumps(list(task_queues)), time.time(), now, build_id,
+                 socket.gethostname(), os.getpid()),
+            )
+            for name, signals, queries in workflow_types:
+                for task_queue in task_queues:
+                    conn.execute(
+                        "INSERT INTO workflow_types (workflow_type, task_queue, signals, queries, "
+                        "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (workflow_type, task_queue)"
+                        " DO UPDATE SET signals = excluded.signals, queries = excluded.queries, "
+                        "updated_at = excluded.updated_at",
+                        (name, task_queue, json.dumps(sorted(signals)),
+                         json.dumps(sorted(queries)), now),
+                    )
+
+        await self._run(op)
+
+    async def worker_heartbeat(self, worker_id: str) -> list[tuple[str, str, int]]:
+        def op(conn: Conn, notes: StoreNotes) -> list[tuple[str, str, int]]:
+            now = time.time()
+            # an upsert: a worker declared dead (say its loop stalled) comes back to life,
+            # so that its later leases stay reclaimable if it then really dies
+            conn.execute(
+                "INSERT INTO workers (worker_id, task_queues, heartbeat_at, started_at) "
+                "VALUES (?, '[]', ?, ?) ON CONFLICT (worker_id) DO UPDATE SET "
+                "heartbeat_at = excluded.heartbeat_at",
+                (worker_id, now, now),
+            )
+            rows = conn.execute(
+                "SELECT workflow_id, run_id, seq FROM activity_tasks "
+                "WHERE lease_owner = ? AND cancel_requested = 1",
+                (worker_id,),
+            ).fetchall()
+            return [(str(w), str(r), int(q)) for w, r, q in rows]
+
+        return await self._run(lease_only(op))
+
+    @staticmethod
+    def _release_worker_tasks(conn: Conn, worker_id: str) -> None:
+        """A worker leaves (or died): its workflow and query tasks and its sticky runs go free."""
+        conn.execute(
+            "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
+            "sticky_worker = NULL WHERE lease_owner = ? OR sticky_worker = ?",
+            (worker_id, worker_id),
+        )
+        conn.execute(
+            "UPDATE workflow_runs SET sticky_worker = NULL WHERE sticky_worker = ?",
+            (worker_id,),
+        )
+        conn.execute(
+            "UPDATE query_tasks SET lease_owner = NULL WHERE lease_owner = ? AND done = 0",
+            (worker_id,),
+        )
+
+    async def remove_worker(self, worker_id: str) -> None:
+        def op(conn: Conn, notes: StoreNotes) -> None:
+            self._release_worker_tasks(conn, worker_id)
+            # attempts still leased to us were not finished: hand them back unused
+            conn.execute(
+                "UPDATE activity_tasks SET lease_owner = NULL, started_at = NULL, visible_at = ?, "
+                "deadline = CASE WHEN schedule_to_close_timeout IS NULL THEN NULL "
+                "ELSE scheduled_at + schedule_to_close_timeout END WHERE lease_owner = ?",
+                (self.clock.now(), worker_id),
+            )
+            conn.execute("DELETE FROM workers WHERE worker_id = ?", (worker_id,))
+            notes.update(("workflow_task", "query", "activity_task"))
+
+        await self._run(op)
+
+    # ---------------------------------------------------------------- workflow tasks
+    def _read_claim(
+        self, conn: Conn, workflow_id: str, run_id: str, attempt: int
+    ) -> WorkflowTaskClaim | None:
+        row = conn.execute(
+            "SELECT workflow_type, task_queue, history_length, status FROM workflow_runs "
+            "WHERE workflow_id = ? AND run_id = ?",
+            (workflow_id, run_id),
+        ).fetchone()
+        if row is None or row[3] != "running":
+            conn.execute("DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?",
+                         (workflow_id, run_id))
+            return None
+        inbox = conn.execute(
+            "SELECT id, data FROM inbox WHERE workflow_id = ? AND run_id = ? ORDER BY id",
+            (workflow_id, run_id),
+        ).fetchall()
+        history = None
+        if row[2] == 1:  # a run's first task: hand over WorkflowStarted, saving a round trip
+            history = conn.execute(
+                "SELECT seq, event_type, data FROM history_events "
+                "WHERE workflow_id = ? AND run_id = ? ORDER BY seq",
+                (workflow_id, run_id),
+            ).fetchall()
+        return WorkflowTaskClaim(
+            workflow_id=workflow_id, run_id=run_id, workflow_type=row[0], task_queue=row[1],
+            attempt=attempt, history_length=row[2], inbox=inbox, history=history,
+        )
+
+    async def claim_workflow_tasks(
+        self, worker_id: str, task_queues: Sequence[str], limit: int, lease: float
+    ) -> list[WorkflowTaskClaim]:
+        marks = ",".join("?" * len(task_queues))
+
+        def op(conn: Conn, notes: StoreNotes) -> list[WorkflowTaskClaim]:
+            now, real = self.clock.now(), time.time()
+            rows = conn.execute(
+                self._claim_sql(
+                    "workflow_tasks", "workflow_id, run_id",
+                    "lease_owner = ?, lease_expires_at = ?",
+                    f"c.task_queue IN ({marks}) AND c.visible_at <= ? "
+                    "AND (c.lease_owner IS NULL OR c.lease_expires_at < ?) "
+                    "AND (c.sticky_worker IS NULL OR c.sticky_worker = ? "
+                    "OR c.sticky_until < ?)",
+                    "c.visible_at", "workflow_id, run_id, attempt",
+                ),
+                (worker_id, real + lease, *task_queues, now, real, worker_id, now, limit),
+            ).fetchall()
+            claims = []
+            for workflow_id, run_id, attempt in rows:
+                claim = self._read_claim(conn, workflow_id, run_id, attempt)
+                if claim is not None:
+                    claims.append(claim)
+            return claims
+
+        return await self._run(lease_only(op))
+
+    async def complete_workflow_task(self, completion: WorkflowTaskCompletion) -> bool:
+        def op(conn: Conn, notes: StoreNotes) -> bool:
+            c = completion
+            self._lock_run_only(conn, c.workflow_id, c.run_id)
+            row = conn.execute(
+                "SELECT r.history_length, r.status, t.lease_owner, EXISTS (SELECT 1 FROM inbox i "
+                "WHERE i.workflow_id = r.workflow_id AND i.run_id = r.run_id AND i.id > ?) "
+                "FROM workflow_runs r JOIN workflow_tasks t ON t.workflow_id = r.workflow_id "
+                "AND t.run_id = r.run_id WHERE r.workflow_id = ? AND r.run_id = ?",
+                (c.inbox_upto, c.workflow_id, c.run_id),
+            ).fetchone()
+            if row is None or row[2] != c.worker_id:
+                return False
+            newer_inbound = bool(row[3])
+            if row[0] != c.expected_history_length or row[1] != "running" or (
+                newer_inbound and c.close_status is not None
+            ):
+                # the run moved on without us, or an event arrived that closing the run
+                # would drop (a signal): hand the task back at once, to run again with it
+                conn.execute(
+                    "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL "
+                    "WHERE workflow_id = ? AND run_id = ? AND lease_owner = ?",
+                    (c.workflow_id, c.run_id, c.worker_id),
+                )
+                notes.add("workflow_task")
+                return False
+            self._apply_completion(conn, c, self.clock.now(), notes, inbox_pending=newer_inbound)
+            return True
+
+        return await self._run(op)
+
+    async def complete_activity_and_workflow_task(
+        self, seq: int, attempt: int, event: bytes, completion: WorkflowTaskCompletion
+    ) -> str:
+        def op(conn: Conn, notes: StoreNotes) -> str:
+            c = completion
+            key = (c.workflow_id, c.run_id, seq)
+            self._lock_run_only(conn, c.workflow_id, c.run_id)
+            # one read for every decision: the attempt, the run, its task, its inbox
+            row = conn.execute(
+                f"SELECT {self._ATTEMPT_COLUMNS}, r.history_length, t.lease_owner, "
+                "t.lease_expires_at, t.workflow_id IS NOT NULL, EXISTS (SELECT 1 FROM inbox i "
+                "WHERE i.workflow_id = r.workflow_id AND i.run_id = r.run_id) "
+                "FROM activity_tasks a JOIN workflow_runs r "
+                "ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "
+                "LEFT JOIN workflow_tasks t ON t.workflow_id = r.workflow_id "
+                "AND t.run_id = r.run_id "
+                "WHERE a.workflow_id = ? AND a.run_id = ? AND a.seq = ? AND a.attempt = ? "
+                "AND a.lease_owner = ?",
+                (*key, attempt, c.worker_id),
+            ).fetchone()
+            if row is None:
+                return "rejected"
+            now = self.clock.now()
+            history_length, task_owner, task_expires, has_task, pending_inbound = row[7:12]
+            task_busy = task_owner is not None and task_expires >= time.time()
+            if row[5] or row[6] != "running" or history_length != c.expected_history_length \
+                    or task_busy or (pending_inbound and c.close_status is not None):
+                # not ours to advance: record the completion the ordinary way
+                self._apply_outcome(conn, key, lambda _state: ActivityOutcome(None, event),
+                                    tuple(row[:7]), now, notes)
+                return "accepted"
+            conn.execute(
+                "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ?", key
+            )
+            self._apply_completion(conn, c, now, notes, inbox_pending=bool(pending_inbound),
+                                   task_row=bool(has_task))
+            return "fused"
+
+        return await self._run(op)
+
+    def _apply_completion(
+        self, conn: Conn, c: WorkflowTaskCompletion, now: float, notes: StoreNotes,
+        *, inbox_pending: bool | None = None, task_row: bool = True,
+    ) -> None:
+        """Write one activation: events, new tasks and timers, the run's new state.
+
+        ``inbox_pending`` and ``task_row`` spare queries whose answer the caller knows.
+        """
+        key = (c.workflow_id, c.run_id)
+        self._append(conn, c.workflow_id, c.run_id, c.expected_history_length + 1, c.events)
+        new_length = c.expected_history_length + len(c.events)
+        if c.inbox_upto:
+            conn.execute(
+                "DELETE FROM inbox WHERE workflow_id = ? AND run_id = ? AND id <= ?",
+                (*key, c.inbox_upto),
+            )
+        for task in c.new_activities:
+            eager = task.eager_owner is not None
+            s2s = (
+                now + task.schedule_to_start_timeout
+                if task.schedule_to_start_timeout and not eager else None
+            )
+            s2c = now + task.schedule_to_close_timeout if task.schedule_to_close_timeout else None
+            if eager:
+                deadline = _deadline(
+                    now + task.start_to_close_timeout if task.start_to_close_timeout else None,
+                    now + task.heartbeat_timeout if task.heartbeat_timeout else None,
+                    s2c,
+                )
+            else:
+                deadline = _deadline(s2s, s2c)
+            conn.execute(
+                "INSERT INTO activity_tasks (workflow_id, run_id, seq, activity_type, "
+                "task_queue, input, scheduled_at, visible_at, lease_owner, started_at, "
+                "deadline, start_to_close_timeout, schedule_to_close_timeout, "
+                "schedule_to_start_timeout, heartbeat_timeout, retry_policy) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, task.seq, task.activity_type, task.task_queue, task.input, now, now,
+                 task.eager_owner, now if eager else None, deadline,
+                 task.start_to_close_timeout, task.schedule_to_close_timeout,
+                 task.schedule_to_start_timeout, task.heartbeat_timeout, task.retry_policy),
+            )
+            if not eager:
+                notes.add("activity_task")
+            notes.due_at(deadline)
+        for seq in c.cancel_activities:
+            conn.execute(
+                "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ? "
+                "AND lease_owner IS NULL", (*key, seq),
+            )
+            conn.execute(
+                "UPDATE activity_tasks SET cancel_requested = 1 "
+                "WHERE workflow_id = ? AND run_id = ? AND seq = ?", (*key, seq),
+            )
+        if c.new_timers:
+            conn.executemany(
+                "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, ?, ?)",
+                [(*key, seq, fire_at) for seq, fire_at in c.new_timers],
+            )
+            notes.due_at(min(fire_at for _, fire_at in c.new_timers))
+        for seq in c.cancel_timers:
+            conn.execute(
+                "DELETE FROM timers WHERE workflow_id = ? AND run_id = ? AND seq = ?",
+                (*key, seq),
+            )
+        conn.execute(
+            "UPDATE workflow_runs SET history_length = ?, sticky_worker = ?, sticky_for = ? "
+            "WHERE workflow_id = ? AND run_id = ?",
+            (new_length, c.worker_id if c.sticky_for > 0 else None, c.sticky_for, *key),
+        )
+        if c.close_status is not None:
+            self._close_run(conn, c.workflow_id, c.run_id, c.close_status, now,
+                            c.close_result, c.close_failure, notes)
+            return
+        more = inbox_pending
+        if more is None:
+            more = conn.execute(
+                "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? LIMIT 1", key
+            ).fetchone() is not None
+        if more:
+            conn.execute(
+                "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
+                "attempt = 1, last_failure = NULL, visible_at = ?, sticky_worker = ?, "
+                "sticky_until = ? WHERE workflow_id = ? AND run_id = ?",
+                (now, c.worker_id if c.sticky_for > 0 else None, now + c.sticky_for, *key),
+            )
+            notes.add("workflow_task")
+        elif task_row:
+            conn.execute(
+                "DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key
+            )
+
+    async def fail_workflow_task(
+        self, workflow_id: str, run_id: str, worker_id: str, error: str, retry_at: float
+    ) -> None:
+        def op(conn: Conn, notes: StoreNotes) -> None:
+            # the run row first, as every operation that changes a run locks it
+            conn.execute(
+                "UPDATE workflow_runs SET sticky_worker = NULL WHERE workflow_id = ? AND run_id = ?",
+                (workflow_id, run_id),
+            )
+            conn.execute(
+                "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
+                "attempt = attempt + 1, last_failure = ?, visible_at = ?, sticky_worker = NULL "
+                "WHERE workflow_id = ? AND run_id = ? AND lease_owner = ?",
+                (error, retry_at, workflow_id, run_id, worker_id),
+            )
+            notes.due_at(retry_at)
+
+        await self._run(op)
+
+    def _apply_outcome(
+        self, conn: Conn, key: tuple[str, str, int], decide: ActivityDecision,
+        row: tuple[Any, ...], now: float, notes: StoreNotes,
+    ) -> bool:
+        """Apply the engine's decision for an ended attempt; True if an event was delivered."""
+        attempt, retry_policy, scheduled_at, s2c, s2s, cancel_requested, status = row
+        if cancel_requested or status != "running":
+            conn.execute(
+                "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ?", key
+            )
+            return False
+        outcome = decide(ActivityAttempt(attempt, retry_policy, scheduled_at, s2c))
+        if outcome.retry_at is not None:
+            conn.execute(
+                "UPDATE activity_tasks SET lease_owner = NULL, started_at = NULL, "
+                "attempt = attempt + 1, visible_at = ?, last_failure = ?, deadline = ? "
+                "WHERE workflow_id = ? AND run_id = ? AND seq = ?",
+                (outcome.retry_at, outcome.last_failure,
+                 _deadline(outcome.retry_at + s2s if s2s else None,
+                           scheduled_at + s2c if s2c else None), *key),
+            )
+            notes.add("activity_task")
+            notes.due_at(outcome.retry_at)
+            return False
+        conn.execute(
+            "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? AND seq = ?", key
+        )
+        assert outcome.event is not None
+        conn.execute(
+            "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+            (key[0], key[1], outcome.event),
+        )
+        self._ensure_workflow_task(conn, key[0], key[1], now, notes)
+        return True
+
+    _ATTEMPT_COLUMNS = (
+        "a.attempt, a.retry_policy, a.scheduled_at, a.schedule_to_close_timeout, "
+        "a.schedule_to_start_timeout, a.cancel_requested, r.status"
+    )
