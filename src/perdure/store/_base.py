@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import queue
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -23,7 +24,15 @@ from perdure.store._records import (
     WorkflowTaskCompletion,
 )
 
-__all__ = ["StoreNotes", "StoreNotifier", "TimeoutDecider", "WorkflowStore", "resolve_batch"]
+__all__ = [
+    "STOP",
+    "StoreNotes",
+    "StoreNotifier",
+    "TimeoutDecider",
+    "WorkflowStore",
+    "resolve_batch",
+    "take_batch",
+]
 
 TimeoutDecider = Callable[[int, str, bytes | None], ActivityDecision]
 """(activity seq, timeout type, last failure) -> the engine's decision function."""
@@ -158,6 +167,28 @@ class StoreNotifier:
                 w.cancel()
             for e in events:
                 e.clear()
+
+
+STOP = object()
+"""Put in a writer's queue to stop one of its threads."""
+
+
+def take_batch(q: queue.SimpleQueue[Any], most: int) -> tuple[list[Any], bool]:
+    """Block for one queued operation, then take every other one waiting (up to ``most``):
+    a group commit's batch. Also whether a :data:`STOP` came (the batch may be empty)."""
+    item = q.get()
+    if item is STOP:
+        return [], True
+    batch = [item]
+    while len(batch) < most:
+        try:
+            nxt = q.get_nowait()
+        except queue.Empty:
+            break
+        if nxt is STOP:
+            return batch, True
+        batch.append(nxt)
+    return batch, False
 
 
 def resolve_batch(items: list[Any], notifier: StoreNotifier) -> None:

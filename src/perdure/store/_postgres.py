@@ -22,10 +22,9 @@ import psycopg
 import psycopg.conninfo
 
 from perdure._clock import Clock, SystemClock
-from perdure._errors import SchemaVersionError
 from perdure.store._base import StoreNotes, StoreNotifier
 from perdure.store._postgres_writer import PgConnection, PostgresWriterPool
-from perdure.store._schema import POSTGRES_MIGRATIONS, SCHEMA_VERSION
+from perdure.store._schema import POSTGRES_MIGRATIONS
 from perdure.store._sql import Conn, Op, SqlStore
 
 __all__ = ["PostgresStore"]
@@ -174,25 +173,7 @@ class PostgresStore(SqlStore):
             conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             if self.schema:
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
-            exists = conn.execute("SELECT to_regclass('perdure_schema')").fetchone()[0]
-            version = 0
-            if exists is not None:
-                row = conn.execute("SELECT version FROM perdure_schema").fetchone()
-                version = row[0] if row else 0
-            if version > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"the database at {self._describe} has Perdure schema version {version}, "
-                    f"newer than the {SCHEMA_VERSION} this version of Perdure knows; upgrade "
-                    "Perdure (pip install -U perdure) on this machine"
-                )
-            for index in range(version, SCHEMA_VERSION):
-                for statement in POSTGRES_MIGRATIONS[index].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            if version == 0:
-                conn.execute("INSERT INTO perdure_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif version < SCHEMA_VERSION:
-                conn.execute("UPDATE perdure_schema SET version = ?", (SCHEMA_VERSION,))
+            self._upgrade_schema(conn, POSTGRES_MIGRATIONS, f"at {self._describe}")
 
         await self._run(op)
         self._schema_ready()
@@ -207,10 +188,7 @@ class PostgresStore(SqlStore):
             await asyncio.get_running_loop().run_in_executor(None, self._start)
 
         def op(conn: Conn, notes: StoreNotes) -> int:
-            if conn.execute("SELECT to_regclass('perdure_schema')").fetchone()[0] is None:
-                return 0
-            row = conn.execute("SELECT version FROM perdure_schema").fetchone()
-            return int(row[0]) if row else 0
+            return self._read_schema_version(conn)
 
         version = await self._run(op)
         if version >= 2:
@@ -218,6 +196,9 @@ class PostgresStore(SqlStore):
         return version
 
     # ----------------------------------------------------------------- dialect
+    def _schema_table_exists(self, conn: Conn) -> bool:
+        return conn.execute("SELECT to_regclass('perdure_schema')").fetchone()[0] is not None
+
     def _lock_run_only(self, conn: Conn, workflow_id: str, run_id: str) -> None:
         conn.execute_unread(
             "SELECT 1 FROM workflow_runs WHERE workflow_id = ? AND run_id = ? FOR UPDATE",

@@ -38,7 +38,7 @@ import psycopg
 import psycopg.errors
 
 from perdure._errors import DatabaseUnavailableError
-from perdure.store._base import StoreNotes, StoreNotifier
+from perdure.store._base import STOP, StoreNotes, StoreNotifier, take_batch
 from perdure.store._base import resolve_batch as _resolve
 from perdure.store._sql import Op
 
@@ -204,10 +204,6 @@ class _Cursor:
         return self._cursor.nextset()
 
 
-class _Stop:
-    pass
-
-
 Result = tuple[Any, Any, BaseException | None, StoreNotes | None]
 
 
@@ -301,7 +297,7 @@ class PostgresWriterPool:
     def stop(self) -> None:
         self._stopping.set()
         for _ in self._threads:
-            self._queue.put(_Stop())
+            self._queue.put(STOP)
         for thread in self._threads:
             thread.join(timeout=10)
         closed = RuntimeError("the PostgreSQL store was closed; open a new Client")
@@ -310,27 +306,16 @@ class PostgresWriterPool:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if not isinstance(item, _Stop):
+            if item is not STOP:
                 _deliver([(item, (None, None, closed, None))])
 
     # ----------------------------------------------------------------- the thread
     def _thread_main(self, conn: PgConnection | None) -> None:
         q = self._queue
         while True:
-            item = q.get()
-            if isinstance(item, _Stop):
+            batch, stop = take_batch(q, _MAX_BATCH)
+            if not batch:
                 break
-            batch = [item]
-            stop = False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(nxt, _Stop):
-                    stop = True
-                    break
-                batch.append(nxt)
             try:
                 conn, results = self._run_batch(conn, batch)
             except BaseException as exc:  # the thread must survive anything

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 from perdure._clock import Clock
 from perdure._errors import (
+    SchemaVersionError,
     WorkflowAlreadyStartedError,
     WorkflowNotFoundError,
 )
@@ -42,6 +43,7 @@ from perdure.store._records import (
     WorkflowTaskClaim,
     WorkflowTaskCompletion,
 )
+from perdure.store._schema import SCHEMA_VERSION
 
 __all__ = ["Conn", "Op", "SqlRunStore", "lease_only"]
 
@@ -98,6 +100,36 @@ class SqlRunStore(WorkflowStore):
         """Lock a run's row without reading it (PostgreSQL). The statements after it run
         once the lock is held, and (READ COMMITTED) see every change committed before;
         in a pipeline it costs no round trip of its own."""
+
+    def _schema_table_exists(self, conn: Conn) -> bool:
+        return conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='perdure_schema'"
+        ).fetchone() is not None
+
+    def _read_schema_version(self, conn: Conn) -> int:
+        """The schema version in the database (0 when Perdure never migrated it)."""
+        if not self._schema_table_exists(conn):
+            return 0
+        row = conn.execute("SELECT version FROM perdure_schema").fetchone()
+        return int(row[0]) if row else 0
+
+    def _upgrade_schema(self, conn: Conn, migrations: Sequence[str], where: str) -> None:
+        """Apply the migrations the database lacks; refuse a schema newer than this code."""
+        version = self._read_schema_version(conn)
+        if version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"the database {where} has Perdure schema version {version}, newer than the "
+                f"{SCHEMA_VERSION} this version of Perdure knows; upgrade Perdure "
+                "(pip install -U perdure) on this machine"
+            )
+        for index in range(version, SCHEMA_VERSION):
+            for statement in migrations[index].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        if version == 0:
+            conn.execute("INSERT INTO perdure_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif version < SCHEMA_VERSION:
+            conn.execute("UPDATE perdure_schema SET version = ?", (SCHEMA_VERSION,))
 
     def _lock_workflow_id(self, conn: Conn, workflow_id: str) -> None:
         """Serialize starts of one workflow id (PostgreSQL: an advisory lock)."""

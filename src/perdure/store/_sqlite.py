@@ -16,9 +16,8 @@ import threading
 from typing import TypeVar
 
 from perdure._clock import Clock, SystemClock
-from perdure._errors import SchemaVersionError
 from perdure.store._base import StoreNotes, StoreNotifier
-from perdure.store._schema import SCHEMA_VERSION, SQLITE_MIGRATIONS
+from perdure.store._schema import SQLITE_MIGRATIONS
 from perdure.store._sql import Op, SqlStore
 from perdure.store._sqlite_writer import WriterThread
 
@@ -66,36 +65,12 @@ class SqliteStore(SqlStore):
 
     async def migrate(self) -> None:
         def op(conn: sqlite3.Connection, notes: StoreNotes) -> None:
-            exists = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='perdure_schema'"
-            ).fetchone()
-            version = 0
-            if exists:
-                row = conn.execute("SELECT version FROM perdure_schema").fetchone()
-                version = row[0] if row else 0
-            if version > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"the database {self.path} has schema version {version}, newer than the "
-                    f"{SCHEMA_VERSION} this version of Perdure knows; upgrade Perdure"
-                )
-            for index in range(version, SCHEMA_VERSION):
-                for statement in SQLITE_MIGRATIONS[index].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            if version == 0:
-                conn.execute("INSERT INTO perdure_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif version < SCHEMA_VERSION:
-                conn.execute("UPDATE perdure_schema SET version = ?", (SCHEMA_VERSION,))
+            self._upgrade_schema(conn, SQLITE_MIGRATIONS, self.path)
 
         await self._run(op)
 
     async def schema_version(self) -> int:
         def op(conn: sqlite3.Connection, notes: StoreNotes) -> int:
-            if conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='perdure_schema'"
-            ).fetchone() is None:
-                return 0
-            row = conn.execute("SELECT version FROM perdure_schema").fetchone()
-            return int(row[0]) if row else 0
+            return self._read_schema_version(conn)
 
         return await self._run(op)

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from perdure.store._base import StoreNotes, StoreNotifier
+from perdure.store._base import STOP, StoreNotes, StoreNotifier, take_batch
 from perdure.store._base import resolve_batch as _resolve
 
 __all__ = ["Op", "WriterThread"]
@@ -30,10 +30,6 @@ Op = Callable[[sqlite3.Connection, StoreNotes], T]
 _MAX_BATCH = 512
 _CHECKPOINT_INTERVAL = 0.2
 _CHECKPOINT_WAL_BYTES = 4 * 1024 * 1024  # what SQLite's default autocheckpoint would allow
-
-
-class _Stop:
-    pass
 
 
 class WriterThread:
@@ -64,7 +60,7 @@ class WriterThread:
         return future
 
     def stop(self) -> None:
-        self._queue.put(_Stop())
+        self._queue.put(STOP)
         self._thread.join(timeout=10)
         self._checkpoint_stop.set()
         if self._checkpointer is not None:
@@ -115,20 +111,9 @@ class WriterThread:
         self._checkpointer.start()
         q = self._queue
         while True:
-            item = q.get()
-            if isinstance(item, _Stop):
+            batch, stop = take_batch(q, _MAX_BATCH)
+            if not batch:
                 break
-            batch = [item]
-            stop = False
-            while len(batch) < _MAX_BATCH:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                if isinstance(nxt, _Stop):
-                    stop = True
-                    break
-                batch.append(nxt)
             try:
                 self._run_batch(conn, batch)
             except BaseException as exc:  # the thread must survive anything
@@ -151,7 +136,7 @@ class WriterThread:
                 item = q.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Stop):
+            if item is STOP:
                 continue
             _op, future, loop, notifier = item
             closed = RuntimeError("the SQLite store was closed; open a new Client")
