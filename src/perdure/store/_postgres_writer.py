@@ -467,13 +467,16 @@ class PostgresWriterPool:
                 raise _ConnectionLost(failed) from failed
             self._rollback(conn)
             return None
+        self._count_commit(conn, len(batch))
+        return results
+
+    def _count_commit(self, conn: PgConnection, operations: int) -> None:
         with self._counter_lock:
             self.commits += 1
-            self.operations += len(batch)
+            self.operations += operations
             self.statements += conn.statements
             self.round_trips += conn.round_trips
         conn.statements = conn.round_trips = 0
-        return results
 
     def _attempt_stepwise(
         self, conn: PgConnection, batch: list[Any], *, savepoints: bool
@@ -524,12 +527,7 @@ class PostgresWriterPool:
                 if _unusable(conn, exc):
                     raise _ConnectionLost(exc, results, marker) from exc
                 raise
-            with self._counter_lock:
-                self.commits += 1
-                self.operations += len(batch)
-                self.statements += conn.statements
-                self.round_trips += conn.round_trips
-            conn.statements = conn.round_trips = 0
+            self._count_commit(conn, len(batch))
             return results
         except _ConnectionLost:
             raise
