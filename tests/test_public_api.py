@@ -7,7 +7,7 @@ from perdure import activity, testing, workflow
 
 EXPECTED_TOP_LEVEL = {
     "ActivityError", "ApplicationError", "CancelledFailure", "Client", "ConfigurationError",
-    "FailureError", "IdReusePolicy", "InvalidArgumentError", "InvalidDatabaseURLError", "DatabaseUnavailableError",
+    "FailureError", "IdConflictPolicy", "IdReusePolicy", "InvalidArgumentError", "InvalidDatabaseURLError", "DatabaseUnavailableError",
     "NondeterminismError", "NotInActivityError", "NotInWorkflowError", "PayloadConverter",
     "PayloadDecodingError", "PayloadEncodingError", "PayloadError", "PayloadTooLargeError",
     "PerdureError", "QueryError", "QueryRejectedError", "QueryTimeoutError", "RetryPolicy",

@@ -46,6 +46,7 @@ from perdure._errors import (
 from perdure._retry import RetryPolicy
 from perdure.client import (
     Client,
+    IdConflictPolicy,
     IdReusePolicy,
     WorkflowDescription,
     WorkflowHandle,
@@ -64,6 +65,7 @@ __all__ = [
     "ConfigurationError",
     "DatabaseUnavailableError",
     "FailureError",
+    "IdConflictPolicy",
     "IdReusePolicy",
     "InvalidArgumentError",
     "InvalidDatabaseURLError",

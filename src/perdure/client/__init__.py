@@ -2,6 +2,7 @@
 
 from perdure.client._client import (
     Client,
+    IdConflictPolicy,
     IdReusePolicy,
     WorkflowDescription,
     WorkflowHandle,
@@ -11,6 +12,7 @@ from perdure.client._client import (
 
 __all__ = [
     "Client",
+    "IdConflictPolicy",
     "IdReusePolicy",
     "WorkflowDescription",
     "WorkflowHandle",

@@ -90,6 +90,17 @@ class IdReusePolicy(enum.StrEnum):
     REJECT_DUPLICATE = "reject_duplicate"
 
 
+class IdConflictPolicy(enum.StrEnum):
+    """What a start does when a run with its workflow id is *running*."""
+
+    FAIL = "fail"
+    """Raise :class:`WorkflowAlreadyStartedError` (the default)."""
+    USE_EXISTING = "use_existing"
+    """Return a handle to the running run; start nothing."""
+    TERMINATE_EXISTING = "terminate_existing"
+    """Terminate the running run, then start a new one, in one transaction."""
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkflowDescription:
     """A workflow run's state, from ``handle.describe()`` or ``list_workflows``."""
@@ -228,16 +239,20 @@ class Client:
         task_queue: str,
         execution_timeout: timedelta | float | None = None,
         id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy: IdConflictPolicy = IdConflictPolicy.FAIL,
         result_type: Any = None,
     ) -> WorkflowHandle[Any]:
         """Start a workflow run; durable once this returns, whether or not a worker runs.
 
-        Raises :class:`WorkflowAlreadyStartedError` if ``id`` is running (or the
-        reuse policy refuses it).
+        If ``id`` is running, ``id_conflict_policy`` decides: raise
+        :class:`WorkflowAlreadyStartedError` (the default), return a handle to the
+        running run, or terminate it and start anew. Once the id's last run closed,
+        ``id_reuse_policy`` decides whether it may be used again.
         """
         return await self._start(
             workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
             id_reuse_policy=id_reuse_policy, result_type=result_type, signal=None,
+            id_conflict_policy=IdConflictPolicy(id_conflict_policy),
         )
 
     async def signal_with_start(
@@ -267,6 +282,7 @@ class Client:
         self, workflow: Any, args: tuple[Any, ...], *, id: str, task_queue: str,
         execution_timeout: timedelta | float | None, id_reuse_policy: IdReusePolicy,
         result_type: Any, signal: bytes | None,
+        id_conflict_policy: IdConflictPolicy = IdConflictPolicy.FAIL,
     ) -> WorkflowHandle[Any]:
         if not id or not isinstance(id, str):
             raise InvalidArgumentError("start_workflow needs a non-empty string id")
@@ -306,6 +322,14 @@ class Client:
                 workflow_id=id, run_id=new_run_id, workflow_type=workflow_type,
                 task_queue=task_queue, input=data, started_event=started_event,
                 execution_timeout=timeout, id_reuse_policy=str(id_reuse_policy), now=now,
+                id_conflict_policy=str(id_conflict_policy),
+                terminate_event=encode_event(WorkflowTerminated(
+                    reason="terminated by a new start (id_conflict_policy=terminate_existing)"
+                )) if id_conflict_policy == IdConflictPolicy.TERMINATE_EXISTING else None,
+                terminate_failure=msgspec.json.encode(Failure(
+                    type="TerminatedFailure", kind="terminated",
+                    message="terminated by a new start (id_conflict_policy=terminate_existing)",
+                )) if id_conflict_policy == IdConflictPolicy.TERMINATE_EXISTING else None,
                 signal_event=signal,
                 eager_worker=eager.identity if eager is not None else None,
                 eager_lease=EAGER_START_LEASE,

@@ -36,6 +36,11 @@ class StartWorkflowRecord:
     eager_worker: str | None = None
     """Eager start: lease the first workflow task to this in-process worker at once."""
     eager_lease: float = 60.0
+    id_conflict_policy: str = "fail"
+    """What to do if the id runs: ``fail``, ``use_existing`` or ``terminate_existing``."""
+    terminate_event: bytes | None = None
+    """With ``terminate_existing``: the WorkflowTerminated event for the running run."""
+    terminate_failure: bytes | None = None
     first_completion: WorkflowTaskCompletion | None = None
     """Eager start, fused: the first activation, already run by an in-process worker,
     committed with the start itself (no workflow task row at all)."""

@@ -241,9 +241,11 @@ class SqlRunStore(WorkflowStore):
                 run_id, status = latest
                 if run_id == record.run_id:
                     return run_id  # this very start, committed before a lost connection
+                length = 0
                 if status == "running":
                     locked = self._lock_run(conn, record.workflow_id, run_id)
-                    status = locked[0] if locked is not None else "gone"
+                    status, length = locked if locked is not None else ("gone", 0)
+                terminated = False
                 if status == "running":
                     if record.signal_event is not None:
                         conn.execute(
@@ -253,15 +255,26 @@ class SqlRunStore(WorkflowStore):
                         self._ensure_workflow_task(conn, record.workflow_id, run_id, record.now,
                                                    notes)
                         return run_id
-                    raise WorkflowAlreadyStartedError(
-                        f"workflow {record.workflow_id!r} is already running (run {run_id}); "
-                        "use get_workflow_handle() to reach it, or pick another id",
-                        workflow_id=record.workflow_id, run_id=run_id,
-                    )
+                    if record.id_conflict_policy == "use_existing":
+                        return run_id
+                    if record.id_conflict_policy != "terminate_existing" \
+                            or record.terminate_event is None:
+                        raise WorkflowAlreadyStartedError(
+                            f"workflow {record.workflow_id!r} is already running (run "
+                            f"{run_id}); use get_workflow_handle() to reach it, pick another "
+                            "id, or start with another id_conflict_policy",
+                            workflow_id=record.workflow_id, run_id=run_id,
+                        )
+                    self._terminate_run(conn, record.workflow_id, run_id, int(length),
+                                        record.terminate_event,
+                                        record.terminate_failure or b"", notes)
+                    terminated = True
                 policy = record.id_reuse_policy
-                if policy == "reject_duplicate" or (
+                # the reuse policy is about closed runs; one just terminated by this start
+                # is the conflict policy's business
+                if not terminated and (policy == "reject_duplicate" or (
                     policy == "allow_duplicate_failed_only" and status == "completed"
-                ):
+                )):
                     raise WorkflowAlreadyStartedError(
                         f"workflow id {record.workflow_id!r} was already used (last run {run_id} "
                         f"is {status}) and the id reuse policy is {policy}",
@@ -325,16 +338,23 @@ class SqlRunStore(WorkflowStore):
                 "SELECT history_length FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
                 (workflow_id, rid),
             ).fetchone()
-            self._append(conn, workflow_id, rid, length + 1, [("WorkflowTerminated", event)])
-            conn.execute(
-                "UPDATE workflow_runs SET history_length = ? WHERE workflow_id = ? AND run_id = ?",
-                (length + 1, workflow_id, rid),
-            )
-            self._close_run(conn, workflow_id, rid, "terminated", self.clock.now(), None, failure,
-                            notes)
+            self._terminate_run(conn, workflow_id, rid, length, event, failure, notes)
             return rid
 
         return await self._run(op)
+
+    def _terminate_run(
+        self, conn: Conn, workflow_id: str, run_id: str, length: int, event: bytes,
+        failure: bytes, notes: StoreNotes,
+    ) -> None:
+        """Close a running (locked) run at once: ``WorkflowTerminated``, then closed."""
+        self._append(conn, workflow_id, run_id, length + 1, [("WorkflowTerminated", event)])
+        conn.execute(
+            "UPDATE workflow_runs SET history_length = ? WHERE workflow_id = ? AND run_id = ?",
+            (length + 1, workflow_id, run_id),
+        )
+        self._close_run(conn, workflow_id, run_id, "terminated", self.clock.now(), None, failure,
+                        notes)
 
     async def get_run(self, workflow_id: str, run_id: str | None, *, detail: bool = False) -> RunRecord:
         def op(conn: Conn, notes: StoreNotes) -> RunRecord:
