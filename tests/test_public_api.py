@@ -14,7 +14,7 @@ EXPECTED_TOP_LEVEL = {
     "SchemaVersionError", "TerminatedFailure", "TimeoutFailure", "UnknownActivityTypeError",
     "UnknownHandlerError", "UnknownWorkflowTypeError", "Worker", "WorkerOptions",
     "WorkflowAlreadyStartedError", "WorkflowDescription", "WorkflowFailureError",
-    "WorkflowHandle", "WorkflowHistory", "WorkflowNotFoundError", "WorkflowStatus",
+    "WorkflowHandle", "WorkflowHistory", "WorkflowPage", "WorkflowNotFoundError", "WorkflowStatus",
     "activity", "workflow",
 }
 

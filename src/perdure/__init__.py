@@ -51,6 +51,7 @@ from perdure.client import (
     WorkflowDescription,
     WorkflowHandle,
     WorkflowHistory,
+    WorkflowPage,
     WorkflowStatus,
 )
 from perdure.worker import Worker, WorkerOptions
@@ -96,6 +97,7 @@ __all__ = [
     "WorkflowHandle",
     "WorkflowHistory",
     "WorkflowNotFoundError",
+    "WorkflowPage",
     "WorkflowStatus",
     "activity",
     "workflow",

@@ -7,6 +7,7 @@ from perdure.client._client import (
     WorkflowDescription,
     WorkflowHandle,
     WorkflowHistory,
+    WorkflowPage,
     WorkflowStatus,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "WorkflowDescription",
     "WorkflowHandle",
     "WorkflowHistory",
+    "WorkflowPage",
     "WorkflowStatus",
 ]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import enum
 import inspect
+import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -88,6 +90,37 @@ class IdReusePolicy(enum.StrEnum):
     ALLOW_DUPLICATE = "allow_duplicate"
     ALLOW_DUPLICATE_FAILED_ONLY = "allow_duplicate_failed_only"
     REJECT_DUPLICATE = "reject_duplicate"
+
+
+class WorkflowPage(list["WorkflowDescription"]):
+    """A page of :meth:`Client.list_workflows`: a list, plus the token of the next page
+    (None on the last)."""
+
+    next_page_token: str | None = None
+
+
+def _epoch(when: datetime | float | None) -> float | None:
+    if when is None or isinstance(when, int | float):
+        return when
+    if when.tzinfo is None:
+        raise InvalidArgumentError(
+            f"{when!r} has no time zone; pass an aware datetime (tzinfo=UTC) or epoch seconds"
+        )
+    return when.timestamp()
+
+
+def _encode_page_token(key: tuple[float, str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def _decode_page_token(token: str) -> tuple[float, str, str]:
+    try:
+        created, workflow_id, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return float(created), str(workflow_id), str(run_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(
+            f"page_token {token!r} is not one that list_workflows returned"
+        ) from exc
 
 
 class IdConflictPolicy(enum.StrEnum):
@@ -388,14 +421,46 @@ class Client:
 
     async def list_workflows(
         self, *, status: WorkflowStatus | str | None = None, workflow_type: str | None = None,
-        limit: int = 100,
-    ) -> list[WorkflowDescription]:
-        """Runs, newest first, filtered by status and workflow type."""
+        started_after: datetime | float | None = None,
+        started_before: datetime | float | None = None,
+        closed_after: datetime | float | None = None,
+        closed_before: datetime | float | None = None,
+        limit: int = 100, page_token: str | None = None,
+    ) -> WorkflowPage:
+        """One page of runs, newest first, filtered by status, type and time ranges.
+
+        Times are aware datetimes or epoch seconds (``*_after`` inclusive, ``*_before``
+        exclusive). Pass the page's ``next_page_token`` as ``page_token`` for the next
+        page; it is None on the last one. Pages are keyed, not offset: runs started
+        meanwhile do not shift them.
+        """
+        if not isinstance(limit, int) or limit < 1:
+            raise InvalidArgumentError(f"limit must be a positive whole number, not {limit!r}")
+        before = _decode_page_token(page_token) if page_token is not None else None
         records = await self.store.list_runs(
             status=str(WorkflowStatus(status)) if status is not None else None,
-            workflow_type=workflow_type, limit=limit,
+            workflow_type=workflow_type, limit=limit + 1,
+            started=(_epoch(started_after), _epoch(started_before)),
+            closed=(_epoch(closed_after), _epoch(closed_before)),
+            before=before,
         )
-        return [WorkflowDescription.from_record(r) for r in records]
+        page = WorkflowPage(WorkflowDescription.from_record(r) for r in records[:limit])
+        if len(records) > limit:
+            last = records[limit - 1]
+            page.next_page_token = _encode_page_token(
+                (last.created_at, last.workflow_id, last.run_id))
+        return page
+
+    async def iter_workflows(self, **filters: Any) -> AsyncIterator[WorkflowDescription]:
+        """Every run matching ``list_workflows``' filters, page after page."""
+        token: str | None = None
+        while True:
+            page = await self.list_workflows(**filters, page_token=token)
+            for description in page:
+                yield description
+            token = page.next_page_token
+            if token is None:
+                return
 
     # ------------------------------------------------------------------ helpers
     def _signal_name(self, signal: Callable[..., Any] | str) -> str:

@@ -256,8 +256,14 @@ class WorkflowStore:
         raise NotImplementedError
 
     async def list_runs(
-        self, *, status: str | None, workflow_type: str | None, limit: int
+        self, *, status: str | None, workflow_type: str | None, limit: int,
+        started: tuple[float | None, float | None] = (None, None),
+        closed: tuple[float | None, float | None] = (None, None),
+        before: tuple[float, str, str] | None = None,
     ) -> list[RunRecord]:
+        """Runs newest first (by start time, then workflow id, then run id), filtered;
+        ``started``/``closed`` are [from, until) ranges; ``before`` is the sort key of the
+        last run of the previous page (keyset pagination)."""
         raise NotImplementedError
 
     async def delete_closed_runs(self, closed_before: float, limit: int) -> int:

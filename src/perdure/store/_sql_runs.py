@@ -409,24 +409,37 @@ class SqlRunStore(WorkflowStore):
         return await self._run(op)
 
     async def list_runs(
-        self, *, status: str | None, workflow_type: str | None, limit: int
+        self, *, status: str | None, workflow_type: str | None, limit: int,
+        started: tuple[float | None, float | None] = (None, None),
+        closed: tuple[float | None, float | None] = (None, None),
+        before: tuple[float, str, str] | None = None,
     ) -> list[RunRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("status", status), ("workflow_type", workflow_type)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        for column, (since, until) in (("created_at", started), ("closed_at", closed)):
+            if since is not None:
+                where.append(f"{column} >= ?")
+                params.append(since)
+            if until is not None:
+                where.append(f"{column} < ?")
+                params.append(until)
+        if before is not None:
+            where.append("(created_at, workflow_id, run_id) < (?, ?, ?)")
+            params.extend(before)
+        sql = (
+            "SELECT workflow_id, run_id, workflow_type, task_queue, status, history_length, "
+            "created_at, closed_at, result, failure, execution_timeout FROM workflow_runs"
+        )
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, workflow_id DESC, run_id DESC LIMIT ?"
+
         def op(conn: Conn, notes: StoreNotes) -> list[RunRecord]:
-            where, params = [], []
-            if status is not None:
-                where.append("status = ?")
-                params.append(status)
-            if workflow_type is not None:
-                where.append("workflow_type = ?")
-                params.append(workflow_type)
-            sql = (
-                "SELECT workflow_id, run_id, workflow_type, task_queue, status, history_length, "
-                "created_at, closed_at, result, failure, execution_timeout FROM workflow_runs"
-            )
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += " ORDER BY created_at DESC LIMIT ?"
-            return [RunRecord(*row) for row in conn.execute(sql, (*params, limit))]
+            return [RunRecord(*row) for row in conn.execute(sql, (*params, limit)).fetchall()]
 
         return await self._run(op)
 
