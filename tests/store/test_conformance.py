@@ -15,7 +15,12 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from perdure import RetryPolicy, SchemaVersionError, WorkflowAlreadyStartedError
+from perdure import (
+    RetryPolicy,
+    SchemaVersionError,
+    WorkflowAlreadyStartedError,
+    WorkflowNotFoundError,
+)
 from perdure.engine import activity_completed_outcome, activity_timed_out_outcome
 from perdure.history import (
     ActivityScheduled,
@@ -225,3 +230,26 @@ async def test_a_heartbeat_brings_a_worker_declared_dead_back(store: WorkflowSto
     assert await store.reclaim_dead_workers(dead_after=-1.0, decider=decider) == 1
     await store.worker_heartbeat("slow")  # its loop was only stalled
     assert await store.reclaim_dead_workers(dead_after=60.0, decider=decider) == 0
+
+
+async def test_pruning_a_closed_run_leaves_none_of_its_rows(store: WorkflowStore) -> None:
+    run_id = await _start(store, "pruned")
+    [claim] = await store.claim_workflow_tasks("A", ["q"], 10, lease=60)
+    assert await store.complete_workflow_task(_completion(("pruned", run_id), "A", 1,
+                                                          activity=True))
+    [task] = await store.claim_activity_tasks("A", ["q"], 10)
+    # closed while its activity is still leased: the attempt row stays, marked cancelled,
+    # until its worker reports back (which a dead worker never does)
+    await store.terminate("pruned", run_id, b'{"type":"WorkflowTerminated","reason":""}', b"{}")
+    assert await store.delete_closed_runs(store.clock.now() + 1, 10) == 1
+    assert await store.delete_closed_runs(store.clock.now() + 1, 10) == 0
+    assert await store.next_due_time() is None  # no orphaned deadline, timer or task left
+
+    def decider(seq: int, kind: str, last: bytes | None):  # type: ignore[no-untyped-def]
+        return activity_timed_out_outcome(seq, kind, None, store.clock.now())
+
+    # "A" never registered: its lease would look orphaned, if the row had outlived the run
+    assert await store.reclaim_dead_workers(dead_after=60.0, decider=decider) == 0
+    with pytest.raises(WorkflowNotFoundError):
+        await store.get_run("pruned", run_id)
+    del claim, task

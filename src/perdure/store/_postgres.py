@@ -96,6 +96,7 @@ class PostgresStore(SqlStore):
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: _NotificationListener | None = None
+        self._closed = False
 
     # ----------------------------------------------------------------- counters
     @property
@@ -126,6 +127,8 @@ class PostgresStore(SqlStore):
 
     def _start(self) -> None:
         with self._start_lock:
+            if self._closed:
+                raise RuntimeError("the PostgreSQL store was closed; open a new Client")
             if self._pool is not None:
                 return
             pool = PostgresWriterPool(
@@ -147,6 +150,8 @@ class PostgresStore(SqlStore):
                 pass
 
     def _run(self, op: Op[T]) -> asyncio.Future[T]:
+        if self._closed:
+            raise RuntimeError("the PostgreSQL store was closed; open a new Client")
         if self._pool is None:
             self._start()
         assert self._pool is not None
@@ -157,6 +162,7 @@ class PostgresStore(SqlStore):
         return self._pool.submit(op, self.notifier)
 
     async def close(self) -> None:
+        self._closed = True
         pool, listener = self._pool, self._listener
         self._pool = self._listener = None
         loop = asyncio.get_running_loop()

@@ -361,6 +361,7 @@ class PostgresWriterPool:
     ) -> tuple[PgConnection | None, list[Result]]:
         conflicts = 0
         savepoints = False
+        conflicts_fail_operations = False
         while True:
             if conn is None or conn.raw.closed:
                 conn = self._reconnect()
@@ -368,7 +369,8 @@ class PostgresWriterPool:
                     closed = RuntimeError("the PostgreSQL store was closed; open a new Client")
                     return None, [(None, None, closed, None) for _ in batch]
             try:
-                results = self._attempt(conn, batch, savepoints=savepoints)
+                results = self._attempt(conn, batch, savepoints=savepoints,
+                                        conflicts_fail_operations=conflicts_fail_operations)
             except _ConnectionLost as lost:
                 _log.warning("PostgreSQL connection lost (%s); reconnecting", lost.cause)
                 self._discard(conn)
@@ -381,11 +383,20 @@ class PostgresWriterPool:
                             break
                         try:
                             committed = self._settle(conn, lost.marker)
-                        except psycopg.OperationalError as exc:
-                            if not _unusable(conn, exc):
-                                raise
-                            self._discard(conn)  # lost again while asking: ask again
+                        except psycopg.Error as exc:
+                            # lost again while asking, or the old session lingers: ask again
+                            _log.warning("PostgreSQL: settling a cut-off COMMIT: %s", exc)
+                            self._discard(conn)
                             conn = None
+                            self._stopping.wait(0.5)
+                    if committed is None:
+                        _log.error("PostgreSQL: a COMMIT was cut off and the store closed "
+                                   "before its outcome was known")
+                        unknown = RuntimeError(
+                            "the PostgreSQL store was closed while the outcome of this "
+                            "operation was unknown (it may have been applied)"
+                        )
+                        return None, [(None, None, unknown, None) for _ in batch]
                     _log.warning("PostgreSQL: a COMMIT was cut off; it %s",
                                  "had committed" if committed else "had not committed: rerun")
                     if committed:
@@ -401,7 +412,8 @@ class PostgresWriterPool:
                 with self._counter_lock:
                     self.conflicts += 1
                 if conflicts >= _MAX_CONFLICT_RETRIES:
-                    savepoints = True  # let the conflicting operation fail on its own
+                    # let the conflicting operation fail on its own
+                    savepoints = conflicts_fail_operations = True
                 time.sleep(0.001 * conflicts)
                 continue
             if results is None:
@@ -410,11 +422,13 @@ class PostgresWriterPool:
             return conn, results
 
     def _attempt(
-        self, conn: PgConnection, batch: list[Any], *, savepoints: bool
+        self, conn: PgConnection, batch: list[Any], *, savepoints: bool,
+        conflicts_fail_operations: bool = False,
     ) -> list[Result] | None:
         if not savepoints:
             return self._attempt_pipelined(conn, batch)
-        return self._attempt_stepwise(conn, batch, savepoints=savepoints)
+        return self._attempt_stepwise(conn, batch, savepoints=savepoints,
+                                      conflicts_fail_operations=conflicts_fail_operations)
 
     def _attempt_pipelined(self, conn: PgConnection, batch: list[Any]) -> list[Result] | None:
         """The fast path: the whole batch in one pipeline, so that statements whose
@@ -447,8 +461,10 @@ class PostgresWriterPool:
                     if payload is not None:
                         conn.execute("SELECT pg_notify(?, ?)", (self._channel, payload))
                     marker = self._mark(conn)
-                    conn.execute("COMMIT")
+                    # from here the COMMIT may reach the server (a pipeline flushes as it
+                    # goes): a connection lost now leaves the outcome to be settled
                     committing = True
+                    conn.execute("COMMIT")
             conn.round_trips += 1  # the pipeline's final sync
         except psycopg.OperationalError as exc:
             if _unusable(conn, exc):
@@ -479,7 +495,8 @@ class PostgresWriterPool:
         conn.statements = conn.round_trips = 0
 
     def _attempt_stepwise(
-        self, conn: PgConnection, batch: list[Any], *, savepoints: bool
+        self, conn: PgConnection, batch: list[Any], *, savepoints: bool,
+        conflicts_fail_operations: bool = False,
     ) -> list[Result] | None:
         """One transaction over the batch; None when an operation raised (without
         savepoints), after rolling back."""
@@ -510,6 +527,8 @@ class PostgresWriterPool:
                 except BaseException as exc:
                     if _unusable(conn, exc):
                         raise
+                    if isinstance(exc, _TRANSIENT) and not conflicts_fail_operations:
+                        raise  # a conflict is the batch's to retry, not this operation's
                     conn.execute("ROLLBACK TO SAVEPOINT op")
                     conn.execute("RELEASE SAVEPOINT op")
                     results.append((future, None, exc, None))

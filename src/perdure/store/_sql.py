@@ -41,9 +41,12 @@ class SqlStore(SqlRunStore):
             ).fetchall()
             for workflow_id, run_id in rows:
                 key = (workflow_id, run_id)
-                conn.execute("DELETE FROM history_events WHERE workflow_id = ? AND run_id = ?",
-                             key)
-                conn.execute("DELETE FROM query_tasks WHERE workflow_id = ? AND run_id = ?", key)
+                # everything of the run: a closed run may still hold attempts whose worker
+                # never reported back, which would otherwise outlive it
+                for table in ("history_events", "query_tasks", "activity_tasks", "timers",
+                              "inbox", "workflow_tasks"):
+                    conn.execute(f"DELETE FROM {table} WHERE workflow_id = ? AND run_id = ?",
+                                 key)
                 conn.execute(
                     "DELETE FROM workflow_runs WHERE workflow_id = ? AND run_id = ? "
                     "AND status <> 'running'", key,

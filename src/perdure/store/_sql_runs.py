@@ -148,8 +148,9 @@ class SqlRunStore(WorkflowStore):
     # ---------------------------------------------------------------- helpers
     def _latest_run(self, conn: Conn, workflow_id: str) -> tuple[str, str] | None:
         row = conn.execute(
+            # insertion order, not created_at: clocks of different hosts may disagree
             "SELECT run_id, status FROM workflow_runs WHERE workflow_id = ? "
-            f"ORDER BY created_at DESC, {self._INSERTION_ORDER} DESC LIMIT 1",
+            f"ORDER BY {self._INSERTION_ORDER} DESC LIMIT 1",
             (workflow_id,),
         ).fetchone()
         return (row[0], row[1]) if row else None
@@ -157,6 +158,8 @@ class SqlRunStore(WorkflowStore):
     def _running_run(self, conn: Conn, workflow_id: str, run_id: str | None) -> str:
         """The run that an inbound event or termination is for, locked; it must be running."""
         if run_id is None:
+            # serialised with starts: a start may close the latest run and open another
+            self._lock_workflow_id(conn, workflow_id)
             latest = self._latest_run(conn, workflow_id)
             if latest is None:
                 raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
@@ -789,10 +792,14 @@ class SqlRunStore(WorkflowStore):
         self, workflow_id: str, run_id: str, worker_id: str, error: str, retry_at: float
     ) -> None:
         def op(conn: Conn, notes: StoreNotes) -> None:
-            # the run row first, as every operation that changes a run locks it
+            # the run row first, as every operation that changes a run locks it; only the
+            # task's holder may take its stickiness away
             conn.execute(
-                "UPDATE workflow_runs SET sticky_worker = NULL WHERE workflow_id = ? AND run_id = ?",
-                (workflow_id, run_id),
+                "UPDATE workflow_runs SET sticky_worker = NULL WHERE workflow_id = ? "
+                "AND run_id = ? AND EXISTS (SELECT 1 FROM workflow_tasks t WHERE "
+                "t.workflow_id = workflow_runs.workflow_id AND t.run_id = workflow_runs.run_id "
+                "AND t.lease_owner = ?)",
+                (workflow_id, run_id, worker_id),
             )
             conn.execute(
                 "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
