@@ -68,13 +68,14 @@ async def test_notify_wakes_an_idle_worker_of_another_process_at_once(pg_url: st
     try:
         async with Worker(worker_client, task_queue=TQ, workflows=[Doubler],
                           activities=[double], options=options):
-            # the worker's polls back off (5 ms, doubling): after 3 s idle its next poll
-            # is at 5.1 s, so a result within 1.5 s means a NOTIFY woke it
-            await asyncio.sleep(3.0)
+            # the worker's polls back off (5 ms, doubling): after 6 s idle its next poll
+            # is at 10.2 s, so a result within 3 s means a NOTIFY woke it
+            await asyncio.sleep(6.0)
             started = time.monotonic()
             handle = await client.start_workflow(Doubler.run, 3, id="notified", task_queue=TQ)
             assert await handle.result(timeout=10) == 6
-            assert time.monotonic() - started < 1.5, "the worker was not woken by NOTIFY"
+            elapsed = time.monotonic() - started
+            assert elapsed < 3.0, f"the worker was not woken by NOTIFY ({elapsed:.2f}s)"
     finally:
         await client.close()
         await worker_client.close()
