@@ -16,7 +16,7 @@ import math
 import threading
 import time
 import uuid
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psycopg
 import psycopg.conninfo
@@ -242,7 +242,6 @@ class _NotificationListener:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="perdure-postgres-listen",
                                         daemon=True)
-        self._conn: psycopg.Connection[Any] | None = None
 
     def start(self) -> None:
         self._thread.start()

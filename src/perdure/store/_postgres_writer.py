@@ -122,10 +122,6 @@ class PgConnection:
         # costs more Python time than the statement itself (about 25 us of 45)
         self._writes = raw.cursor()
 
-    @property
-    def pipelined(self) -> bool:
-        return self.raw._pipeline is not None
-
     def execute(self, sql: str, params: Any = ()) -> _Cursor:
         self.statements += 1
         pipelined = self.raw._pipeline is not None
@@ -199,9 +195,6 @@ class _Cursor:
 
     def __iter__(self) -> Any:
         return iter(self.fetchall())
-
-    def nextset(self) -> bool | None:
-        return self._cursor.nextset()
 
 
 Result = tuple[Any, Any, BaseException | None, StoreNotes | None]
