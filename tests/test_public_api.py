@@ -6,7 +6,7 @@ import perdure
 from perdure import activity, testing, workflow
 
 EXPECTED_TOP_LEVEL = {
-    "ActivityError", "ApplicationError", "CancelledFailure", "Client", "ConfigurationError",
+    "ActivityError", "ApplicationError", "CancelledFailure", "ChildWorkflowError", "Client", "ConfigurationError",
     "FailureError", "IdConflictPolicy", "IdReusePolicy", "InvalidArgumentError", "InvalidDatabaseURLError", "DatabaseUnavailableError",
     "NondeterminismError", "NotInActivityError", "NotInWorkflowError", "PayloadConverter",
     "PayloadDecodingError", "PayloadEncodingError", "PayloadError", "PayloadTooLargeError",
@@ -27,9 +27,11 @@ def test_top_level_exports() -> None:
 
 def test_workflow_exports() -> None:
     assert set(workflow.__all__) == {
-        "ActivityHandle", "WorkflowInfo", "defn", "execute_activity", "info", "is_replaying",
-        "logger", "now", "query", "random", "run", "set_signal_handler", "signal", "sleep",
-        "start_activity", "uuid4", "wait_condition",
+        "ActivityHandle", "ChildWorkflowCancellationType", "ChildWorkflowHandle",
+        "ExternalWorkflowHandle", "ParentClosePolicy", "WorkflowInfo", "continue_as_new", "defn",
+        "execute_activity", "execute_child_workflow", "get_external_workflow_handle", "info",
+        "is_replaying", "logger", "now", "query", "random", "run", "set_signal_handler",
+        "signal", "sleep", "start_activity", "start_child_workflow", "uuid4", "wait_condition",
     }
 
 

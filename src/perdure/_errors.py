@@ -27,6 +27,7 @@ Every error Perdure raises on purpose derives from :class:`PerdureError`::
     └── FailureError                  failures that cross the durable boundary
         ├── ApplicationError          raised by user code; may be non-retryable
         ├── ActivityError             an activity failed, as seen by its workflow
+        ├── ChildWorkflowError        a child workflow did not complete, as seen by its parent
         ├── TimeoutFailure            an activity/workflow timeout fired
         ├── CancelledFailure          cancellation, as recorded in history
         └── TerminatedFailure         the workflow was terminated
@@ -43,6 +44,7 @@ __all__ = [
     "ActivityError",
     "ApplicationError",
     "CancelledFailure",
+    "ChildWorkflowError",
     "ConfigurationError",
     "DatabaseUnavailableError",
     "FailureError",
@@ -232,6 +234,29 @@ class ActivityError(FailureError):
         self.activity_type = activity_type
         self.activity_id = activity_id
         self.attempt = attempt
+
+
+class ChildWorkflowError(FailureError):
+    """A child workflow failed, timed out, was cancelled or terminated; ``__cause__`` says why.
+
+    ``status`` is how the child's run closed: failed, timed_out, canceled or terminated.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_id: str,
+        run_id: str,
+        workflow_type: str,
+        status: str,
+        stack: str = "",
+    ) -> None:
+        super().__init__(message, type="ChildWorkflowError", stack=stack)
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.workflow_type = workflow_type
+        self.status = status
 
 
 class TimeoutFailure(FailureError):

@@ -11,6 +11,7 @@ from perdure._errors import (
     ActivityError,
     ApplicationError,
     CancelledFailure,
+    ChildWorkflowError,
     FailureError,
     TerminatedFailure,
     TimeoutFailure,
@@ -52,6 +53,20 @@ def failure_from_exception(exc: BaseException, *, depth: int = 0) -> Failure:
                 "activity_type": exc.activity_type,
                 "activity_id": exc.activity_id,
                 "attempt": exc.attempt,
+            },
+        )
+    if isinstance(exc, ChildWorkflowError):
+        return Failure(
+            type="ChildWorkflowError",
+            message=exc.message,
+            stack=stack,
+            kind="child_workflow",
+            cause=cause,
+            attributes={
+                "workflow_id": exc.workflow_id,
+                "run_id": exc.run_id,
+                "workflow_type": exc.workflow_type,
+                "status": exc.status,
             },
         )
     if isinstance(exc, TimeoutFailure):
@@ -98,6 +113,15 @@ def exception_from_failure(failure: Failure) -> FailureError:
             activity_type=str(attrs.get("activity_type", "")),
             activity_id=str(attrs.get("activity_id", "")),
             attempt=int(attrs.get("attempt", 0)),
+            stack=failure.stack,
+        )
+    elif failure.kind == "child_workflow":
+        exc = ChildWorkflowError(
+            failure.message,
+            workflow_id=str(attrs.get("workflow_id", "")),
+            run_id=str(attrs.get("run_id", "")),
+            workflow_type=str(attrs.get("workflow_type", "")),
+            status=str(attrs.get("status", "")),
             stack=failure.stack,
         )
     elif failure.kind == "timeout":

@@ -8,13 +8,22 @@ from perdure import history
 from perdure.history import ActivityScheduled, decode_event, encode_event, event_type_name
 
 PINNED_FIELDS = {
-    "WorkflowStarted": ["workflow_type", "task_queue", "input", "started_at", "execution_timeout"],
+    "WorkflowStarted": [
+        "workflow_type", "task_queue", "input", "started_at", "execution_timeout",
+        "parent_workflow_id", "parent_run_id", "parent_seq", "continued_from_run_id",
+    ],
     "ActivityCompleted": ["seq", "result", "attempt"],
     "ActivityFailed": ["seq", "failure", "attempt"],
     "ActivityTimedOut": ["seq", "timeout_type", "attempt", "last_failure"],
     "TimerFired": ["seq"],
     "SignalReceived": ["name", "args"],
     "CancelRequested": ["reason"],
+    "ChildWorkflowStarted": ["seq", "run_id"],
+    "ChildWorkflowStartFailed": ["seq", "cause", "run_id"],
+    "ChildWorkflowCompleted": ["seq", "result"],
+    "ChildWorkflowFailed": ["seq", "status", "failure"],
+    "ChildWorkflowCanceled": ["seq"],
+    "ExternalSignalDelivered": ["seq", "error"],
     "WorkflowTaskCompleted": ["time", "worker", "build_id"],
     "ActivityScheduled": [
         "seq", "activity_type", "task_queue", "input", "activity_id", "start_to_close_timeout",
@@ -25,9 +34,16 @@ PINNED_FIELDS = {
     "TimerStarted": ["seq", "duration", "fire_at"],
     "TimerCanceled": ["seq"],
     "MarkerRecorded": ["seq", "name", "value"],
+    "ChildWorkflowScheduled": [
+        "seq", "workflow_type", "workflow_id", "task_queue", "input", "parent_close_policy",
+        "execution_timeout",
+    ],
+    "ChildWorkflowCancelRequested": ["seq"],
+    "ExternalSignalSent": ["seq", "workflow_id", "name", "args", "run_id"],
     "WorkflowCompleted": ["result"],
     "WorkflowFailed": ["failure"],
     "WorkflowCanceled": ["reason"],
+    "WorkflowContinuedAsNew": ["workflow_type", "task_queue", "input"],
     "WorkflowTerminated": ["reason"],
     "WorkflowTimedOut": ["timeout"],
 }

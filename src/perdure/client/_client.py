@@ -78,6 +78,8 @@ class WorkflowStatus(enum.StrEnum):
     CANCELED = "canceled"
     TERMINATED = "terminated"
     TIMED_OUT = "timed_out"
+    CONTINUED_AS_NEW = "continued_as_new"
+    """Closed by ``workflow.continue_as_new``: a new run of the same id carries on."""
 
 
 class IdReusePolicy(enum.StrEnum):
@@ -154,6 +156,9 @@ class WorkflowDescription:
     workflow_task_attempt: int | None = None
     last_workflow_task_failure: str | None = None
     """Why the last workflow task failed (non-determinism, unknown type, a bug), if it did."""
+    parent_workflow_id: str | None = None
+    """For a child workflow: the workflow id and run id of the parent that started it."""
+    parent_run_id: str | None = None
 
     @classmethod
     def from_record(cls, record: RunRecord) -> WorkflowDescription:
@@ -176,6 +181,8 @@ class WorkflowDescription:
             pending_events=record.pending_inbox,
             workflow_task_attempt=record.workflow_task_attempt,
             last_workflow_task_failure=record.workflow_task_failure,
+            parent_workflow_id=record.parent_workflow_id,
+            parent_run_id=record.parent_run_id,
         )
 
 
@@ -425,9 +432,13 @@ class Client:
         started_before: datetime | float | None = None,
         closed_after: datetime | float | None = None,
         closed_before: datetime | float | None = None,
+        parent_workflow_id: str | None = None, parent_run_id: str | None = None,
         limit: int = 100, page_token: str | None = None,
     ) -> WorkflowPage:
-        """One page of runs, newest first, filtered by status, type and time ranges.
+        """One page of runs, newest first, filtered by status, type, parent and time ranges.
+
+        ``parent_workflow_id`` (and optionally ``parent_run_id``) lists the children
+        that a workflow started.
 
         Times are aware datetimes or epoch seconds (``*_after`` inclusive, ``*_before``
         exclusive). Pass the page's ``next_page_token`` as ``page_token`` for the next
@@ -436,6 +447,8 @@ class Client:
         """
         if not isinstance(limit, int) or limit < 1:
             raise InvalidArgumentError(f"limit must be a positive whole number, not {limit!r}")
+        if parent_run_id is not None and parent_workflow_id is None:
+            raise InvalidArgumentError("parent_run_id needs parent_workflow_id as well")
         before = _decode_page_token(page_token) if page_token is not None else None
         records = await self.store.list_runs(
             status=str(WorkflowStatus(status)) if status is not None else None,
@@ -443,6 +456,8 @@ class Client:
             started=(_epoch(started_after), _epoch(started_before)),
             closed=(_epoch(closed_after), _epoch(closed_before)),
             before=before,
+            parent=(parent_workflow_id, parent_run_id) if parent_workflow_id is not None
+            else None,
         )
         page = WorkflowPage(WorkflowDescription.from_record(r) for r in records[:limit])
         if len(records) > limit:
@@ -515,14 +530,25 @@ class WorkflowHandle(Generic[T]):
                 clock.result_waiters -= 1
 
     async def _wait_result(self, deadline: float | None) -> T:
-        notifier = self._store.notifier
-        backoff = notifier.first_poll
         run_id = self.run_id
         if run_id is None:
             record = await self._store.get_run(self.workflow_id, None)
-            if record.status != WorkflowStatus.RUNNING:
+            if record.status not in (WorkflowStatus.RUNNING, WorkflowStatus.CONTINUED_AS_NEW):
                 return self._outcome(record)
             run_id = record.run_id
+        while True:  # each run of a continue-as-new chain in turn
+            record = await self._wait_run(run_id, deadline)
+            if record.status != WorkflowStatus.CONTINUED_AS_NEW:
+                return self._outcome(record)
+            if record.next_run_id is None:  # the outcome came without a read: read it
+                record = await self._store.get_run(self.workflow_id, run_id)
+            assert record.next_run_id is not None
+            run_id = record.next_run_id
+
+    async def _wait_run(self, run_id: str, deadline: float | None) -> RunRecord:
+        """Wait for one run to close; its record."""
+        notifier = self._store.notifier
+        backoff = notifier.first_poll
         # woken when this run closes (in this process, or by NOTIFY from another);
         # the back-off poll covers SQLite files shared between processes
         with notifier.watch_run(run_id) as closed:
@@ -530,7 +556,7 @@ class WorkflowHandle(Generic[T]):
                 closed.event.clear()
                 record = await self._store.get_run(self.workflow_id, run_id)
                 if record.status != WorkflowStatus.RUNNING:
-                    return self._outcome(record)
+                    return record
                 wait = backoff
                 if deadline is not None:
                     remaining = deadline - asyncio.get_running_loop().time()
@@ -543,9 +569,8 @@ class WorkflowHandle(Generic[T]):
                     await asyncio.wait_for(closed.event.wait(), wait)
                 if closed.outcome is not None:  # closed by this process: no need to read it
                     status, result, failure = closed.outcome
-                    return self._outcome(dataclasses.replace(
-                        record, status=status, result=result, failure=failure,
-                    ))
+                    return dataclasses.replace(record, status=status, result=result,
+                                               failure=failure)
                 backoff = min(backoff * 2, notifier.poll_interval)
 
     def _outcome(self, record: RunRecord) -> T:
@@ -572,11 +597,23 @@ class WorkflowHandle(Generic[T]):
             status=status.value, cause=cause,
         )
 
+    async def _current_run(self) -> RunRecord:
+        """This handle's run, or the run that continues it (across continue-as-new)."""
+        record = await self._store.get_run(self.workflow_id, self.run_id)
+        while record.status == WorkflowStatus.CONTINUED_AS_NEW and record.next_run_id:
+            record = await self._store.get_run(self.workflow_id, record.next_run_id)
+        return record
+
     async def signal(self, signal: Callable[..., Any] | str, *args: Any) -> None:
-        """Send a signal; durable once this returns, even if no worker is running."""
+        """Send a signal; durable once this returns, even if no worker is running.
+
+        A handle's signals, queries, cancellation, termination and ``result()`` follow
+        its run across continue-as-new; ``describe()`` and ``fetch_history()`` show
+        the handle's own run.
+        """
         name = self.client._signal_name(signal)
         if isinstance(signal, str):
-            record = await self._store.get_run(self.workflow_id, self.run_id)
+            record = await self._current_run()
             interface = await self.client._interface(record.workflow_type)
             if interface is not None and name not in interface[0] and "*" not in interface[0]:
                 raise UnknownHandlerError(
@@ -600,7 +637,7 @@ class WorkflowHandle(Generic[T]):
         """
         converter = self.client.converter
         args_data = converter.encode_args(args, what="query")
-        record = await self._store.get_run(self.workflow_id, self.run_id)
+        record = await self._current_run()
         if not isinstance(query, str):
             name = handler_name(query, "query")
             definition = get_workflow_definition(query)

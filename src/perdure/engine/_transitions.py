@@ -8,6 +8,7 @@ return, each in one transaction.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -19,13 +20,19 @@ from perdure.history import (
     ActivityFailed,
     ActivityScheduled,
     ActivityTimedOut,
+    ChildWorkflowCancelRequested,
+    ChildWorkflowScheduled,
+    ExternalSignalSent,
     Failure,
     HistoryEvent,
+    SignalReceived,
     TimerCanceled,
     TimerStarted,
     WorkflowCanceled,
     WorkflowCompleted,
+    WorkflowContinuedAsNew,
     WorkflowFailed,
+    WorkflowStarted,
     WorkflowTaskCompleted,
     encode_event,
     event_type_name,
@@ -33,7 +40,10 @@ from perdure.history import (
 from perdure.store._records import (
     ActivityAttempt,
     ActivityOutcome,
+    ContinuedRun,
+    ExternalSignal,
     NewActivityTask,
+    NewChildWorkflow,
     WorkflowTaskCompletion,
 )
 
@@ -60,6 +70,7 @@ def plan_workflow_task(
     now: float,
     eager: Callable[[ActivityScheduled], bool] = lambda _: False,
     sticky_for: float = 0.0,
+    new_run_id: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> WorkflowTaskCompletion:
     """Turn one activation (inbound events + produced commands) into store changes.
 
@@ -110,6 +121,31 @@ def plan_workflow_task(
             completion.new_timers.append((command.seq, command.fire_at))
         elif isinstance(command, TimerCanceled):
             completion.cancel_timers.append(command.seq)
+        elif isinstance(command, ChildWorkflowScheduled):
+            started = WorkflowStarted(
+                workflow_type=command.workflow_type, task_queue=command.task_queue,
+                input=command.input, started_at=now,
+                execution_timeout=command.execution_timeout, parent_workflow_id=workflow_id,
+                parent_run_id=run_id, parent_seq=command.seq,
+            )
+            completion.new_children.append(
+                NewChildWorkflow(
+                    seq=command.seq, workflow_id=command.workflow_id, run_id=new_run_id(),
+                    workflow_type=command.workflow_type, task_queue=command.task_queue,
+                    input=bytes(command.input), started_event=encode_event(started),
+                    execution_timeout=command.execution_timeout,
+                    parent_close_policy=command.parent_close_policy,
+                )
+            )
+        elif isinstance(command, ChildWorkflowCancelRequested):
+            completion.cancel_children.append(command.seq)
+        elif isinstance(command, ExternalSignalSent):
+            completion.external_signals.append(
+                ExternalSignal(
+                    seq=command.seq, workflow_id=command.workflow_id, run_id=command.run_id,
+                    event=encode_event(SignalReceived(name=command.name, args=command.args)),
+                )
+            )
         elif isinstance(command, WorkflowCompleted):
             completion.close_status = "completed"
             completion.close_result = bytes(command.result)
@@ -118,6 +154,12 @@ def plan_workflow_task(
             completion.close_failure = _json.encode(command.failure)
         elif isinstance(command, WorkflowCanceled):
             completion.close_status = "canceled"
+        elif isinstance(command, WorkflowContinuedAsNew):
+            completion.close_status = "continued_as_new"
+            completion.continue_as_new = ContinuedRun(
+                run_id=new_run_id(), workflow_type=command.workflow_type,
+                task_queue=command.task_queue, input=bytes(command.input),
+            )
     return completion
 
 

@@ -28,6 +28,15 @@ __all__ = [
     "ActivityScheduled",
     "ActivityTimedOut",
     "CancelRequested",
+    "ChildWorkflowCancelRequested",
+    "ChildWorkflowCanceled",
+    "ChildWorkflowCompleted",
+    "ChildWorkflowFailed",
+    "ChildWorkflowScheduled",
+    "ChildWorkflowStartFailed",
+    "ChildWorkflowStarted",
+    "ExternalSignalDelivered",
+    "ExternalSignalSent",
     "Failure",
     "HistoryEvent",
     "MarkerRecorded",
@@ -37,6 +46,7 @@ __all__ = [
     "TimerStarted",
     "WorkflowCanceled",
     "WorkflowCompleted",
+    "WorkflowContinuedAsNew",
     "WorkflowFailed",
     "WorkflowStarted",
     "WorkflowTaskCompleted",
@@ -56,7 +66,7 @@ class Failure(msgspec.Struct, omit_defaults=True):
     message: str
     stack: str = ""
     kind: str = "application"
-    """application | activity | timeout | cancelled | terminated"""
+    """application | activity | child_workflow | timeout | cancelled | terminated"""
     non_retryable: bool = False
     details: Raw = msgspec.Raw(b"")
     """JSON array of the error's details; empty if none (msgspec cannot decode ``Raw | None``)."""
@@ -78,6 +88,12 @@ class WorkflowStarted(_Event, tag="WorkflowStarted"):
     input: Raw
     started_at: float
     execution_timeout: float | None = None
+    parent_workflow_id: str | None = None
+    """For a child workflow: its parent's workflow id, run id and the command's seq."""
+    parent_run_id: str | None = None
+    parent_seq: int | None = None
+    continued_from_run_id: str | None = None
+    """For a run started by continue-as-new: the run it continues."""
 
 
 class ActivityCompleted(_Event, tag="ActivityCompleted"):
@@ -110,6 +126,40 @@ class SignalReceived(_Event, tag="SignalReceived"):
 
 class CancelRequested(_Event, tag="CancelRequested"):
     reason: str = ""
+
+
+class ChildWorkflowStarted(_Event, tag="ChildWorkflowStarted"):
+    seq: int
+    run_id: str
+
+
+class ChildWorkflowStartFailed(_Event, tag="ChildWorkflowStartFailed"):
+    seq: int
+    cause: str
+    """``already_running``: the child's workflow id has a running run."""
+    run_id: str = ""
+
+
+class ChildWorkflowCompleted(_Event, tag="ChildWorkflowCompleted"):
+    seq: int
+    result: Raw
+
+
+class ChildWorkflowFailed(_Event, tag="ChildWorkflowFailed"):
+    seq: int
+    status: str
+    """How the child's run closed: failed, timed_out or terminated."""
+    failure: Failure
+
+
+class ChildWorkflowCanceled(_Event, tag="ChildWorkflowCanceled"):
+    seq: int
+
+
+class ExternalSignalDelivered(_Event, tag="ExternalSignalDelivered"):
+    seq: int
+    error: str = ""
+    """Empty if the signal reached a running run; otherwise why it did not."""
 
 
 # --- the activation boundary -------------------------------------------------
@@ -158,6 +208,30 @@ class MarkerRecorded(_Event, tag="MarkerRecorded"):
     value: Raw
 
 
+class ChildWorkflowScheduled(_Event, tag="ChildWorkflowScheduled"):
+    seq: int
+    workflow_type: str
+    workflow_id: str
+    task_queue: str
+    input: Raw
+    parent_close_policy: str
+    """terminate | request_cancel | abandon: what happens to the child when this run closes."""
+    execution_timeout: float | None = None
+
+
+class ChildWorkflowCancelRequested(_Event, tag="ChildWorkflowCancelRequested"):
+    seq: int
+
+
+class ExternalSignalSent(_Event, tag="ExternalSignalSent"):
+    seq: int
+    workflow_id: str
+    name: str
+    args: Raw
+    run_id: str | None = None
+    """None: the workflow id's latest run."""
+
+
 class WorkflowCompleted(_Event, tag="WorkflowCompleted"):
     result: Raw
 
@@ -168,6 +242,13 @@ class WorkflowFailed(_Event, tag="WorkflowFailed"):
 
 class WorkflowCanceled(_Event, tag="WorkflowCanceled"):
     reason: str = ""
+
+
+class WorkflowContinuedAsNew(_Event, tag="WorkflowContinuedAsNew"):
+    workflow_type: str
+    task_queue: str
+    input: Raw
+    """The new run's arguments; it starts with a fresh history and the same workflow id."""
 
 
 # --- events appended by the engine without a workflow task ---------------------
@@ -189,15 +270,25 @@ HistoryEvent = (
     | TimerFired
     | SignalReceived
     | CancelRequested
+    | ChildWorkflowStarted
+    | ChildWorkflowStartFailed
+    | ChildWorkflowCompleted
+    | ChildWorkflowFailed
+    | ChildWorkflowCanceled
+    | ExternalSignalDelivered
     | WorkflowTaskCompleted
     | ActivityScheduled
     | ActivityCancelRequested
     | TimerStarted
     | TimerCanceled
     | MarkerRecorded
+    | ChildWorkflowScheduled
+    | ChildWorkflowCancelRequested
+    | ExternalSignalSent
     | WorkflowCompleted
     | WorkflowFailed
     | WorkflowCanceled
+    | WorkflowContinuedAsNew
     | WorkflowTerminated
     | WorkflowTimedOut
 )
@@ -208,9 +299,13 @@ COMMAND_EVENT_TYPES: tuple[type[_Event], ...] = (
     TimerStarted,
     TimerCanceled,
     MarkerRecorded,
+    ChildWorkflowScheduled,
+    ChildWorkflowCancelRequested,
+    ExternalSignalSent,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCanceled,
+    WorkflowContinuedAsNew,
 )
 """Events produced by workflow code; replay must reproduce them exactly."""
 
@@ -218,6 +313,7 @@ TERMINAL_EVENT_TYPES: tuple[type[_Event], ...] = (
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCanceled,
+    WorkflowContinuedAsNew,
     WorkflowTerminated,
     WorkflowTimedOut,
 )

@@ -9,7 +9,10 @@ __all__ = [
     "ActivityAttempt",
     "ActivityOutcome",
     "ActivityTaskClaim",
+    "ContinuedRun",
+    "ExternalSignal",
     "NewActivityTask",
+    "NewChildWorkflow",
     "QueryTaskClaim",
     "RunRecord",
     "StartWorkflowRecord",
@@ -66,6 +69,10 @@ class RunRecord:
     pending_timers: int = 0
     workflow_task_attempt: int | None = None
     workflow_task_failure: str | None = None
+    parent_workflow_id: str | None = None
+    parent_run_id: str | None = None
+    next_run_id: str | None = None
+    """For a run closed by continue-as-new: the run that continues it."""
 
 
 @dataclasses.dataclass
@@ -100,6 +107,41 @@ class NewActivityTask:
 
 
 @dataclasses.dataclass
+class NewChildWorkflow:
+    """A child run to start with the parent's activation, in the same transaction."""
+
+    seq: int
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    input: bytes
+    started_event: bytes
+    execution_timeout: float | None
+    parent_close_policy: str
+
+
+@dataclasses.dataclass
+class ContinuedRun:
+    """The run that continue-as-new starts, with the same workflow id and a fresh history."""
+
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    input: bytes
+
+
+@dataclasses.dataclass
+class ExternalSignal:
+    """A signal one workflow sends another; the sender learns the outcome in its inbox."""
+
+    seq: int
+    workflow_id: str
+    run_id: str | None
+    event: bytes
+
+
+@dataclasses.dataclass
 class WorkflowTaskCompletion:
     """Everything one workflow task changes, committed in one transaction (invariant 1)."""
 
@@ -119,6 +161,12 @@ class WorkflowTaskCompletion:
     close_failure: bytes | None = None
     sticky_for: float = 0.0
     """Keep the next task of this run for this worker for so many seconds."""
+    new_children: list[NewChildWorkflow] = dataclasses.field(default_factory=list)
+    cancel_children: list[int] = dataclasses.field(default_factory=list)
+    """Seqs of children whose cancellation this activation requested."""
+    external_signals: list[ExternalSignal] = dataclasses.field(default_factory=list)
+    continue_as_new: ContinuedRun | None = None
+    """With ``close_status == "continued_as_new"``: the run that takes over."""
 
 
 @dataclasses.dataclass

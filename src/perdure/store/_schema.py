@@ -145,7 +145,20 @@ CREATE INDEX workflow_runs_closed ON workflow_runs (closed_at) WHERE closed_at I
 """
 """Version 2: retention (``perdure db prune``) finds old closed runs by an index."""
 
-SQLITE_MIGRATIONS: list[str] = [_V1, _V2]
+_V3 = """
+ALTER TABLE workflow_runs ADD COLUMN parent_workflow_id TEXT;
+ALTER TABLE workflow_runs ADD COLUMN parent_run_id TEXT;
+ALTER TABLE workflow_runs ADD COLUMN parent_seq INTEGER;
+ALTER TABLE workflow_runs ADD COLUMN parent_close_policy TEXT;
+ALTER TABLE workflow_runs ADD COLUMN next_run_id TEXT;
+CREATE INDEX workflow_runs_parent ON workflow_runs (parent_workflow_id, parent_run_id)
+    WHERE parent_workflow_id IS NOT NULL;
+"""
+"""Version 3: child workflows and continue-as-new. A child run names its parent run and
+the command (seq) that started it; the index finds a closing run's children for its
+parent-close policy. A run closed by continue-as-new names the run that continues it."""
+
+SQLITE_MIGRATIONS: list[str] = [_V1, _V2, _V3]
 """Migration ``i`` takes the schema from version ``i`` to ``i + 1``."""
 
 _PG_V1 = """
@@ -293,7 +306,7 @@ CREATE TABLE writer_commits (
 """PostgreSQL's version 2 also keeps one commit marker per writer connection: the number
 of its last committed batch, read when a COMMIT was cut off (see ``_postgres_writer``)."""
 
-POSTGRES_MIGRATIONS: list[str] = [_PG_V1, _PG_V2]
+POSTGRES_MIGRATIONS: list[str] = [_PG_V1, _PG_V2, _V3]
 """The same schema versions in PostgreSQL's types (BYTEA, DOUBLE PRECISION, identities),
 plus what many processes need: at most one running run per workflow id."""
 

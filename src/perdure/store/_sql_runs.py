@@ -27,12 +27,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import msgspec
+
 from perdure._clock import Clock
 from perdure._errors import (
     SchemaVersionError,
     WorkflowAlreadyStartedError,
     WorkflowNotFoundError,
 )
+from perdure.history import WorkflowStarted, encode_event
+from perdure.store import _sql_children as _children
 from perdure.store._base import StoreNotes, StoreNotifier, WorkflowStore
 from perdure.store._records import (
     ActivityAttempt,
@@ -62,6 +66,25 @@ def lease_only(op: Op[T]) -> Op[T]:
     heartbeats again). A batch of nothing else need not wait for its WAL to reach disk."""
     op.lease_only = True  # type: ignore[attr-defined]
     return op
+
+
+_RUN_COLUMNS = (
+    "workflow_id, run_id, workflow_type, task_queue, status, history_length, created_at, "
+    "closed_at, result, failure, execution_timeout, parent_workflow_id, parent_run_id, "
+    "next_run_id"
+)
+
+
+def _run_record(row: Sequence[Any]) -> RunRecord:
+    (workflow_id, run_id, workflow_type, task_queue, status, history_length, created_at,
+     closed_at, result, failure, execution_timeout, parent_id, parent_run, next_run) = row
+    return RunRecord(
+        workflow_id=workflow_id, run_id=run_id, workflow_type=workflow_type,
+        task_queue=task_queue, status=status, history_length=history_length,
+        created_at=created_at, closed_at=closed_at, result=result, failure=failure,
+        execution_timeout=execution_timeout, parent_workflow_id=parent_id,
+        parent_run_id=parent_run, next_run_id=next_run,
+    )
 
 
 def _deadline(*candidates: float | None) -> float | None:
@@ -165,6 +188,13 @@ class SqlRunStore(WorkflowStore):
                 raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
             run_id = latest[0]
         row = self._lock_run(conn, workflow_id, run_id)
+        while row is not None and row[0] == "continued_as_new":
+            # a run that continued as new: what is addressed to it goes to its successor
+            (run_id,) = conn.execute(
+                "SELECT next_run_id FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
+                (workflow_id, run_id),
+            ).fetchone()
+            row = self._lock_run(conn, workflow_id, run_id)
         if row is None:
             raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r} and run {run_id}")
         status = row[0]
@@ -194,11 +224,12 @@ class SqlRunStore(WorkflowStore):
         result: bytes | None, failure: bytes | None, notes: StoreNotes,
     ) -> None:
         key = (workflow_id, run_id)
-        conn.execute(
+        parent = conn.execute(
             "UPDATE workflow_runs SET status = ?, result = ?, failure = ?, closed_at = ?, "
-            "sticky_worker = NULL WHERE workflow_id = ? AND run_id = ?",
+            "sticky_worker = NULL WHERE workflow_id = ? AND run_id = ? "
+            "RETURNING parent_workflow_id, parent_run_id, parent_seq",
             (status, result, failure, now, *key),
-        )
+        ).fetchone()
         conn.execute("DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key)
         conn.execute("DELETE FROM timers WHERE workflow_id = ? AND run_id = ?", key)
         conn.execute("DELETE FROM inbox WHERE workflow_id = ? AND run_id = ?", key)
@@ -216,6 +247,11 @@ class SqlRunStore(WorkflowStore):
             ("closed", *key),
         )
         notes.run_closed(run_id, (status, result, failure))
+        if parent is not None and parent[0] is not None and status != "continued_as_new":
+            _children.notify_parent(self, conn, (parent[0], parent[1], int(parent[2])), status,
+                                    result, failure, now, notes)
+        _children.apply_parent_close_policies(self, conn, workflow_id, run_id, status, now,
+                                              notes)
 
     def _append(
         self, conn: Conn, workflow_id: str, run_id: str, start_seq: int,
@@ -368,14 +404,12 @@ class SqlRunStore(WorkflowStore):
                     raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
                 rid = latest[0]
             row = conn.execute(
-                "SELECT workflow_id, run_id, workflow_type, task_queue, status, history_length, "
-                "created_at, closed_at, result, failure, execution_timeout "
-                "FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
+                f"SELECT {_RUN_COLUMNS} FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
                 (workflow_id, rid),
             ).fetchone()
             if row is None:
                 raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r} and run {rid}")
-            record = RunRecord(*row)
+            record = _run_record(row)
             if detail:
                 key = (workflow_id, rid)
                 record.pending_inbox = conn.execute(
@@ -416,10 +450,13 @@ class SqlRunStore(WorkflowStore):
         started: tuple[float | None, float | None] = (None, None),
         closed: tuple[float | None, float | None] = (None, None),
         before: tuple[float, str, str] | None = None,
+        parent: tuple[str, str | None] | None = None,
     ) -> list[RunRecord]:
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (("status", status), ("workflow_type", workflow_type)):
+        parent_id, parent_run = parent if parent is not None else (None, None)
+        for column, value in (("status", status), ("workflow_type", workflow_type),
+                              ("parent_workflow_id", parent_id), ("parent_run_id", parent_run)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -433,16 +470,13 @@ class SqlRunStore(WorkflowStore):
         if before is not None:
             where.append("(created_at, workflow_id, run_id) < (?, ?, ?)")
             params.extend(before)
-        sql = (
-            "SELECT workflow_id, run_id, workflow_type, task_queue, status, history_length, "
-            "created_at, closed_at, result, failure, execution_timeout FROM workflow_runs"
-        )
+        sql = f"SELECT {_RUN_COLUMNS} FROM workflow_runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, workflow_id DESC, run_id DESC LIMIT ?"
 
         def op(conn: Conn, notes: StoreNotes) -> list[RunRecord]:
-            return [RunRecord(*row) for row in conn.execute(sql, (*params, limit)).fetchall()]
+            return [_run_record(row) for row in conn.execute(sql, (*params, limit)).fetchall()]
 
         return await self._run(op)
 
@@ -761,21 +795,43 @@ class SqlRunStore(WorkflowStore):
                 "DELETE FROM timers WHERE workflow_id = ? AND run_id = ? AND seq = ?",
                 (*key, seq),
             )
+        # links to other runs; their answers (started, delivered) come back as inbound
+        # events of this run, handled by its next task
+        answers = [
+            _children.start_child(self, conn, *key, child, now, notes)
+            for child in c.new_children
+        ]
+        for seq in c.cancel_children:
+            _children.request_child_cancel(self, conn, *key, seq, now, notes)
+        answers += [
+            _children.deliver_external_signal(self, conn, signal, now, notes)
+            for signal in c.external_signals
+        ]
+        if answers and c.close_status is None:
+            conn.executemany(
+                "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+                [(*key, answer) for answer in answers],
+            )
         conn.execute(
             "UPDATE workflow_runs SET history_length = ?, sticky_worker = ?, sticky_for = ? "
             "WHERE workflow_id = ? AND run_id = ?",
             (new_length, c.worker_id if c.sticky_for > 0 else None, c.sticky_for, *key),
         )
+        if c.continue_as_new is not None:
+            self._continue_as_new(conn, c, now, notes)
+            return
         if c.close_status is not None:
             self._close_run(conn, c.workflow_id, c.run_id, c.close_status, now,
                             c.close_result, c.close_failure, notes)
             return
-        more = inbox_pending
+        more = True if answers else inbox_pending
         if more is None:
             more = conn.execute(
                 "SELECT 1 FROM inbox WHERE workflow_id = ? AND run_id = ? LIMIT 1", key
             ).fetchone() is not None
-        if more:
+        if more and not task_row:
+            self._ensure_workflow_task(conn, *key, now, notes)
+        elif more:
             conn.execute(
                 "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
                 "attempt = 1, last_failure = NULL, visible_at = ?, sticky_worker = ?, "
@@ -787,6 +843,51 @@ class SqlRunStore(WorkflowStore):
             conn.execute(
                 "DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key
             )
+
+    def _continue_as_new(
+        self, conn: Conn, c: WorkflowTaskCompletion, now: float, notes: StoreNotes
+    ) -> None:
+        """Close the run as continued-as-new and start its successor: same workflow id,
+        same parent, same execution deadline, a fresh history."""
+        new = c.continue_as_new
+        assert new is not None
+        # serialised with starts of this id (one running run per workflow id)
+        self._lock_workflow_id(conn, c.workflow_id)
+        (execution_timeout, parent_id, parent_run, parent_seq, policy, deadline) = conn.execute(
+            "SELECT r.execution_timeout, r.parent_workflow_id, r.parent_run_id, r.parent_seq, "
+            "r.parent_close_policy, t.fire_at FROM workflow_runs r LEFT JOIN timers t "
+            "ON t.workflow_id = r.workflow_id AND t.run_id = r.run_id AND t.seq = 0 "
+            "WHERE r.workflow_id = ? AND r.run_id = ?",
+            (c.workflow_id, c.run_id),
+        ).fetchone()
+        conn.execute(
+            "UPDATE workflow_runs SET next_run_id = ? WHERE workflow_id = ? AND run_id = ?",
+            (new.run_id, c.workflow_id, c.run_id),
+        )
+        self._close_run(conn, c.workflow_id, c.run_id, "continued_as_new", now, None, None,
+                        notes)
+        started = encode_event(WorkflowStarted(
+            workflow_type=new.workflow_type, task_queue=new.task_queue,
+            input=msgspec.Raw(new.input), started_at=now, execution_timeout=execution_timeout,
+            parent_workflow_id=parent_id, parent_run_id=parent_run, parent_seq=parent_seq,
+            continued_from_run_id=c.run_id,
+        ))
+        conn.execute(
+            "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, status, "
+            "input, history_length, created_at, execution_timeout, parent_workflow_id, "
+            "parent_run_id, parent_seq, parent_close_policy) "
+            "VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?)",
+            (c.workflow_id, new.run_id, new.workflow_type, new.task_queue, new.input, now,
+             execution_timeout, parent_id, parent_run, parent_seq, policy),
+        )
+        self._append(conn, c.workflow_id, new.run_id, 1, [("WorkflowStarted", started)])
+        if deadline is not None:
+            conn.execute(
+                "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, 0, ?)",
+                (c.workflow_id, new.run_id, deadline),
+            )
+            notes.due_at(deadline)
+        self._ensure_workflow_task(conn, c.workflow_id, new.run_id, now, notes)
 
     async def fail_workflow_task(
         self, workflow_id: str, run_id: str, worker_id: str, error: str, retry_at: float

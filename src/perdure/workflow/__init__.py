@@ -7,6 +7,7 @@ after any crash. Use these functions instead of the clock, ``random`` and
 
 from perdure.workflow._api import (
     ActivityHandle,
+    continue_as_new,
     execute_activity,
     info,
     is_replaying,
@@ -19,14 +20,30 @@ from perdure.workflow._api import (
     uuid4,
     wait_condition,
 )
+from perdure.workflow._children import (
+    ChildWorkflowCancellationType,
+    ChildWorkflowHandle,
+    ExternalWorkflowHandle,
+    ParentClosePolicy,
+    execute_child_workflow,
+    get_external_workflow_handle,
+    start_child_workflow,
+)
 from perdure.workflow._definition import defn, query, run, signal
 from perdure.workflow._instance import WorkflowInfo
 
 __all__ = [
     "ActivityHandle",
+    "ChildWorkflowCancellationType",
+    "ChildWorkflowHandle",
+    "ExternalWorkflowHandle",
+    "ParentClosePolicy",
     "WorkflowInfo",
+    "continue_as_new",
     "defn",
     "execute_activity",
+    "execute_child_workflow",
+    "get_external_workflow_handle",
     "info",
     "is_replaying",
     "logger",
@@ -38,6 +55,7 @@ __all__ = [
     "signal",
     "sleep",
     "start_activity",
+    "start_child_workflow",
     "uuid4",
     "wait_condition",
 ]

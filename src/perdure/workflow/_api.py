@@ -7,15 +7,19 @@ import logging
 import uuid
 from collections.abc import Callable, Generator, MutableMapping
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
+
+import msgspec
 
 from perdure._retry import RetryPolicy
 from perdure.activity._definition import get_activity_definition
+from perdure.history import WorkflowContinuedAsNew
 from perdure.workflow import _context
-from perdure.workflow._instance import WorkflowInfo, WorkflowInstance
+from perdure.workflow._instance import ContinueAsNew, WorkflowInfo, WorkflowInstance
 
 __all__ = [
     "ActivityHandle",
+    "continue_as_new",
     "execute_activity",
     "info",
     "is_replaying",
@@ -202,6 +206,41 @@ async def wait_condition(
         return
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
     await asyncio.wait_for(future, seconds)
+
+
+def continue_as_new(
+    *args: Any, workflow: Callable[..., Any] | type | str | None = None,
+    task_queue: str | None = None,
+) -> NoReturn:
+    """End this run and start a new run of the same workflow id with ``args`` and a fresh
+    history: how a long session keeps its history small (see ``info().history_length``).
+
+    Signals, queries, cancellation and ``result()`` addressed to the workflow id follow
+    to the new run. A signal that arrives while this run closes is not lost: the run
+    gets it first, and continues as new only once it has handled it. ``workflow``
+    (default: this one) and ``task_queue`` (default: this run's) may change.
+    """
+    from perdure._errors import UnknownWorkflowTypeError
+    from perdure.workflow._definition import get_workflow_definition
+
+    instance = _context.current()
+    assert instance.info is not None
+    workflow_type = instance.info.workflow_type
+    if isinstance(workflow, str):
+        workflow_type = workflow
+    elif workflow is not None:
+        definition = get_workflow_definition(workflow)
+        if definition is None:
+            raise UnknownWorkflowTypeError(
+                f"{getattr(workflow, '__qualname__', workflow)!r} is not a workflow: pass a "
+                "@workflow.defn class, its @workflow.run method, or a workflow type name"
+            )
+        workflow_type = definition.name
+    data = instance.converter.encode_args(args, what=f"continue-as-new of {workflow_type!r}")
+    raise ContinueAsNew(WorkflowContinuedAsNew(
+        workflow_type=workflow_type, task_queue=task_queue or instance.task_queue,
+        input=msgspec.Raw(data),
+    ))
 
 
 def now() -> datetime:

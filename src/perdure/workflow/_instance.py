@@ -26,11 +26,15 @@ import msgspec
 from perdure._converter import PayloadConverter
 from perdure._errors import (
     ActivityError,
+    CancelledFailure,
+    ChildWorkflowError,
     NondeterminismError,
     PayloadError,
     QueryRejectedError,
     TimeoutFailure,
     UnknownHandlerError,
+    WorkflowAlreadyStartedError,
+    WorkflowNotFoundError,
 )
 from perdure._failure import exception_from_failure, failure_from_exception
 from perdure.history import (
@@ -41,6 +45,15 @@ from perdure.history import (
     ActivityScheduled,
     ActivityTimedOut,
     CancelRequested,
+    ChildWorkflowCanceled,
+    ChildWorkflowCancelRequested,
+    ChildWorkflowCompleted,
+    ChildWorkflowFailed,
+    ChildWorkflowScheduled,
+    ChildWorkflowStarted,
+    ChildWorkflowStartFailed,
+    ExternalSignalDelivered,
+    ExternalSignalSent,
     HistoryEvent,
     MarkerRecorded,
     SignalReceived,
@@ -49,6 +62,7 @@ from perdure.history import (
     TimerStarted,
     WorkflowCanceled,
     WorkflowCompleted,
+    WorkflowContinuedAsNew,
     WorkflowFailed,
     WorkflowStarted,
     WorkflowTaskCompleted,
@@ -58,7 +72,7 @@ from perdure.workflow import _context
 from perdure.workflow._definition import HandlerDefinition, WorkflowDefinition
 from perdure.workflow._loop import DurableTimerHandle, WorkflowEventLoop
 
-__all__ = ["Activation", "WorkflowInfo", "WorkflowInstance", "split_activations"]
+__all__ = ["Activation", "ContinueAsNew", "PendingChild", "WorkflowInfo", "WorkflowInstance", "split_activations"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
@@ -78,6 +92,9 @@ class WorkflowInfo:
     execution_timeout: timedelta | None
     history_length: int
     """Events in history when the current activation began."""
+    parent_workflow_id: str | None = None
+    """For a child workflow: the parent's workflow id and run id."""
+    parent_run_id: str | None = None
 
 
 @dataclasses.dataclass
@@ -128,10 +145,40 @@ class _PendingActivity:
     result_hint: Any
 
 
+class ContinueAsNew(BaseException):
+    """Raised by ``workflow.continue_as_new``: ends the run, to start a new one.
+
+    A ``BaseException``, so that ``except Exception`` in workflow code lets it pass.
+    """
+
+    def __init__(self, command: WorkflowContinuedAsNew) -> None:
+        super().__init__("continue as new")
+        self.command = command
+
+
+@dataclasses.dataclass
+class PendingChild:
+    """A child workflow this run started: its start and its outcome, as futures."""
+
+    seq: int
+    workflow_id: str
+    workflow_type: str
+    result_hint: Any
+    started: asyncio.Future[str]
+    result: asyncio.Future[Any]
+    run_id: str = ""
+    cancel_requested: bool = False
+
+
 def _describe(event: HistoryEvent) -> str:
     name = event_type_name(event)
     if isinstance(event, ActivityScheduled):
         return f"{name}(seq={event.seq}, activity_type={event.activity_type!r})"
+    if isinstance(event, ChildWorkflowScheduled):
+        return (f"{name}(seq={event.seq}, workflow_type={event.workflow_type!r}, "
+                f"workflow_id={event.workflow_id!r})")
+    if isinstance(event, ExternalSignalSent):
+        return f"{name}(seq={event.seq}, name={event.name!r}, workflow_id={event.workflow_id!r})"
     if isinstance(event, TimerStarted):
         return f"{name}(seq={event.seq}, duration={event.duration:g}s)"
     if isinstance(event, MarkerRecorded):
@@ -148,6 +195,12 @@ def _same_command(recorded: HistoryEvent, produced: HistoryEvent) -> bool:
         return recorded.seq == produced.seq and recorded.activity_type == produced.activity_type
     if isinstance(recorded, MarkerRecorded):
         assert isinstance(produced, MarkerRecorded)
+        return recorded.seq == produced.seq and recorded.name == produced.name
+    if isinstance(recorded, ChildWorkflowScheduled):
+        assert isinstance(produced, ChildWorkflowScheduled)
+        return recorded.seq == produced.seq and recorded.workflow_type == produced.workflow_type
+    if isinstance(recorded, ExternalSignalSent):
+        assert isinstance(produced, ExternalSignalSent)
         return recorded.seq == produced.seq and recorded.name == produced.name
     return getattr(recorded, "seq", None) == getattr(produced, "seq", None)
 
@@ -209,6 +262,8 @@ class WorkflowInstance:
         self._locations: list[str] = []
         self._activities: dict[int, _PendingActivity] = {}
         self._timers: dict[int, DurableTimerHandle] = {}
+        self._children: dict[int, PendingChild] = {}
+        self._external_signals: dict[int, asyncio.Future[None]] = {}
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._signal_handlers: dict[str, Callable[..., Any]] = {}
         self._buffered_signals: dict[str, list[bytes]] = {}
@@ -375,6 +430,16 @@ class WorkflowInstance:
                 self.loop.make_ready(handle)
         elif isinstance(event, SignalReceived):
             self._deliver_signal(event.name, bytes(event.args))
+        elif isinstance(event, ChildWorkflowStarted | ChildWorkflowStartFailed | ChildWorkflowCompleted
+                        | ChildWorkflowFailed | ChildWorkflowCanceled):
+            self._apply_child_event(event)
+        elif isinstance(event, ExternalSignalDelivered):
+            future = self._external_signals.pop(event.seq, None)
+            if future is not None and not future.done():
+                if event.error:
+                    future.set_exception(WorkflowNotFoundError(event.error))
+                else:
+                    future.set_result(None)
         elif isinstance(event, CancelRequested):
             self._cancel_requested = True
             main = self._main
@@ -384,6 +449,59 @@ class WorkflowInstance:
                 else:
                     # let run() reach its first await, so its own handlers see the cancellation
                     self.loop.call_soon(main.cancel, event.reason or None)
+
+    def _apply_child_event(
+        self,
+        event: ChildWorkflowStarted | ChildWorkflowStartFailed | ChildWorkflowCompleted
+        | ChildWorkflowFailed | ChildWorkflowCanceled,
+    ) -> None:
+        child = self._children.get(event.seq)
+        if child is None:
+            return
+        if isinstance(event, ChildWorkflowStarted):
+            child.run_id = event.run_id
+            if not child.started.done():
+                child.started.set_result(event.run_id)
+            return
+        del self._children[event.seq]
+        error: BaseException | None = None
+        value: Any = None
+        if isinstance(event, ChildWorkflowStartFailed):
+            error = WorkflowAlreadyStartedError(
+                f"child workflow {child.workflow_id!r} ({child.workflow_type}) was not started: "
+                f"that workflow id already has a running run ({event.run_id}); pick another "
+                "id, or wait for that run to close",
+                workflow_id=child.workflow_id, run_id=event.run_id or None,
+            )
+            if not child.started.done():
+                child.started.set_exception(error)
+                child.started.exception()  # whoever awaits it still gets it; no GC warning
+        elif isinstance(event, ChildWorkflowCompleted):
+            try:
+                value = self.converter.decode(
+                    event.result, child.result_hint,
+                    what=f"result of child workflow {child.workflow_type!r}",
+                )
+            except PayloadError as exc:
+                error = exc
+        else:
+            status = event.status if isinstance(event, ChildWorkflowFailed) else "canceled"
+            error = ChildWorkflowError(
+                f"child workflow {child.workflow_type!r} (id {child.workflow_id!r}) {status}",
+                workflow_id=child.workflow_id, run_id=child.run_id,
+                workflow_type=child.workflow_type, status=status,
+            )
+            error.__cause__ = (
+                exception_from_failure(event.failure) if isinstance(event, ChildWorkflowFailed)
+                else CancelledFailure("child workflow canceled")
+            )
+        if child.result.done():
+            return
+        if error is not None:
+            child.result.set_exception(error)
+            child.result.exception()  # an unawaited (abandoned) child is no error
+        else:
+            child.result.set_result(value)
 
     def _activity_error(
         self, event: ActivityFailed | ActivityTimedOut, pending: _PendingActivity
@@ -419,6 +537,8 @@ class WorkflowInstance:
                 timedelta(seconds=event.execution_timeout) if event.execution_timeout else None
             ),
             history_length=self.history_length,
+            parent_workflow_id=event.parent_workflow_id,
+            parent_run_id=event.parent_run_id,
         )
         definition = self.definition
         try:
@@ -474,6 +594,10 @@ class WorkflowInstance:
         if isinstance(exc, NondeterminismError):
             self._task_failure = exc
             return
+        if isinstance(exc, ContinueAsNew):
+            if not self.completed:
+                self._complete(exc.command)
+            return
         if not self.completed:
             self._complete(WorkflowFailed(failure=failure_from_exception(exc)))
 
@@ -514,6 +638,8 @@ class WorkflowInstance:
             self._complete(WorkflowCompleted(result=msgspec.Raw(result)))
         elif isinstance(exc, NondeterminismError):
             self._task_failure = exc
+        elif isinstance(exc, ContinueAsNew):
+            self._complete(exc.command)
         elif isinstance(exc, asyncio.CancelledError) and self._cancel_requested:
             self._complete(WorkflowCanceled())
         else:
@@ -589,6 +715,56 @@ class WorkflowInstance:
         """Request cancellation of a pending activity (its future is already cancelled)."""
         if self._activities.pop(seq, None) is not None and not self.completed:
             self._emit(ActivityCancelRequested(seq=seq))
+
+    def start_child(
+        self,
+        workflow_type: str,
+        args: Sequence[Any],
+        *,
+        workflow_id: str | None,
+        task_queue: str | None,
+        execution_timeout: float | None,
+        parent_close_policy: str,
+        result_hint: Any,
+    ) -> PendingChild:
+        """Emit ChildWorkflowScheduled; the child's start and outcome arrive as events."""
+        data = self.converter.encode_args(args, what=f"child workflow {workflow_type!r}")
+        seq = self.next_seq()
+        if workflow_id is None:
+            workflow_id = f"{self.workflow_id}/{self.run_id[:8]}/{seq}"
+        child = PendingChild(
+            seq=seq, workflow_id=workflow_id, workflow_type=workflow_type,
+            result_hint=result_hint, started=self.loop.create_future(),
+            result=self.loop.create_future(),
+        )
+        self._children[seq] = child
+        self._emit(
+            ChildWorkflowScheduled(
+                seq=seq, workflow_type=workflow_type, workflow_id=workflow_id,
+                task_queue=task_queue or self.task_queue, input=msgspec.Raw(data),
+                parent_close_policy=parent_close_policy, execution_timeout=execution_timeout,
+            )
+        )
+        return child
+
+    def cancel_child(self, child: PendingChild) -> None:
+        """Ask a running child to cancel (once); its outcome still arrives as an event."""
+        if child.cancel_requested or self.completed or self._children.get(child.seq) is not child:
+            return
+        child.cancel_requested = True
+        self._emit(ChildWorkflowCancelRequested(seq=child.seq))
+
+    def signal_external(
+        self, workflow_id: str, run_id: str | None, name: str, args: Sequence[Any]
+    ) -> asyncio.Future[None]:
+        """Emit ExternalSignalSent; the future resolves once the signal was delivered."""
+        data = self.converter.encode_args(args, what=f"signal {name!r}")
+        seq = self.next_seq()
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._external_signals[seq] = future
+        self._emit(ExternalSignalSent(seq=seq, workflow_id=workflow_id, name=name,
+                                      args=msgspec.Raw(data), run_id=run_id))
+        return future
 
     def start_timer(
         self,
