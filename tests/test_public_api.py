@@ -12,7 +12,8 @@ EXPECTED_TOP_LEVEL = {
     "PayloadDecodingError", "PayloadEncodingError", "PayloadError", "PayloadTooLargeError",
     "PerdureError", "QueryError", "QueryRejectedError", "QueryTimeoutError", "RetryPolicy",
     "SchemaVersionError", "TerminatedFailure", "TimeoutFailure", "UnknownActivityTypeError",
-    "UnknownHandlerError", "UnknownWorkflowTypeError", "Worker", "WorkerOptions",
+    "UnknownHandlerError", "UnknownWorkflowTypeError", "UpdateFailedError",
+    "UpdateRejectedError", "Worker", "WorkerOptions",
     "WorkflowAlreadyStartedError", "WorkflowDescription", "WorkflowFailureError",
     "WorkflowHandle", "WorkflowHistory", "WorkflowPage", "WorkflowNotFoundError", "WorkflowStatus",
     "activity", "workflow",
@@ -31,7 +32,8 @@ def test_workflow_exports() -> None:
         "ExternalWorkflowHandle", "ParentClosePolicy", "WorkflowInfo", "continue_as_new", "defn",
         "execute_activity", "execute_child_workflow", "get_external_workflow_handle", "info",
         "is_replaying", "logger", "now", "query", "random", "run", "set_signal_handler",
-        "signal", "sleep", "start_activity", "start_child_workflow", "uuid4", "wait_condition",
+        "signal", "sleep", "start_activity", "start_child_workflow", "update",
+        "update_validator", "uuid4", "wait_condition",
     }
 
 

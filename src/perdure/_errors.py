@@ -24,6 +24,8 @@ Every error Perdure raises on purpose derives from :class:`PerdureError`::
     │   ├── QueryRejectedError        the query handler raised
     │   └── QueryTimeoutError         no worker answered in time
     ├── WorkflowFailureError          client side: the workflow did not complete
+    ├── UpdateFailedError             client side: the update's handler raised, or the run closed
+    │   └── UpdateRejectedError       the validator refused it; history has no trace of it
     └── FailureError                  failures that cross the durable boundary
         ├── ApplicationError          raised by user code; may be non-retryable
         ├── ActivityError             an activity failed, as seen by its workflow
@@ -67,6 +69,8 @@ __all__ = [
     "UnknownActivityTypeError",
     "UnknownHandlerError",
     "UnknownWorkflowTypeError",
+    "UpdateFailedError",
+    "UpdateRejectedError",
     "WorkflowAlreadyStartedError",
     "WorkflowFailureError",
     "WorkflowNotFoundError",
@@ -183,6 +187,24 @@ class WorkflowFailureError(PerdureError):
         self.status = status
         self.cause = cause
         self.__cause__ = cause
+
+
+class UpdateFailedError(PerdureError):
+    """An update did not return a value: its handler raised, or the run closed first.
+
+    ``cause`` (also ``__cause__``) is the reconstructed error from the workflow side.
+    """
+
+    def __init__(self, message: str, *, update_id: str, cause: BaseException | None) -> None:
+        super().__init__(message)
+        self.update_id = update_id
+        self.cause = cause
+        self.__cause__ = cause
+
+
+class UpdateRejectedError(UpdateFailedError):
+    """The update's validator (or the workflow: unknown name, closed run) refused it; it
+    left no trace in the workflow's history."""
 
 
 class FailureError(PerdureError):

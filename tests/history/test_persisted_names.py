@@ -24,6 +24,9 @@ PINNED_FIELDS = {
     "ChildWorkflowFailed": ["seq", "status", "failure"],
     "ChildWorkflowCanceled": ["seq"],
     "ExternalSignalDelivered": ["seq", "error"],
+    "UpdateRequested": ["update_id", "name", "args"],
+    "UpdateAccepted": ["update_id", "name", "args"],
+    "UpdateCompleted": ["update_id", "result", "failure"],
     "WorkflowTaskCompleted": ["time", "worker", "build_id"],
     "ActivityScheduled": [
         "seq", "activity_type", "task_queue", "input", "activity_id", "start_to_close_timeout",

@@ -29,6 +29,8 @@ from perdure._errors import (
     TimeoutFailure,
     UnknownHandlerError,
     UnknownWorkflowTypeError,
+    UpdateFailedError,
+    UpdateRejectedError,
     WorkflowFailureError,
 )
 from perdure._failure import exception_from_failure
@@ -37,6 +39,7 @@ from perdure.history import (
     Failure,
     HistoryEvent,
     SignalReceived,
+    UpdateRequested,
     WorkflowStarted,
     WorkflowTerminated,
     decode_event,
@@ -691,6 +694,76 @@ class WorkflowHandle(Generic[T]):
                 )
             await self._store.notifier.wait(["query_answer"], timeout=min(backoff, remaining))
             backoff = min(backoff * 2, 0.25)
+
+    async def execute_update(
+        self, update: Callable[..., Any] | str, *args: Any, update_id: str | None = None,
+        timeout: timedelta | float | None = None, result_type: Any = None,
+    ) -> Any:
+        """Send an update and wait for the handler's return value.
+
+        The workflow validates it first: a rejection raises :class:`UpdateRejectedError`
+        and leaves no trace in history. Once accepted, the update is durable: it
+        completes even if workers crash. A handler that raises gives
+        :class:`UpdateFailedError`. Pass the same ``update_id`` to ask again after a lost
+        connection without running the update twice.
+        """
+        name, hint = self._update_name(update)
+        data = self.client.converter.encode_args(args, what=f"update {name!r}")
+        update_id = update_id or str(uuid.uuid4())
+        event = UpdateRequested(update_id=update_id, name=name, args=msgspec.Raw(data))
+        await self._store.request_update(self.workflow_id, self.run_id, update_id, name,
+                                         encode_event(event))
+        deadline = None
+        if timeout is not None:
+            deadline = asyncio.get_running_loop().time() + (_seconds(timeout) or 0.0)
+        return await self._update_outcome(update_id, name, result_type or hint, deadline)
+
+    def _update_name(self, update: Callable[..., Any] | str) -> tuple[str, Any]:
+        if isinstance(update, str):
+            return update, Any
+        name = handler_name(update, "update")
+        definition = get_workflow_definition(update)
+        if name is None or definition is None:
+            raise UnknownHandlerError(
+                f"{getattr(update, '__qualname__', update)!r} is not an update handler; mark "
+                "it with @workflow.update or pass the update's name"
+            )
+        return name, definition.updates[name].return_hint
+
+    async def _update_outcome(
+        self, update_id: str, name: str, hint: Any, deadline: float | None
+    ) -> Any:
+        notifier = self._store.notifier
+        backoff = notifier.first_poll
+        loop = asyncio.get_running_loop()
+        while True:
+            row = await self._store.get_update(self.workflow_id, update_id)
+            assert row is not None
+            state, result, failure = row
+            if state == "completed" and failure is None:
+                return self.client.converter.decode(result or b"null", hint,
+                                                    what=f"result of update {name!r}")
+            if state in ("completed", "rejected", "failed"):
+                cause = exception_from_failure(_failure_decoder.decode(failure or b"{}"))
+                error = UpdateRejectedError if state == "rejected" else UpdateFailedError
+                raise error(
+                    f"update {name!r} ({update_id}) of workflow {self.workflow_id!r} "
+                    f"{'was rejected' if state == 'rejected' else 'failed'}: {cause}",
+                    update_id=update_id, cause=cause,
+                )
+            wait = backoff
+            if deadline is not None:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"update {name!r} ({update_id}) of workflow {self.workflow_id!r} did "
+                        "not complete within the timeout; it is "
+                        f"{'accepted and still running' if state == 'accepted' else 'waiting for a worker'}"
+                        "; call execute_update again with the same update_id to keep waiting"
+                    )
+                wait = min(wait, remaining)
+            await notifier.wait(["update"], timeout=wait)
+            backoff = min(backoff * 2, notifier.poll_interval)
 
     async def cancel(self, reason: str = "") -> None:
         """Request cancellation: the workflow sees ``asyncio.CancelledError`` at its awaits."""

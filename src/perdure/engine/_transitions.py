@@ -9,7 +9,7 @@ return, each in one transaction.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
@@ -28,6 +28,9 @@ from perdure.history import (
     SignalReceived,
     TimerCanceled,
     TimerStarted,
+    UpdateAccepted,
+    UpdateCompleted,
+    UpdateRequested,
     WorkflowCanceled,
     WorkflowCompleted,
     WorkflowContinuedAsNew,
@@ -44,6 +47,7 @@ from perdure.store._records import (
     ExternalSignal,
     NewActivityTask,
     NewChildWorkflow,
+    UpdateOutcome,
     WorkflowTaskCompletion,
 )
 
@@ -71,20 +75,41 @@ def plan_workflow_task(
     eager: Callable[[ActivityScheduled], bool] = lambda _: False,
     sticky_for: float = 0.0,
     new_run_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    update_decisions: Mapping[str, UpdateAccepted | Failure] | None = None,
+    history_tail: int = 0,
 ) -> WorkflowTaskCompletion:
     """Turn one activation (inbound events + produced commands) into store changes.
 
     ``inbound`` pairs each event with its already-encoded form where the caller
     has it (inbox rows), to avoid encoding twice. ``eager`` says which new
     activities this worker will run itself without a claim round trip.
+    ``update_decisions`` is the activation's verdict on each requested update:
+    an accepted one is recorded in the request's place, a rejected one nowhere.
+    ``history_tail`` counts inbound events this activation handled that were already
+    in history (a run's WorkflowStarted); an activation that handled nothing but
+    rejected updates leaves history untouched.
     """
     events: list[tuple[str, bytes]] = []
+    outcomes: list[UpdateOutcome] = []
     for event, data in inbound:
+        if isinstance(event, UpdateRequested):
+            decision = (update_decisions or {}).get(event.update_id)
+            if decision is None:
+                raise RuntimeError(f"update {event.update_id} was neither accepted nor rejected")
+            if isinstance(decision, Failure):
+                outcomes.append(UpdateOutcome(event.update_id, "rejected",
+                                              failure=_json.encode(decision)))
+                continue
+            outcomes.append(UpdateOutcome(event.update_id, "accepted"))
+            event, data = decision, None
         events.append((event_type_name(event), data if data is not None else encode_event(event)))
-    events.append(
-        ("WorkflowTaskCompleted",
-         encode_event(WorkflowTaskCompleted(time=now, worker=worker_id, build_id=build_id)))
-    )
+    rejected_only = bool(outcomes) and not events and not commands and not history_tail
+    if not rejected_only:
+        events.append(
+            ("WorkflowTaskCompleted",
+             encode_event(WorkflowTaskCompleted(time=now, worker=worker_id, build_id=build_id)))
+        )
+    # else: only rejected updates came in and nothing happened: history stays as it was
     completion = WorkflowTaskCompletion(
         workflow_id=workflow_id,
         run_id=run_id,
@@ -97,6 +122,7 @@ def plan_workflow_task(
         new_timers=[],
         cancel_timers=[],
         sticky_for=sticky_for,
+        update_outcomes=outcomes,
     )
     for command in commands:
         events.append((event_type_name(command), encode_event(command)))
@@ -146,6 +172,12 @@ def plan_workflow_task(
                     event=encode_event(SignalReceived(name=command.name, args=command.args)),
                 )
             )
+        elif isinstance(command, UpdateCompleted):
+            outcomes.append(UpdateOutcome(
+                command.update_id, "completed",
+                result=bytes(command.result) if command.failure is None else None,
+                failure=_json.encode(command.failure) if command.failure is not None else None,
+            ))
         elif isinstance(command, WorkflowCompleted):
             completion.close_status = "completed"
             completion.close_result = bytes(command.result)

@@ -44,6 +44,9 @@ __all__ = [
     "TimerCanceled",
     "TimerFired",
     "TimerStarted",
+    "UpdateAccepted",
+    "UpdateCompleted",
+    "UpdateRequested",
     "WorkflowCanceled",
     "WorkflowCompleted",
     "WorkflowContinuedAsNew",
@@ -156,6 +159,21 @@ class ChildWorkflowCanceled(_Event, tag="ChildWorkflowCanceled"):
     seq: int
 
 
+class UpdateRequested(_Event, tag="UpdateRequested"):
+    """An update waiting in the run's inbox. Never in history: the worker validates it
+    and records :class:`UpdateAccepted` in its place, or rejects it without a trace."""
+
+    update_id: str
+    name: str
+    args: Raw
+
+
+class UpdateAccepted(_Event, tag="UpdateAccepted"):
+    update_id: str
+    name: str
+    args: Raw
+
+
 class ExternalSignalDelivered(_Event, tag="ExternalSignalDelivered"):
     seq: int
     error: str = ""
@@ -219,6 +237,13 @@ class ChildWorkflowScheduled(_Event, tag="ChildWorkflowScheduled"):
     execution_timeout: float | None = None
 
 
+class UpdateCompleted(_Event, tag="UpdateCompleted"):
+    update_id: str
+    result: Raw
+    """The handler's return value (JSON ``null`` when it failed)."""
+    failure: Failure | None = None
+
+
 class ChildWorkflowCancelRequested(_Event, tag="ChildWorkflowCancelRequested"):
     seq: int
 
@@ -276,6 +301,8 @@ HistoryEvent = (
     | ChildWorkflowFailed
     | ChildWorkflowCanceled
     | ExternalSignalDelivered
+    | UpdateRequested
+    | UpdateAccepted
     | WorkflowTaskCompleted
     | ActivityScheduled
     | ActivityCancelRequested
@@ -285,6 +312,7 @@ HistoryEvent = (
     | ChildWorkflowScheduled
     | ChildWorkflowCancelRequested
     | ExternalSignalSent
+    | UpdateCompleted
     | WorkflowCompleted
     | WorkflowFailed
     | WorkflowCanceled
@@ -302,6 +330,7 @@ COMMAND_EVENT_TYPES: tuple[type[_Event], ...] = (
     ChildWorkflowScheduled,
     ChildWorkflowCancelRequested,
     ExternalSignalSent,
+    UpdateCompleted,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCanceled,

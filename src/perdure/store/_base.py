@@ -241,6 +241,21 @@ class WorkflowStore:
         """Put an inbound event (signal, cancel request) in a running workflow's inbox."""
         raise NotImplementedError
 
+    async def request_update(
+        self, workflow_id: str, run_id: str | None, update_id: str, name: str, event: bytes
+    ) -> str:
+        """Put an update request (an ``UpdateRequested`` event) in the running run's
+        inbox; return the run id. Asking again with the same ``update_id`` changes
+        nothing."""
+        raise NotImplementedError
+
+    async def get_update(
+        self, workflow_id: str, update_id: str
+    ) -> tuple[str, bytes | None, bytes | None] | None:
+        """An update's (state, result, failure); state is requested, accepted, rejected,
+        completed or failed."""
+        raise NotImplementedError
+
     async def terminate(
         self, workflow_id: str, run_id: str | None, event: bytes, failure: bytes
     ) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "QueryTaskClaim",
     "RunRecord",
     "StartWorkflowRecord",
+    "UpdateOutcome",
     "WorkflowTaskClaim",
     "WorkflowTaskCompletion",
 ]
@@ -132,6 +133,16 @@ class ContinuedRun:
 
 
 @dataclasses.dataclass
+class UpdateOutcome:
+    """What an activation decided about an update: accepted, rejected or completed."""
+
+    update_id: str
+    state: str
+    result: bytes | None = None
+    failure: bytes | None = None
+
+
+@dataclasses.dataclass
 class ExternalSignal:
     """A signal one workflow sends another; the sender learns the outcome in its inbox."""
 
@@ -166,6 +177,7 @@ class WorkflowTaskCompletion:
     """Seqs of children whose cancellation this activation requested."""
     external_signals: list[ExternalSignal] = dataclasses.field(default_factory=list)
     continue_as_new: ContinuedRun | None = None
+    update_outcomes: list[UpdateOutcome] = dataclasses.field(default_factory=list)
     """With ``close_status == "continued_as_new"``: the run that takes over."""
 
 

@@ -158,7 +158,25 @@ CREATE INDEX workflow_runs_parent ON workflow_runs (parent_workflow_id, parent_r
 the command (seq) that started it; the index finds a closing run's children for its
 parent-close policy. A run closed by continue-as-new names the run that continues it."""
 
-SQLITE_MIGRATIONS: list[str] = [_V1, _V2, _V3]
+_V3_UPDATES = """
+CREATE TABLE updates (
+    workflow_id TEXT NOT NULL,
+    update_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    result {blob},
+    failure {blob},
+    created_at {real} NOT NULL,
+    PRIMARY KEY (workflow_id, update_id)
+);
+CREATE INDEX updates_run ON updates (workflow_id, run_id, state);
+"""
+"""Version 3 also: one row per update request, from requested to accepted, rejected,
+completed or failed; the caller waits on it. Keyed by the update id its caller chose,
+so that asking again (after a lost connection) finds the same update."""
+
+SQLITE_MIGRATIONS: list[str] = [_V1, _V2, _V3 + _V3_UPDATES.format(blob="BLOB", real="REAL")]
 """Migration ``i`` takes the schema from version ``i`` to ``i + 1``."""
 
 _PG_V1 = """
@@ -306,7 +324,9 @@ CREATE TABLE writer_commits (
 """PostgreSQL's version 2 also keeps one commit marker per writer connection: the number
 of its last committed batch, read when a COMMIT was cut off (see ``_postgres_writer``)."""
 
-POSTGRES_MIGRATIONS: list[str] = [_PG_V1, _PG_V2, _V3]
+POSTGRES_MIGRATIONS: list[str] = [
+    _PG_V1, _PG_V2, _V3 + _V3_UPDATES.format(blob="BYTEA", real="DOUBLE PRECISION"),
+]
 """The same schema versions in PostgreSQL's types (BYTEA, DOUBLE PRECISION, identities),
 plus what many processes need: at most one running run per workflow id."""
 

@@ -44,7 +44,7 @@ class SqlStore(SqlRunStore):
                 # everything of the run: a closed run may still hold attempts whose worker
                 # never reported back, which would otherwise outlive it
                 for table in ("history_events", "query_tasks", "activity_tasks", "timers",
-                              "inbox", "workflow_tasks"):
+                              "inbox", "workflow_tasks", "updates"):
                     conn.execute(f"DELETE FROM {table} WHERE workflow_id = ? AND run_id = ?",
                                  key)
                 conn.execute(

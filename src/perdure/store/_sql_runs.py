@@ -87,6 +87,13 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
     )
 
 
+def _closed_before_update(workflow_id: str, status: str) -> bytes:
+    return json.dumps({
+        "type": "WorkflowClosedError", "kind": "application", "non_retryable": True,
+        "message": f"workflow {workflow_id!r} closed ({status}) before the update completed",
+    }).encode()
+
+
 def _deadline(*candidates: float | None) -> float | None:
     values = [c for c in candidates if c is not None]
     return min(values) if values else None
@@ -201,7 +208,7 @@ class SqlRunStore(WorkflowStore):
         if status != "running":
             raise WorkflowNotFoundError(
                 f"workflow {workflow_id!r} (run {run_id}) is {status}, not running; "
-                "only running workflows accept signals, cancellation and termination"
+                "only running workflows accept signals, updates, cancellation and termination"
             )
         return run_id
 
@@ -246,6 +253,13 @@ class SqlRunStore(WorkflowStore):
             "AND done = 0 AND lease_owner IS NULL",
             ("closed", *key),
         )
+        outstanding = conn.execute(
+            "UPDATE updates SET state = 'failed', failure = ? WHERE workflow_id = ? "
+            "AND run_id = ? AND state IN ('requested', 'accepted') RETURNING update_id",
+            (_closed_before_update(workflow_id, status), *key),
+        ).fetchall()
+        if outstanding:
+            notes.add("update")
         notes.run_closed(run_id, (status, result, failure))
         if parent is not None and parent[0] is not None and status != "continued_as_new":
             _children.notify_parent(self, conn, (parent[0], parent[1], int(parent[2])), status,
@@ -365,6 +379,50 @@ class SqlRunStore(WorkflowStore):
             )
             self._ensure_workflow_task(conn, workflow_id, rid, self.clock.now(), notes)
             return rid
+
+        return await self._run(op)
+
+    async def request_update(
+        self, workflow_id: str, run_id: str | None, update_id: str, name: str, event: bytes
+    ) -> str:
+        def op(conn: Conn, notes: StoreNotes) -> str:
+            select = "SELECT run_id FROM updates WHERE workflow_id = ? AND update_id = ?"
+            existing = conn.execute(select, (workflow_id, update_id)).fetchone()
+            if existing is not None:
+                return str(existing[0])  # asked before (a retry): the same update
+            rid = self._running_run(conn, workflow_id, run_id)
+            existing = conn.execute(select, (workflow_id, update_id)).fetchone()
+            if existing is not None:
+                return str(existing[0])
+            now = self.clock.now()
+            conn.execute(
+                "INSERT INTO updates (workflow_id, update_id, run_id, name, state, created_at) "
+                "VALUES (?, ?, ?, ?, 'requested', ?)",
+                (workflow_id, update_id, rid, name, now),
+            )
+            conn.execute(
+                "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+                (workflow_id, rid, event),
+            )
+            self._ensure_workflow_task(conn, workflow_id, rid, now, notes)
+            return rid
+
+        return await self._run(op)
+
+    async def get_update(
+        self, workflow_id: str, update_id: str
+    ) -> tuple[str, bytes | None, bytes | None] | None:
+        def op(conn: Conn, notes: StoreNotes) -> tuple[str, bytes | None, bytes | None] | None:
+            row = conn.execute(
+                "SELECT state, result, failure FROM updates WHERE workflow_id = ? "
+                "AND update_id = ?",
+                (workflow_id, update_id),
+            ).fetchone()
+            if row is None:
+                return None
+            state, result, failure = row
+            return (str(state), bytes(result) if result is not None else None,
+                    bytes(failure) if failure is not None else None)
 
         return await self._run(op)
 
@@ -812,6 +870,14 @@ class SqlRunStore(WorkflowStore):
                 "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
                 [(*key, answer) for answer in answers],
             )
+        if c.update_outcomes:
+            conn.executemany(
+                "UPDATE updates SET state = ?, result = ?, failure = ? "
+                "WHERE workflow_id = ? AND update_id = ?",
+                [(u.state, u.result, u.failure, c.workflow_id, u.update_id)
+                 for u in c.update_outcomes],
+            )
+            notes.add("update")
         conn.execute(
             "UPDATE workflow_runs SET history_length = ?, sticky_worker = ?, sticky_for = ? "
             "WHERE workflow_id = ? AND run_id = ?",

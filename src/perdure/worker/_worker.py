@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,7 @@ from perdure.history import (
     ActivityScheduled,
     Failure,
     HistoryEvent,
+    UpdateAccepted,
     decode_event,
     encode_event,
 )
@@ -477,6 +478,7 @@ class Worker:
             completion = self._plan(
                 claim.workflow_id, claim.run_id, claim.history_length,
                 claim.inbox[-1][0] if claim.inbox else 0, inbox, commands, now, reserved,
+                instance.update_decisions, len(tail),
             )
         except Exception as exc:
             self._activity_slots -= len(reserved)
@@ -509,6 +511,8 @@ class Worker:
         self, workflow_id: str, run_id: str, expected_history_length: int, inbox_upto: int,
         inbound: list[tuple[HistoryEvent, bytes]], commands: list[HistoryEvent], now: float,
         reserved: list[ActivityScheduled],
+        update_decisions: Mapping[str, UpdateAccepted | Failure] | None = None,
+        history_tail: int = 0,
     ) -> WorkflowTaskCompletion:
         """The engine's plan for one activation; reserves slots for eager activities."""
 
@@ -537,6 +541,8 @@ class Worker:
             now=now,
             eager=eager,
             sticky_for=self.options.sticky_timeout,
+            update_decisions=update_decisions,
+            history_tail=history_tail,
         )
 
     def _after_commit(

@@ -29,7 +29,7 @@ from perdure.workflow._children import (
     get_external_workflow_handle,
     start_child_workflow,
 )
-from perdure.workflow._definition import defn, query, run, signal
+from perdure.workflow._definition import defn, query, run, signal, update, update_validator
 from perdure.workflow._instance import WorkflowInfo
 
 __all__ = [
@@ -56,6 +56,8 @@ __all__ = [
     "sleep",
     "start_activity",
     "start_child_workflow",
+    "update",
+    "update_validator",
     "uuid4",
     "wait_condition",
 ]

@@ -18,6 +18,8 @@ __all__ = [
     "query",
     "run",
     "signal",
+    "update",
+    "update_validator",
 ]
 
 C = TypeVar("C", bound=type)
@@ -27,18 +29,23 @@ _DEFN = "__perdure_workflow__"
 _RUN = "__perdure_run__"
 _SIGNAL = "__perdure_signal__"
 _QUERY = "__perdure_query__"
+_UPDATE = "__perdure_update__"
+_VALIDATES = "__perdure_validates__"
 _OWNER = "__perdure_owner__"
 
 
 @dataclasses.dataclass(frozen=True)
 class HandlerDefinition:
-    """A signal or query handler method."""
+    """A signal, query or update handler method."""
 
     name: str
     method: Callable[..., Any]
     is_async: bool
     parameter_hints: list[Any]
     return_hint: Any
+    validator: Callable[..., Any] | None = None
+    """Updates only: called with the same arguments before the update is accepted; an
+    exception rejects the update without a trace in history."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +60,7 @@ class WorkflowDefinition:
     signals: dict[str, HandlerDefinition]
     queries: dict[str, HandlerDefinition]
     dynamic_signals: bool = False
+    updates: dict[str, HandlerDefinition] = dataclasses.field(default_factory=dict)
     """Handlers may be added at run time (``workflow.set_signal_handler``): clients
     then accept any signal name for this type."""
 
@@ -103,13 +111,56 @@ def query(fn: F | None = None, *, name: str | None = None) -> F | Callable[[F], 
     return decorate(fn) if fn is not None else decorate
 
 
-def _handler(name: str, method: Callable[..., Any]) -> HandlerDefinition:
+@overload
+def update(fn: F) -> F: ...
+
+
+@overload
+def update(*, name: str | None = None) -> Callable[[F], F]: ...
+
+
+def update(fn: F | None = None, *, name: str | None = None) -> F | Callable[[F], F]:
+    """Mark a method (sync or async) as an update handler: a request that changes the
+    workflow and returns a value to the caller. ``name`` defaults to the method name.
+
+    Add a validator with ``@workflow.update_validator(handler)`` (or
+    ``@handler.validator``): it runs first, and an exception it raises rejects the
+    update without leaving a trace in history.
+    """
+
+    def decorate(f: F) -> F:
+        setattr(f, _UPDATE, name or f.__name__)
+        f.validator = update_validator(f)  # type: ignore[attr-defined]
+        return f
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def update_validator(handler: Callable[..., Any]) -> Callable[[F], F]:
+    """Declare the decorated plain (non-async) method as the validator of update ``handler``.
+
+    It takes the handler's arguments, must not change state or start anything, and
+    raises to reject the update.
+    """
+
+    def decorate(f: F) -> F:
+        if inspect.iscoroutinefunction(f):
+            raise ConfigurationError(f"update validator {f.__qualname__} must not be async")
+        setattr(f, _VALIDATES, handler)
+        return f
+
+    return decorate
+
+
+def _handler(name: str, method: Callable[..., Any],
+             validator: Callable[..., Any] | None = None) -> HandlerDefinition:
     return HandlerDefinition(
         name=name,
         method=method,
         is_async=inspect.iscoroutinefunction(method),
         parameter_hints=parameter_hints(method, skip_self=True),
         return_hint=return_hint(method),
+        validator=validator,
     )
 
 
@@ -136,6 +187,13 @@ def defn(
         run_method = None
         signals: dict[str, HandlerDefinition] = {}
         queries: dict[str, HandlerDefinition] = {}
+        updates: dict[str, HandlerDefinition] = {}
+        validators: dict[Any, Callable[..., Any]] = {}
+        for attr_name in dir(c):
+            member = getattr(c, attr_name, None)
+            target = getattr(member, _VALIDATES, None)
+            if target is not None:
+                validators[target] = member  # type: ignore[assignment]
         for attr_name in dir(c):
             member = getattr(c, attr_name, None)
             if member is None or not callable(member):
@@ -150,6 +208,15 @@ def defn(
                 signals[sig_name] = _handler(sig_name, member)
             if (q_name := getattr(member, _QUERY, None)) is not None:
                 queries[q_name] = _handler(q_name, member)
+            if (u_name := getattr(member, _UPDATE, None)) is not None:
+                updates[u_name] = _handler(u_name, member, validators.pop(member, None))
+        if validators:
+            orphan = next(iter(validators.values()))
+            raise ConfigurationError(
+                f"update validator {orphan.__qualname__} validates "
+                f"{next(iter(validators)).__qualname__}, which is not an @workflow.update "
+                f"method of {c.__qualname__}"
+            )
         if run_method is None:
             raise ConfigurationError(
                 f"workflow {c.__qualname__} has no @workflow.run method; mark its async entry "
@@ -164,10 +231,12 @@ def defn(
             signals=signals,
             queries=queries,
             dynamic_signals=dynamic_signals,
+            updates=updates,
         )
         setattr(c, _DEFN, definition)
         for method in [run_method, *(h.method for h in signals.values()),
-                       *(h.method for h in queries.values())]:
+                       *(h.method for h in queries.values()),
+                       *(h.method for h in updates.values())]:
             if getattr(method, "__qualname__", "").startswith(c.__qualname__ + "."):
                 setattr(method, _OWNER, definition)
         return c
@@ -185,5 +254,6 @@ def get_workflow_definition(obj: Any) -> WorkflowDefinition | None:
 
 
 def handler_name(method: Any, kind: str) -> str | None:
-    """The signal or query name a method was registered under."""
-    return getattr(method, _SIGNAL if kind == "signal" else _QUERY, None)
+    """The signal, query or update name a method was registered under."""
+    attr = {"signal": _SIGNAL, "query": _QUERY, "update": _UPDATE}[kind]
+    return getattr(method, attr, None)

@@ -54,12 +54,16 @@ from perdure.history import (
     ChildWorkflowStartFailed,
     ExternalSignalDelivered,
     ExternalSignalSent,
+    Failure,
     HistoryEvent,
     MarkerRecorded,
     SignalReceived,
     TimerCanceled,
     TimerFired,
     TimerStarted,
+    UpdateAccepted,
+    UpdateCompleted,
+    UpdateRequested,
     WorkflowCanceled,
     WorkflowCompleted,
     WorkflowContinuedAsNew,
@@ -264,6 +268,9 @@ class WorkflowInstance:
         self._timers: dict[int, DurableTimerHandle] = {}
         self._children: dict[int, PendingChild] = {}
         self._external_signals: dict[int, asyncio.Future[None]] = {}
+        self.update_decisions: dict[str, UpdateAccepted | Failure] = {}
+        """This activation's verdict on each requested update: accepted (the event to
+        record in place of the request) or rejected (why; nothing is recorded)."""
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._signal_handlers: dict[str, Callable[..., Any]] = {}
         self._buffered_signals: dict[str, list[bytes]] = {}
@@ -360,6 +367,7 @@ class WorkflowInstance:
             self.now_timestamp = now
         self._commands = []
         self._locations = []
+        self.update_decisions = {}
         if self.info is not None:
             self.info.history_length = self.history_length
         previous_loop = asyncio._get_running_loop()
@@ -433,6 +441,10 @@ class WorkflowInstance:
         elif isinstance(event, ChildWorkflowStarted | ChildWorkflowStartFailed | ChildWorkflowCompleted
                         | ChildWorkflowFailed | ChildWorkflowCanceled):
             self._apply_child_event(event)
+        elif isinstance(event, UpdateRequested):
+            self._validate_update(event)
+        elif isinstance(event, UpdateAccepted):
+            self._run_update(event)
         elif isinstance(event, ExternalSignalDelivered):
             future = self._external_signals.pop(event.seq, None)
             if future is not None and not future.done():
@@ -502,6 +514,99 @@ class WorkflowInstance:
             child.result.exception()  # an unawaited (abandoned) child is no error
         else:
             child.result.set_result(value)
+
+    # ------------------------------------------------------------------ updates
+    def _validate_update(self, event: UpdateRequested) -> None:
+        """Accept or reject a requested update; an accepted one runs at once."""
+        definition = self.definition.updates.get(event.name)
+        reason: BaseException | None = None
+        if self.completed:
+            reason = UnknownHandlerError(f"workflow {self.workflow_id!r} has already closed")
+        elif definition is None:
+            reason = UnknownHandlerError(
+                f"workflow {self.definition.name!r} defines no update {event.name!r}; it "
+                f"defines: {', '.join(sorted(self.definition.updates)) or 'no updates'}"
+            )
+        elif self.workflow_object is None:
+            reason = UnknownHandlerError(f"workflow {self.workflow_id!r} has not started")
+        else:
+            try:
+                values = self.converter.decode_args(bytes(event.args),
+                                                    definition.parameter_hints,
+                                                    what=f"update {event.name!r}")
+                if definition.validator is not None:
+                    self._run_read_only(definition.validator, values)
+            except Exception as exc:
+                reason = exc
+        if reason is not None:
+            self.update_decisions[event.update_id] = failure_from_exception(reason)
+            return
+        accepted = UpdateAccepted(update_id=event.update_id, name=event.name, args=event.args)
+        self.update_decisions[event.update_id] = accepted
+        self._run_update(accepted)
+
+    def _run_read_only(self, fn: Callable[..., Any], values: Sequence[Any]) -> Any:
+        """Call a validator or query: it may read state, never issue commands."""
+        self._in_query = True
+        try:
+            return fn(self.workflow_object, *values)
+        finally:
+            self._in_query = False
+
+    def _run_update(self, event: UpdateAccepted) -> None:
+        definition = self.definition.updates.get(event.name)
+        if definition is None or self.workflow_object is None:
+            # accepted by an earlier version of the code: it must still have the handler
+            self._task_failure = NondeterminismError(
+                f"history has update {event.name!r} ({event.update_id}) accepted, but workflow "
+                f"{self.definition.name!r} no longer defines it"
+            )
+            return
+        try:
+            values = self.converter.decode_args(bytes(event.args), definition.parameter_hints,
+                                                what=f"update {event.name!r}")
+        except PayloadError as exc:
+            self._finish_update(event.update_id, None, exc)
+            return
+        method = definition.method.__get__(self.workflow_object)
+        if not definition.is_async:
+            try:
+                value = method(*values)
+            except Exception as exc:
+                self._finish_update(event.update_id, None, exc)
+            else:
+                self._finish_update(event.update_id, value, None)
+            return
+        task = self.loop.create_task(method(*values), name=f"update:{event.name}")
+
+        def done(task: asyncio.Task[Any]) -> None:
+            if task.cancelled():
+                self._finish_update(event.update_id, None,
+                                    asyncio.CancelledError("update handler was cancelled"))
+                return
+            exc = task.exception()
+            if isinstance(exc, NondeterminismError | ContinueAsNew):
+                self._fail_from_handler(exc)
+            elif exc is not None:
+                self._finish_update(event.update_id, None, exc)
+            else:
+                self._finish_update(event.update_id, task.result(), None)
+
+        task.add_done_callback(done)
+
+    def _finish_update(self, update_id: str, value: Any, error: BaseException | None) -> None:
+        if self.completed:
+            return  # the run closed first: the store fails the update
+        if error is None:
+            try:
+                data = self.converter.encode(value, what=f"result of update {update_id!r}")
+            except PayloadError as exc:
+                error = exc
+            else:
+                self._emit(UpdateCompleted(update_id=update_id, result=msgspec.Raw(data)))
+                return
+        self._emit(UpdateCompleted(update_id=update_id, result=msgspec.Raw(b"null"),
+                                   failure=failure_from_exception(error)))
 
     def _activity_error(
         self, event: ActivityFailed | ActivityTimedOut, pending: _PendingActivity
@@ -673,7 +778,10 @@ class WorkflowInstance:
     def next_seq(self) -> int:
         if self._in_query:
             # a command from a query would shift every later seq: the run would diverge
-            raise QueryRejectedError("query handlers must not start activities or timers")
+            raise QueryRejectedError(
+                "query handlers and update validators must not start activities, timers or "
+                "child workflows"
+            )
         self._seq += 1
         return self._seq
 

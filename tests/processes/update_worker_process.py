@@ -1,0 +1,31 @@
+"""A worker for the update crash test: ``python update_worker_process.py DATABASE_URL QUEUE``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from update_workflows import Ledger, post_entry
+
+from perdure import Client, Worker, WorkerOptions
+
+
+async def main(url: str, task_queue: str) -> None:
+    client = await Client.connect(url)
+    options = WorkerOptions(liveness_interval=0.25, dead_worker_timeout=1.5)
+    worker = Worker(client, task_queue=task_queue, workflows=[Ledger], activities=[post_entry],
+                    options=options)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with worker:
+        print("ready", flush=True)
+        await stop.wait()
+    await client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
