@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
 import pytest
 
-from perdure import WorkflowFailureError, WorkflowStatus, activity, workflow
+from perdure import WorkerOptions, WorkflowFailureError, WorkflowStatus, activity, workflow
 from perdure.history import (
     SignalReceived,
     WorkflowContinuedAsNew,
@@ -85,7 +86,22 @@ class FailsAfterContinuing:
         raise ValueError(f"run {run_no} failed")
 
 
-ALL = [Counter, Accumulator, ParentOfCounter, FailsAfterContinuing]
+@workflow.defn
+class LongSession:
+    """Does steps until its history is long enough that continuing as new is suggested."""
+
+    @workflow.run
+    async def run(self, done: int, total: int) -> dict[str, Any]:
+        while done < total:
+            done = await workflow.execute_activity(add_one, done, start_to_close_timeout=10)
+            info = workflow.info()
+            if info.continue_as_new_suggested and done < total:
+                workflow.continue_as_new(done, total)
+        info = workflow.info()
+        return {"done": done, "events": info.history_length, "bytes": info.history_size}
+
+
+ALL = [Counter, Accumulator, ParentOfCounter, FailsAfterContinuing, LongSession]
 
 
 async def test_five_runs_carry_state_and_result_follows_chain(env: WorkflowEnvironment) -> None:
@@ -192,3 +208,30 @@ async def test_failure_after_continuing_is_reported_through_first_handle(
                                                  task_queue=TQ)
         with pytest.raises(WorkflowFailureError, match="run 3 failed"):
             await handle.result(timeout=20)
+
+
+async def test_long_history_is_reported_and_warned(
+    env: WorkflowEnvironment, caplog: pytest.LogCaptureFixture,
+) -> None:
+    options = WorkerOptions(history_warning_events=30, history_warning_bytes=10**9)
+    with caplog.at_level(logging.WARNING, logger="perdure.worker"):
+        async with env.worker(task_queue=TQ, workflows=ALL, activities=[add_one],
+                              options=options):
+            handle = await env.client.start_workflow(LongSession.run, 0, 40, id="long",
+                                                     task_queue=TQ)
+            result = await handle.result(timeout=30)
+    assert result["done"] == 40
+    assert 0 < result["events"] <= 30 and result["bytes"] > 0
+    # each activity adds 3 events: the first run suggested continuing after ~10 steps
+    chain = await env.client.list_workflows(status="continued_as_new")
+    assert len(chain) >= 3
+    warnings = [r.getMessage() for r in caplog.records if "long history" in r.getMessage()]
+    assert warnings and "continue it as new" in warnings[0]
+    # by bytes as well
+    options = WorkerOptions(history_warning_events=10**9, history_warning_bytes=2_000)
+    async with env.worker(task_queue=TQ, workflows=ALL, activities=[add_one],
+                          options=options):
+        handle = await env.client.start_workflow(LongSession.run, 0, 40, id="long-bytes",
+                                                 task_queue=TQ)
+        result = await handle.result(timeout=30)
+    assert result["done"] == 40 and result["bytes"] < 2_000 + 400

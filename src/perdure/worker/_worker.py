@@ -94,6 +94,11 @@ class WorkerOptions:
     """Run activities this worker can serve at once, without a claim round trip."""
     max_heartbeat_interval: float = 1.0
     """Longest delay before a recorded activity heartbeat reaches the database."""
+    history_warning_events: int = 10_000
+    """A run's history this long (events) is logged as a warning, once per run, and
+    ``workflow.info().continue_as_new_suggested`` turns true: time to continue as new."""
+    history_warning_bytes: int = 10 * 1024 * 1024
+    """The same, for the history's size in bytes."""
 
 
 @dataclasses.dataclass
@@ -322,6 +327,9 @@ class Worker:
         try:
             instance = WorkflowInstance(definition, workflow_id=workflow_id, run_id=run_id,
                                         converter=self.converter)
+            instance.history_size = len(started_event)
+            instance.history_limits = (self.options.history_warning_events,
+                                       self.options.history_warning_bytes)
             started = decode_event(started_event)
             tail = instance.replay([started])
             instance.history_length = 1 - len(tail)
@@ -426,6 +434,9 @@ class Worker:
             definition, workflow_id=claim.workflow_id, run_id=claim.run_id,
             converter=self.converter,
         )
+        instance.history_size = sum(len(data) for _, _, data in rows)
+        instance.history_limits = (self.options.history_warning_events,
+                                   self.options.history_warning_bytes)
         tail = instance.replay(events)
         # the tail is this task's inbound: like inbox events, not counted in the
         # history_length the activation sees (replay counts it the same way)
@@ -552,6 +563,17 @@ class Worker:
         """A committed activation: update the cache, stop cancelled work, start eager work."""
         workflow_id, run_id = completion.workflow_id, completion.run_id
         instance.history_length = completion.expected_history_length + len(completion.events)
+        instance.history_size += sum(len(data) for _, data in completion.events)
+        if instance.continue_as_new_suggested() and not instance.completed \
+                and not instance.size_warned:
+            instance.size_warned = True
+            _log.warning(
+                "workflow %s (run %s, %s) has a long history: %d events, %d bytes (warning "
+                "at %d events or %d bytes); continue it as new (workflow.continue_as_new) "
+                "to keep replay fast",
+                workflow_id, run_id, workflow_type, instance.history_length,
+                instance.history_size, *instance.history_limits,
+            )
         for seq in completion.cancel_activities:
             running = self._running_activities.get((workflow_id, run_id, seq))
             if running is not None:  # running here: no need to wait for a liveness round

@@ -96,6 +96,11 @@ class WorkflowInfo:
     execution_timeout: timedelta | None
     history_length: int
     """Events in history when the current activation began."""
+    history_size: int = 0
+    """Bytes of history when the current activation began."""
+    continue_as_new_suggested: bool = False
+    """The history has passed the worker's warning size (events or bytes): a long
+    session should call ``workflow.continue_as_new`` at its next convenient point."""
     parent_workflow_id: str | None = None
     """For a child workflow: the parent's workflow id and run id."""
     parent_run_id: str | None = None
@@ -257,6 +262,11 @@ class WorkflowInstance:
         self.replaying = False
         self.history_length = 0
         """Events of this run's history that this instance has consumed."""
+        self.history_size = 0
+        """Bytes of this run's history (as stored), kept up to date by the worker."""
+        self.history_limits: tuple[int, int] = (10_000, 10 * 1024 * 1024)
+        """(events, bytes) past which continuing as new is suggested."""
+        self.size_warned = False
         self.completed = False
         self.info: WorkflowInfo | None = None
         self.task_queue = ""
@@ -370,6 +380,8 @@ class WorkflowInstance:
         self.update_decisions = {}
         if self.info is not None:
             self.info.history_length = self.history_length
+            self.info.history_size = self.history_size
+            self.info.continue_as_new_suggested = self.continue_as_new_suggested()
         previous_loop = asyncio._get_running_loop()
         asyncio._set_running_loop(self.loop)
         previous_instance = _context.set_current(self)
@@ -411,6 +423,11 @@ class WorkflowInstance:
                 self._conditions.remove((fn, future))
                 progressed = True
         return progressed
+
+    def continue_as_new_suggested(self) -> bool:
+        """Whether the history passed its warning size, in events or bytes."""
+        events, size = self.history_limits
+        return self.history_length >= events or self.history_size >= size
 
     # ------------------------------------------------------------------ inbound
     def _apply(self, event: HistoryEvent) -> None:
