@@ -33,7 +33,8 @@ def test_workflow_exports() -> None:
         "execute_activity", "execute_child_workflow", "get_external_workflow_handle", "info",
         "is_replaying", "logger", "now", "query", "random", "run", "set_signal_handler",
         "signal", "sleep", "start_activity", "start_child_workflow", "update",
-        "update_validator", "uuid4", "wait_condition",
+        "update_validator", "upsert_memo", "upsert_search_attributes", "uuid4",
+        "wait_condition",
     }
 
 

@@ -11,6 +11,7 @@ PINNED_FIELDS = {
     "WorkflowStarted": [
         "workflow_type", "task_queue", "input", "started_at", "execution_timeout",
         "parent_workflow_id", "parent_run_id", "parent_seq", "continued_from_run_id",
+        "memo", "search_attributes",
     ],
     "ActivityCompleted": ["seq", "result", "attempt"],
     "ActivityFailed": ["seq", "failure", "attempt"],
@@ -39,9 +40,11 @@ PINNED_FIELDS = {
     "MarkerRecorded": ["seq", "name", "value"],
     "ChildWorkflowScheduled": [
         "seq", "workflow_type", "workflow_id", "task_queue", "input", "parent_close_policy",
-        "execution_timeout",
+        "execution_timeout", "memo", "search_attributes",
     ],
     "ChildWorkflowCancelRequested": ["seq"],
+    "SearchAttributesUpserted": ["attributes"],
+    "MemoUpserted": ["memo"],
     "ExternalSignalSent": ["seq", "workflow_id", "name", "args", "run_id"],
     "WorkflowCompleted": ["result"],
     "WorkflowFailed": ["failure"],

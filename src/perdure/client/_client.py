@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from perdure._attributes import check_memo, check_search_attributes
 from perdure._clock import Clock, VirtualClock
 from perdure._converter import PayloadConverter
 from perdure._errors import (
@@ -162,6 +163,9 @@ class WorkflowDescription:
     parent_workflow_id: str | None = None
     """For a child workflow: the workflow id and run id of the parent that started it."""
     parent_run_id: str | None = None
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict)
+    search_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """As set at start and upserted by the workflow since."""
 
     @classmethod
     def from_record(cls, record: RunRecord) -> WorkflowDescription:
@@ -186,6 +190,10 @@ class WorkflowDescription:
             last_workflow_task_failure=record.workflow_task_failure,
             parent_workflow_id=record.parent_workflow_id,
             parent_run_id=record.parent_run_id,
+            memo=json.loads(record.memo) if record.memo else {},
+            search_attributes=(
+                json.loads(record.search_attributes) if record.search_attributes else {}
+            ),
         )
 
 
@@ -284,6 +292,8 @@ class Client:
         id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy: IdConflictPolicy = IdConflictPolicy.FAIL,
         result_type: Any = None,
+        memo: dict[str, Any] | None = None,
+        search_attributes: dict[str, Any] | None = None,
     ) -> WorkflowHandle[Any]:
         """Start a workflow run; durable once this returns, whether or not a worker runs.
 
@@ -291,11 +301,16 @@ class Client:
         :class:`WorkflowAlreadyStartedError` (the default), return a handle to the
         running run, or terminate it and start anew. Once the id's last run closed,
         ``id_reuse_policy`` decides whether it may be used again.
+
+        ``memo`` is JSON shown by ``describe()``; ``search_attributes`` (str, int,
+        float or bool values) are what ``list_workflows(search_attributes=...)``
+        filters on. The workflow can change both as it runs.
         """
         return await self._start(
             workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
             id_reuse_policy=id_reuse_policy, result_type=result_type, signal=None,
-            id_conflict_policy=IdConflictPolicy(id_conflict_policy),
+            id_conflict_policy=IdConflictPolicy(id_conflict_policy), memo=memo,
+            search_attributes=search_attributes,
         )
 
     async def signal_with_start(
@@ -308,6 +323,8 @@ class Client:
         task_queue: str,
         execution_timeout: timedelta | float | None = None,
         result_type: Any = None,
+        memo: dict[str, Any] | None = None,
+        search_attributes: dict[str, Any] | None = None,
     ) -> WorkflowHandle[Any]:
         """Signal the running workflow ``id``, or start it and deliver the signal first, atomically."""
         name = self._signal_name(signal)
@@ -318,7 +335,7 @@ class Client:
         return await self._start(
             workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
             id_reuse_policy=IdReusePolicy.ALLOW_DUPLICATE, result_type=result_type,
-            signal=encode_event(event),
+            signal=encode_event(event), memo=memo, search_attributes=search_attributes,
         )
 
     async def _start(
@@ -326,6 +343,8 @@ class Client:
         execution_timeout: timedelta | float | None, id_reuse_policy: IdReusePolicy,
         result_type: Any, signal: bytes | None,
         id_conflict_policy: IdConflictPolicy = IdConflictPolicy.FAIL,
+        memo: dict[str, Any] | None = None,
+        search_attributes: dict[str, Any] | None = None,
     ) -> WorkflowHandle[Any]:
         if not id or not isinstance(id, str):
             raise InvalidArgumentError("start_workflow needs a non-empty string id")
@@ -343,9 +362,12 @@ class Client:
         data = self.converter.encode_args(args, what=f"workflow {workflow_type!r}")
         now = self.store.clock.now()
         timeout = _seconds(execution_timeout)
+        memo = check_memo(memo) or None
+        search_attributes = check_search_attributes(search_attributes) or None
         started = WorkflowStarted(
             workflow_type=workflow_type, task_queue=task_queue, input=msgspec.Raw(data),
-            started_at=now, execution_timeout=timeout,
+            started_at=now, execution_timeout=timeout, memo=memo,
+            search_attributes=search_attributes,
         )
         eager = None
         if signal is None:
@@ -377,6 +399,10 @@ class Client:
                 eager_worker=eager.identity if eager is not None else None,
                 eager_lease=EAGER_START_LEASE,
                 first_completion=prepared.completion if prepared is not None else None,
+                memo=msgspec.json.encode(memo) if memo else None,
+                search_attributes=(
+                    msgspec.json.encode(search_attributes) if search_attributes else None
+                ),
             )
         ))
 
@@ -436,12 +462,14 @@ class Client:
         closed_after: datetime | float | None = None,
         closed_before: datetime | float | None = None,
         parent_workflow_id: str | None = None, parent_run_id: str | None = None,
+        search_attributes: dict[str, Any] | None = None,
         limit: int = 100, page_token: str | None = None,
     ) -> WorkflowPage:
         """One page of runs, newest first, filtered by status, type, parent and time ranges.
 
         ``parent_workflow_id`` (and optionally ``parent_run_id``) lists the children
-        that a workflow started.
+        that a workflow started. ``search_attributes`` keeps runs whose attributes equal
+        every value given (indexed on PostgreSQL).
 
         Times are aware datetimes or epoch seconds (``*_after`` inclusive, ``*_before``
         exclusive). Pass the page's ``next_page_token`` as ``page_token`` for the next
@@ -461,6 +489,7 @@ class Client:
             before=before,
             parent=(parent_workflow_id, parent_run_id) if parent_workflow_id is not None
             else None,
+            search_attributes=check_search_attributes(search_attributes),
         )
         page = WorkflowPage(WorkflowDescription.from_record(r) for r in records[:limit])
         if len(records) > limit:

@@ -25,6 +25,8 @@ from perdure.history import (
     ExternalSignalSent,
     Failure,
     HistoryEvent,
+    MemoUpserted,
+    SearchAttributesUpserted,
     SignalReceived,
     TimerCanceled,
     TimerStarted,
@@ -152,7 +154,8 @@ def plan_workflow_task(
                 workflow_type=command.workflow_type, task_queue=command.task_queue,
                 input=command.input, started_at=now,
                 execution_timeout=command.execution_timeout, parent_workflow_id=workflow_id,
-                parent_run_id=run_id, parent_seq=command.seq,
+                parent_run_id=run_id, parent_seq=command.seq, memo=command.memo,
+                search_attributes=command.search_attributes,
             )
             completion.new_children.append(
                 NewChildWorkflow(
@@ -161,6 +164,9 @@ def plan_workflow_task(
                     input=bytes(command.input), started_event=encode_event(started),
                     execution_timeout=command.execution_timeout,
                     parent_close_policy=command.parent_close_policy,
+                    memo=_json.encode(command.memo) if command.memo else None,
+                    search_attributes=(_json.encode(command.search_attributes)
+                                       if command.search_attributes else None),
                 )
             )
         elif isinstance(command, ChildWorkflowCancelRequested):
@@ -172,6 +178,12 @@ def plan_workflow_task(
                     event=encode_event(SignalReceived(name=command.name, args=command.args)),
                 )
             )
+        elif isinstance(command, SearchAttributesUpserted):
+            completion.upsert_search_attributes = {
+                **(completion.upsert_search_attributes or {}), **command.attributes,
+            }
+        elif isinstance(command, MemoUpserted):
+            completion.upsert_memo = {**(completion.upsert_memo or {}), **command.memo}
         elif isinstance(command, UpdateCompleted):
             outcomes.append(UpdateOutcome(
                 command.update_id, "completed",

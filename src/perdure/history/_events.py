@@ -40,6 +40,8 @@ __all__ = [
     "Failure",
     "HistoryEvent",
     "MarkerRecorded",
+    "MemoUpserted",
+    "SearchAttributesUpserted",
     "SignalReceived",
     "TimerCanceled",
     "TimerFired",
@@ -97,6 +99,8 @@ class WorkflowStarted(_Event, tag="WorkflowStarted"):
     parent_seq: int | None = None
     continued_from_run_id: str | None = None
     """For a run started by continue-as-new: the run it continues."""
+    memo: dict[str, Any] | None = None
+    search_attributes: dict[str, Any] | None = None
 
 
 class ActivityCompleted(_Event, tag="ActivityCompleted"):
@@ -235,6 +239,8 @@ class ChildWorkflowScheduled(_Event, tag="ChildWorkflowScheduled"):
     parent_close_policy: str
     """terminate | request_cancel | abandon: what happens to the child when this run closes."""
     execution_timeout: float | None = None
+    memo: dict[str, Any] | None = None
+    search_attributes: dict[str, Any] | None = None
 
 
 class UpdateCompleted(_Event, tag="UpdateCompleted"):
@@ -242,6 +248,16 @@ class UpdateCompleted(_Event, tag="UpdateCompleted"):
     result: Raw
     """The handler's return value (JSON ``null`` when it failed)."""
     failure: Failure | None = None
+
+
+class SearchAttributesUpserted(_Event, tag="SearchAttributesUpserted"):
+    attributes: dict[str, Any]
+    """Merged into the run's search attributes; a ``null`` value removes the key."""
+
+
+class MemoUpserted(_Event, tag="MemoUpserted"):
+    memo: dict[str, Any]
+    """Merged into the run's memo; a ``null`` value removes the key."""
 
 
 class ChildWorkflowCancelRequested(_Event, tag="ChildWorkflowCancelRequested"):
@@ -313,6 +329,8 @@ HistoryEvent = (
     | ChildWorkflowCancelRequested
     | ExternalSignalSent
     | UpdateCompleted
+    | SearchAttributesUpserted
+    | MemoUpserted
     | WorkflowCompleted
     | WorkflowFailed
     | WorkflowCanceled
@@ -331,6 +349,8 @@ COMMAND_EVENT_TYPES: tuple[type[_Event], ...] = (
     ChildWorkflowCancelRequested,
     ExternalSignalSent,
     UpdateCompleted,
+    SearchAttributesUpserted,
+    MemoUpserted,
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCanceled,

@@ -276,11 +276,13 @@ class WorkflowStore:
         closed: tuple[float | None, float | None] = (None, None),
         before: tuple[float, str, str] | None = None,
         parent: tuple[str, str | None] | None = None,
+        search_attributes: dict[str, Any] | None = None,
     ) -> list[RunRecord]:
         """Runs newest first (by start time, then workflow id, then run id), filtered;
         ``started``/``closed`` are [from, until) ranges; ``before`` is the sort key of the
         last run of the previous page (keyset pagination); ``parent`` is a parent's
-        (workflow id, run id or None for any of its runs)."""
+        (workflow id, run id or None for any of its runs); ``search_attributes`` keeps
+        runs whose attributes equal every given value."""
         raise NotImplementedError
 
     async def delete_closed_runs(self, closed_before: float, limit: int) -> int:

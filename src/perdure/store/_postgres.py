@@ -11,12 +11,13 @@ other processes into in-process wake-ups, so idle workers do not poll.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import threading
 import time
 import uuid
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg.conninfo
@@ -78,6 +79,11 @@ class PostgresStore(SqlStore):
     _SKIP_LOCKED_OF = " FOR UPDATE OF c, r SKIP LOCKED"
     _LEAST = "LEAST"
     _INSERTION_ORDER = "run_no"
+    _JSON = "CAST(? AS jsonb)"
+
+    def _search_attribute_match(self, key: str, value: Any) -> tuple[str, list[Any]]:
+        # containment: served by the GIN index on search_attributes
+        return "search_attributes @> CAST(? AS jsonb)", [json.dumps({key: value})]
 
     def __init__(self, conninfo: str, *, url: str, schema: str | None = None,
                  pool_size: int = 2, clock: Clock | None = None, describe: str = "") -> None:

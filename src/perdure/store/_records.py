@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 __all__ = [
     "ActivityAttempt",
@@ -48,6 +49,10 @@ class StartWorkflowRecord:
     first_completion: WorkflowTaskCompletion | None = None
     """Eager start, fused: the first activation, already run by an in-process worker,
     committed with the start itself (no workflow task row at all)."""
+    memo: bytes | None = None
+    """JSON object, or None."""
+    search_attributes: bytes | None = None
+    """JSON object of scalars, or None."""
 
 
 @dataclasses.dataclass
@@ -74,6 +79,8 @@ class RunRecord:
     parent_run_id: str | None = None
     next_run_id: str | None = None
     """For a run closed by continue-as-new: the run that continues it."""
+    memo: bytes | None = None
+    search_attributes: bytes | None = None
 
 
 @dataclasses.dataclass
@@ -120,6 +127,8 @@ class NewChildWorkflow:
     started_event: bytes
     execution_timeout: float | None
     parent_close_policy: str
+    memo: bytes | None = None
+    search_attributes: bytes | None = None
 
 
 @dataclasses.dataclass
@@ -177,8 +186,11 @@ class WorkflowTaskCompletion:
     """Seqs of children whose cancellation this activation requested."""
     external_signals: list[ExternalSignal] = dataclasses.field(default_factory=list)
     continue_as_new: ContinuedRun | None = None
-    update_outcomes: list[UpdateOutcome] = dataclasses.field(default_factory=list)
     """With ``close_status == "continued_as_new"``: the run that takes over."""
+    update_outcomes: list[UpdateOutcome] = dataclasses.field(default_factory=list)
+    upsert_memo: dict[str, Any] | None = None
+    upsert_search_attributes: dict[str, Any] | None = None
+    """Merged into the run's memo / search attributes (None values remove keys)."""
 
 
 @dataclasses.dataclass

@@ -151,12 +151,16 @@ ALTER TABLE workflow_runs ADD COLUMN parent_run_id TEXT;
 ALTER TABLE workflow_runs ADD COLUMN parent_seq INTEGER;
 ALTER TABLE workflow_runs ADD COLUMN parent_close_policy TEXT;
 ALTER TABLE workflow_runs ADD COLUMN next_run_id TEXT;
+ALTER TABLE workflow_runs ADD COLUMN memo {blob};
+ALTER TABLE workflow_runs ADD COLUMN search_attributes {json};
 CREATE INDEX workflow_runs_parent ON workflow_runs (parent_workflow_id, parent_run_id)
     WHERE parent_workflow_id IS NOT NULL;
 """
 """Version 3: child workflows and continue-as-new. A child run names its parent run and
 the command (seq) that started it; the index finds a closing run's children for its
-parent-close policy. A run closed by continue-as-new names the run that continues it."""
+parent-close policy. A run closed by continue-as-new names the run that continues it.
+Memo (JSON, shown, never searched) and search attributes (a JSON object of scalars that
+``list_workflows`` filters on; JSONB with a GIN index on PostgreSQL)."""
 
 _V3_UPDATES = """
 CREATE TABLE updates (
@@ -176,7 +180,10 @@ CREATE INDEX updates_run ON updates (workflow_id, run_id, state);
 completed or failed; the caller waits on it. Keyed by the update id its caller chose,
 so that asking again (after a lost connection) finds the same update."""
 
-SQLITE_MIGRATIONS: list[str] = [_V1, _V2, _V3 + _V3_UPDATES.format(blob="BLOB", real="REAL")]
+SQLITE_MIGRATIONS: list[str] = [
+    _V1, _V2,
+    _V3.format(blob="BLOB", json="TEXT") + _V3_UPDATES.format(blob="BLOB", real="REAL"),
+]
 """Migration ``i`` takes the schema from version ``i`` to ``i + 1``."""
 
 _PG_V1 = """
@@ -325,7 +332,11 @@ CREATE TABLE writer_commits (
 of its last committed batch, read when a COMMIT was cut off (see ``_postgres_writer``)."""
 
 POSTGRES_MIGRATIONS: list[str] = [
-    _PG_V1, _PG_V2, _V3 + _V3_UPDATES.format(blob="BYTEA", real="DOUBLE PRECISION"),
+    _PG_V1, _PG_V2,
+    _V3.format(blob="BYTEA", json="JSONB")
+    + _V3_UPDATES.format(blob="BYTEA", real="DOUBLE PRECISION")
+    + "CREATE INDEX workflow_runs_search ON workflow_runs USING GIN "
+    "(search_attributes jsonb_path_ops);",
 ]
 """The same schema versions in PostgreSQL's types (BYTEA, DOUBLE PRECISION, identities),
 plus what many processes need: at most one running run per workflow id."""

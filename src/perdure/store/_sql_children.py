@@ -70,11 +70,12 @@ def start_child(
     conn.execute(
         "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, status, "
         "input, history_length, created_at, execution_timeout, parent_workflow_id, "
-        "parent_run_id, parent_seq, parent_close_policy) "
-        "VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?)",
+        "parent_run_id, parent_seq, parent_close_policy, memo, search_attributes) "
+        f"VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?, ?, {store._JSON})",
         (child.workflow_id, child.run_id, child.workflow_type, child.task_queue, child.input,
          now, child.execution_timeout, parent_id, parent_run, child.seq,
-         child.parent_close_policy),
+         child.parent_close_policy, child.memo,
+         child.search_attributes.decode() if child.search_attributes is not None else None),
     )
     store._append(conn, child.workflow_id, child.run_id, 1,
                   [("WorkflowStarted", child.started_event)])

@@ -71,20 +71,38 @@ def lease_only(op: Op[T]) -> Op[T]:
 _RUN_COLUMNS = (
     "workflow_id, run_id, workflow_type, task_queue, status, history_length, created_at, "
     "closed_at, result, failure, execution_timeout, parent_workflow_id, parent_run_id, "
-    "next_run_id"
+    "next_run_id, memo, search_attributes"
 )
 
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
     (workflow_id, run_id, workflow_type, task_queue, status, history_length, created_at,
-     closed_at, result, failure, execution_timeout, parent_id, parent_run, next_run) = row
+     closed_at, result, failure, execution_timeout, parent_id, parent_run, next_run, memo,
+     search_attributes) = row
     return RunRecord(
         workflow_id=workflow_id, run_id=run_id, workflow_type=workflow_type,
         task_queue=task_queue, status=status, history_length=history_length,
         created_at=created_at, closed_at=closed_at, result=result, failure=failure,
         execution_timeout=execution_timeout, parent_workflow_id=parent_id,
         parent_run_id=parent_run, next_run_id=next_run,
+        memo=bytes(memo) if memo is not None else None,
+        search_attributes=_json_bytes(search_attributes),
     )
+
+
+def _json_text(data: bytes | None) -> str | None:
+    return data.decode() if data is not None else None
+
+
+def _json_bytes(value: Any) -> bytes | None:
+    """A JSON column's value as JSON bytes (SQLite gives text, psycopg decoded jsonb)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | memoryview):
+        return bytes(value)
+    return json.dumps(value).encode()
 
 
 def _closed_before_update(workflow_id: str, status: str) -> bytes:
@@ -113,6 +131,14 @@ class SqlRunStore(WorkflowStore):
     """The scalar minimum of several values."""
     _INSERTION_ORDER = "rowid"
     """A column that orders the runs of one workflow id by creation."""
+    _JSON = "?"
+    """A parameter holding a JSON document (PostgreSQL: cast to jsonb)."""
+
+    def _search_attribute_match(self, key: str, value: Any) -> tuple[str, list[Any]]:
+        """SQL (and its parameters) true when search attribute ``key`` equals ``value``."""
+        if isinstance(value, bool):
+            value = int(value)  # json_extract gives JSON true/false as 1/0
+        return "json_extract(search_attributes, ?) = ?", [f'$."{key}"', value]
 
     def _run(self, op: Op[T]) -> asyncio.Future[T]:
         raise NotImplementedError
@@ -335,10 +361,11 @@ class SqlRunStore(WorkflowStore):
                     )
             conn.execute(
                 "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, "
-                "status, input, history_length, created_at, execution_timeout) "
-                "VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?)",
+                "status, input, history_length, created_at, execution_timeout, memo, "
+                f"search_attributes) VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, {self._JSON})",
                 (record.workflow_id, record.run_id, record.workflow_type, record.task_queue,
-                 record.input, record.now, record.execution_timeout),
+                 record.input, record.now, record.execution_timeout, record.memo,
+                 _json_text(record.search_attributes)),
             )
             self._append(conn, record.workflow_id, record.run_id, 1,
                          [("WorkflowStarted", record.started_event)])
@@ -509,9 +536,14 @@ class SqlRunStore(WorkflowStore):
         closed: tuple[float | None, float | None] = (None, None),
         before: tuple[float, str, str] | None = None,
         parent: tuple[str, str | None] | None = None,
+        search_attributes: dict[str, Any] | None = None,
     ) -> list[RunRecord]:
         where: list[str] = []
         params: list[Any] = []
+        for key, value in (search_attributes or {}).items():
+            clause, clause_params = self._search_attribute_match(key, value)
+            where.append(clause)
+            params.extend(clause_params)
         parent_id, parent_run = parent if parent is not None else (None, None)
         for column, value in (("status", status), ("workflow_type", workflow_type),
                               ("parent_workflow_id", parent_id), ("parent_run_id", parent_run)):
@@ -870,6 +902,8 @@ class SqlRunStore(WorkflowStore):
                 "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
                 [(*key, answer) for answer in answers],
             )
+        if c.upsert_memo or c.upsert_search_attributes:
+            self._upsert_attributes(conn, key, c.upsert_memo, c.upsert_search_attributes)
         if c.update_outcomes:
             conn.executemany(
                 "UPDATE updates SET state = ?, result = ?, failure = ? "
@@ -910,6 +944,33 @@ class SqlRunStore(WorkflowStore):
                 "DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key
             )
 
+    def _upsert_attributes(
+        self, conn: Conn, key: tuple[str, str], memo: dict[str, Any] | None,
+        search_attributes: dict[str, Any] | None,
+    ) -> None:
+        """Merge into a run's memo and search attributes; None values remove keys."""
+        row = conn.execute(
+            "SELECT memo, search_attributes FROM workflow_runs WHERE workflow_id = ? "
+            "AND run_id = ?", key,
+        ).fetchone()
+        merged: list[bytes | None] = []
+        for current, changes in ((row[0], memo), (_json_bytes(row[1]), search_attributes)):
+            if not changes:
+                merged.append(bytes(current) if current is not None else None)
+                continue
+            values = json.loads(current) if current else {}
+            for name, value in changes.items():
+                if value is None:
+                    values.pop(name, None)
+                else:
+                    values[name] = value
+            merged.append(json.dumps(values).encode() if values else None)
+        conn.execute(
+            f"UPDATE workflow_runs SET memo = ?, search_attributes = {self._JSON} "
+            "WHERE workflow_id = ? AND run_id = ?",
+            (merged[0], _json_text(merged[1]), *key),
+        )
+
     def _continue_as_new(
         self, conn: Conn, c: WorkflowTaskCompletion, now: float, notes: StoreNotes
     ) -> None:
@@ -919,9 +980,11 @@ class SqlRunStore(WorkflowStore):
         assert new is not None
         # serialised with starts of this id (one running run per workflow id)
         self._lock_workflow_id(conn, c.workflow_id)
-        (execution_timeout, parent_id, parent_run, parent_seq, policy, deadline) = conn.execute(
+        (execution_timeout, parent_id, parent_run, parent_seq, policy, deadline, memo,
+         search) = conn.execute(
             "SELECT r.execution_timeout, r.parent_workflow_id, r.parent_run_id, r.parent_seq, "
-            "r.parent_close_policy, t.fire_at FROM workflow_runs r LEFT JOIN timers t "
+            "r.parent_close_policy, t.fire_at, r.memo, r.search_attributes "
+            "FROM workflow_runs r LEFT JOIN timers t "
             "ON t.workflow_id = r.workflow_id AND t.run_id = r.run_id AND t.seq = 0 "
             "WHERE r.workflow_id = ? AND r.run_id = ?",
             (c.workflow_id, c.run_id),
@@ -937,14 +1000,17 @@ class SqlRunStore(WorkflowStore):
             input=msgspec.Raw(new.input), started_at=now, execution_timeout=execution_timeout,
             parent_workflow_id=parent_id, parent_run_id=parent_run, parent_seq=parent_seq,
             continued_from_run_id=c.run_id,
+            memo=json.loads(memo) if memo else None,
+            search_attributes=json.loads(search) if (search := _json_bytes(search)) else None,
         ))
         conn.execute(
             "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, status, "
             "input, history_length, created_at, execution_timeout, parent_workflow_id, "
-            "parent_run_id, parent_seq, parent_close_policy) "
-            "VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?)",
+            "parent_run_id, parent_seq, parent_close_policy, memo, search_attributes) "
+            f"VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?, ?, {self._JSON})",
             (c.workflow_id, new.run_id, new.workflow_type, new.task_queue, new.input, now,
-             execution_timeout, parent_id, parent_run, parent_seq, policy),
+             execution_timeout, parent_id, parent_run, parent_seq, policy,
+             bytes(memo) if memo is not None else None, _json_text(search)),
         )
         self._append(conn, c.workflow_id, new.run_id, 1, [("WorkflowStarted", started)])
         if deadline is not None:

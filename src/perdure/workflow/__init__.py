@@ -17,6 +17,8 @@ from perdure.workflow._api import (
     set_signal_handler,
     sleep,
     start_activity,
+    upsert_memo,
+    upsert_search_attributes,
     uuid4,
     wait_condition,
 )
@@ -58,6 +60,8 @@ __all__ = [
     "start_child_workflow",
     "update",
     "update_validator",
+    "upsert_memo",
+    "upsert_search_attributes",
     "uuid4",
     "wait_condition",
 ]

@@ -13,7 +13,7 @@ import msgspec
 
 from perdure._retry import RetryPolicy
 from perdure.activity._definition import get_activity_definition
-from perdure.history import WorkflowContinuedAsNew
+from perdure.history import MemoUpserted, SearchAttributesUpserted, WorkflowContinuedAsNew
 from perdure.workflow import _context
 from perdure.workflow._instance import ContinueAsNew, WorkflowInfo, WorkflowInstance
 
@@ -29,6 +29,8 @@ __all__ = [
     "set_signal_handler",
     "sleep",
     "start_activity",
+    "upsert_memo",
+    "upsert_search_attributes",
     "uuid4",
     "wait_condition",
 ]
@@ -241,6 +243,27 @@ def continue_as_new(
         workflow_type=workflow_type, task_queue=task_queue or instance.task_queue,
         input=msgspec.Raw(data),
     ))
+
+
+def upsert_search_attributes(attributes: dict[str, Any]) -> None:
+    """Set (or, with ``None``, remove) search attributes of this run: values that
+    ``Client.list_workflows(search_attributes=...)`` filters on. Durable: recorded in
+    history, applied with this activation's commit."""
+    from perdure._attributes import check_search_attributes
+
+    checked = check_search_attributes(attributes, removals=True)
+    if checked:
+        _context.current().upsert(SearchAttributesUpserted(attributes=checked))
+
+
+def upsert_memo(memo: dict[str, Any]) -> None:
+    """Set (or, with ``None``, remove) memo entries of this run: JSON shown by
+    ``describe()`` and ``list_workflows``, never searched."""
+    from perdure._attributes import check_memo
+
+    checked = check_memo(memo)
+    if checked:
+        _context.current().upsert(MemoUpserted(memo=checked))
 
 
 def now() -> datetime:

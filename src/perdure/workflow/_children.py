@@ -188,6 +188,8 @@ async def start_child_workflow(
         ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED
     ),
     result_type: Any = None,
+    memo: dict[str, Any] | None = None,
+    search_attributes: dict[str, Any] | None = None,
 ) -> ChildWorkflowHandle[Any]:
     """Start a child workflow and return its handle once it has started.
 
@@ -196,7 +198,10 @@ async def start_child_workflow(
     run, raises :class:`WorkflowAlreadyStartedError`. ``task_queue`` defaults to
     this workflow's. ``parent_close_policy`` says what happens to the child if this
     run closes first; ``cancellation_type`` what cancelling the wait on it does.
+    ``memo`` and ``search_attributes`` are the child's own (see ``Client.start_workflow``).
     """
+    from perdure._attributes import check_memo, check_search_attributes
+
     instance = _context.current()
     workflow_type, hint = _resolve(workflow, args, result_type)
     policy = ParentClosePolicy(parent_close_policy)
@@ -204,7 +209,8 @@ async def start_child_workflow(
     child = instance.start_child(
         workflow_type, args, workflow_id=id, task_queue=task_queue,
         execution_timeout=_seconds(execution_timeout), parent_close_policy=str(policy),
-        result_hint=hint,
+        result_hint=hint, memo=check_memo(memo),
+        search_attributes=check_search_attributes(search_attributes),
     )
     await _wait(instance, child, child.started, cancel_type)
     return ChildWorkflowHandle(instance, child, cancel_type)
@@ -221,6 +227,8 @@ async def execute_child_workflow(
         ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED
     ),
     result_type: Any = None,
+    memo: dict[str, Any] | None = None,
+    search_attributes: dict[str, Any] | None = None,
 ) -> Any:
     """Run a child workflow to its end and return its result (see :func:`start_child_workflow`).
 
@@ -230,6 +238,6 @@ async def execute_child_workflow(
     handle = await start_child_workflow(
         workflow, *args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
         parent_close_policy=parent_close_policy, cancellation_type=cancellation_type,
-        result_type=result_type,
+        result_type=result_type, memo=memo, search_attributes=search_attributes,
     )
     return await handle.result()

@@ -57,6 +57,8 @@ from perdure.history import (
     Failure,
     HistoryEvent,
     MarkerRecorded,
+    MemoUpserted,
+    SearchAttributesUpserted,
     SignalReceived,
     TimerCanceled,
     TimerFired,
@@ -101,6 +103,9 @@ class WorkflowInfo:
     continue_as_new_suggested: bool = False
     """The history has passed the worker's warning size (events or bytes): a long
     session should call ``workflow.continue_as_new`` at its next convenient point."""
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict)
+    search_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """As set at start and upserted since (``workflow.upsert_search_attributes``)."""
     parent_workflow_id: str | None = None
     """For a child workflow: the parent's workflow id and run id."""
     parent_run_id: str | None = None
@@ -661,6 +666,8 @@ class WorkflowInstance:
             history_length=self.history_length,
             parent_workflow_id=event.parent_workflow_id,
             parent_run_id=event.parent_run_id,
+            memo=dict(event.memo or {}),
+            search_attributes=dict(event.search_attributes or {}),
         )
         definition = self.definition
         try:
@@ -851,6 +858,8 @@ class WorkflowInstance:
         execution_timeout: float | None,
         parent_close_policy: str,
         result_hint: Any,
+        memo: dict[str, Any] | None = None,
+        search_attributes: dict[str, Any] | None = None,
     ) -> PendingChild:
         """Emit ChildWorkflowScheduled; the child's start and outcome arrive as events."""
         data = self.converter.encode_args(args, what=f"child workflow {workflow_type!r}")
@@ -868,6 +877,7 @@ class WorkflowInstance:
                 seq=seq, workflow_type=workflow_type, workflow_id=workflow_id,
                 task_queue=task_queue or self.task_queue, input=msgspec.Raw(data),
                 parent_close_policy=parent_close_policy, execution_timeout=execution_timeout,
+                memo=memo or None, search_attributes=search_attributes or None,
             )
         )
         return child
@@ -890,6 +900,22 @@ class WorkflowInstance:
         self._emit(ExternalSignalSent(seq=seq, workflow_id=workflow_id, name=name,
                                       args=msgspec.Raw(data), run_id=run_id))
         return future
+
+    def upsert(self, command: SearchAttributesUpserted | MemoUpserted) -> None:
+        """Emit an upsert and apply it to ``info()`` at once."""
+        if self._in_query:
+            raise QueryRejectedError("query handlers and update validators must not upsert")
+        assert self.info is not None
+        if isinstance(command, SearchAttributesUpserted):
+            target, changes = self.info.search_attributes, command.attributes
+        else:
+            target, changes = self.info.memo, command.memo
+        for key, value in changes.items():
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+        self._emit(command)
 
     def start_timer(
         self,
