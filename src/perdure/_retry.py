@@ -1,4 +1,4 @@
-"""Retry policies for activities (and, later, child workflows)."""
+"""Retry policies for activities and workflows."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-__all__ = ["RetryPolicy"]
+__all__ = ["RetryPolicy", "next_attempt_at"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,3 +74,22 @@ class RetryPolicy:
             maximum_attempts=data["maximum_attempts"],
             non_retryable_error_types=tuple(data.get("non_retryable_error_types", ())),
         )
+
+
+def next_attempt_at(
+    policy: RetryPolicy, attempt: int, now: float, *, error_type: str = "",
+    non_retryable: bool = False, deadline: float | None = None,
+) -> float | None:
+    """When the attempt after failed attempt ``attempt`` may start, or None if the policy
+    (attempts, non-retryable types, a ``deadline`` it would pass) allows no more."""
+    if non_retryable:
+        return None
+    if error_type and (error_type in policy.non_retryable_error_types
+                       or error_type.rsplit(".", 1)[-1] in policy.non_retryable_error_types):
+        return None
+    if not policy.allows_another_attempt(attempt):
+        return None
+    at = now + policy.delay_after(attempt)
+    if deadline is not None and at >= deadline:
+        return None
+    return at

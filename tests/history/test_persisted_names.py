@@ -11,7 +11,7 @@ PINNED_FIELDS = {
     "WorkflowStarted": [
         "workflow_type", "task_queue", "input", "started_at", "execution_timeout",
         "parent_workflow_id", "parent_run_id", "parent_seq", "continued_from_run_id",
-        "memo", "search_attributes",
+        "memo", "search_attributes", "attempt", "run_timeout", "retry_policy",
     ],
     "ActivityCompleted": ["seq", "result", "attempt"],
     "ActivityFailed": ["seq", "failure", "attempt"],
@@ -40,7 +40,7 @@ PINNED_FIELDS = {
     "MarkerRecorded": ["seq", "name", "value"],
     "ChildWorkflowScheduled": [
         "seq", "workflow_type", "workflow_id", "task_queue", "input", "parent_close_policy",
-        "execution_timeout", "memo", "search_attributes",
+        "execution_timeout", "memo", "search_attributes", "run_timeout", "retry_policy",
     ],
     "ChildWorkflowCancelRequested": ["seq"],
     "SearchAttributesUpserted": ["attributes"],

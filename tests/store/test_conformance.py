@@ -253,3 +253,12 @@ async def test_pruning_a_closed_run_leaves_none_of_its_rows(store: WorkflowStore
     with pytest.raises(WorkflowNotFoundError):
         await store.get_run("pruned", run_id)
     del claim, task
+
+
+async def test_no_task_queues_match_nothing(store: WorkflowStore) -> None:
+    """An empty queue list (a time skipper with no worker running) is valid on every backend."""
+    await _start(store, "queues")
+    assert await store.count_ready_tasks([]) == 0
+    assert await store.count_ready_tasks(None) == 1
+    assert await store.next_due_time([]) is None
+    assert await store.next_due_time(None) is not None

@@ -35,6 +35,7 @@ from perdure._errors import (
     WorkflowFailureError,
 )
 from perdure._failure import exception_from_failure
+from perdure._retry import RetryPolicy
 from perdure.history import (
     CancelRequested,
     Failure,
@@ -71,6 +72,8 @@ DEFAULT_DATABASE_URL = "sqlite:///perdure.db"
 EAGER_START_LEASE = 5.0
 """Seconds an eagerly started run's first task stays reserved for the in-process worker."""
 _failure_decoder = msgspec.json.Decoder(Failure)
+_MAY_CONTINUE = ("continued_as_new", "failed", "timed_out")
+"""Statuses after which another run of the chain may carry on (``next_run_id``)."""
 
 
 class WorkflowStatus(enum.StrEnum):
@@ -294,6 +297,8 @@ class Client:
         result_type: Any = None,
         memo: dict[str, Any] | None = None,
         search_attributes: dict[str, Any] | None = None,
+        run_timeout: timedelta | float | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> WorkflowHandle[Any]:
         """Start a workflow run; durable once this returns, whether or not a worker runs.
 
@@ -305,12 +310,18 @@ class Client:
         ``memo`` is JSON shown by ``describe()``; ``search_attributes`` (str, int,
         float or bool values) are what ``list_workflows(search_attributes=...)``
         filters on. The workflow can change both as it runs.
+
+        ``execution_timeout`` bounds the workflow with all its runs (retries,
+        continue-as-new), ``run_timeout`` each run. With ``retry_policy``, a run that
+        fails or passes its run timeout is followed by another attempt of the workflow
+        (``workflow.info().attempt``); ``result()`` waits for the last.
         """
         return await self._start(
             workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
             id_reuse_policy=id_reuse_policy, result_type=result_type, signal=None,
             id_conflict_policy=IdConflictPolicy(id_conflict_policy), memo=memo,
-            search_attributes=search_attributes,
+            search_attributes=search_attributes, run_timeout=run_timeout,
+            retry_policy=retry_policy,
         )
 
     async def signal_with_start(
@@ -345,6 +356,8 @@ class Client:
         id_conflict_policy: IdConflictPolicy = IdConflictPolicy.FAIL,
         memo: dict[str, Any] | None = None,
         search_attributes: dict[str, Any] | None = None,
+        run_timeout: timedelta | float | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> WorkflowHandle[Any]:
         if not id or not isinstance(id, str):
             raise InvalidArgumentError("start_workflow needs a non-empty string id")
@@ -367,7 +380,8 @@ class Client:
         started = WorkflowStarted(
             workflow_type=workflow_type, task_queue=task_queue, input=msgspec.Raw(data),
             started_at=now, execution_timeout=timeout, memo=memo,
-            search_attributes=search_attributes,
+            search_attributes=search_attributes, run_timeout=_seconds(run_timeout),
+            retry_policy=retry_policy.to_dict() if retry_policy is not None else None,
         )
         eager = None
         if signal is None:
@@ -403,6 +417,9 @@ class Client:
                 search_attributes=(
                     msgspec.json.encode(search_attributes) if search_attributes else None
                 ),
+                run_timeout=started.run_timeout,
+                retry_policy=(msgspec.json.encode(started.retry_policy)
+                              if started.retry_policy is not None else None),
             )
         ))
 
@@ -564,17 +581,14 @@ class WorkflowHandle(Generic[T]):
     async def _wait_result(self, deadline: float | None) -> T:
         run_id = self.run_id
         if run_id is None:
-            record = await self._store.get_run(self.workflow_id, None)
-            if record.status not in (WorkflowStatus.RUNNING, WorkflowStatus.CONTINUED_AS_NEW):
-                return self._outcome(record)
-            run_id = record.run_id
-        while True:  # each run of a continue-as-new chain in turn
+            run_id = (await self._store.get_run(self.workflow_id, None)).run_id
+        while True:  # each run of a chain (continue-as-new, retries) in turn
             record = await self._wait_run(run_id, deadline)
-            if record.status != WorkflowStatus.CONTINUED_AS_NEW:
-                return self._outcome(record)
-            if record.next_run_id is None:  # the outcome came without a read: read it
+            if record.next_run_id is None and record.status in _MAY_CONTINUE:
+                # the outcome came without a read: read whether another run carries on
                 record = await self._store.get_run(self.workflow_id, run_id)
-            assert record.next_run_id is not None
+            if record.next_run_id is None:
+                return self._outcome(record)
             run_id = record.next_run_id
 
     async def _wait_run(self, run_id: str, deadline: float | None) -> RunRecord:
@@ -632,7 +646,7 @@ class WorkflowHandle(Generic[T]):
     async def _current_run(self) -> RunRecord:
         """This handle's run, or the run that continues it (across continue-as-new)."""
         record = await self._store.get_run(self.workflow_id, self.run_id)
-        while record.status == WorkflowStatus.CONTINUED_AS_NEW and record.next_run_id:
+        while record.status != WorkflowStatus.RUNNING and record.next_run_id:
             record = await self._store.get_run(self.workflow_id, record.next_run_id)
         return record
 

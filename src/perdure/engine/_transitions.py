@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import msgspec
 
-from perdure._retry import RetryPolicy
+from perdure._retry import RetryPolicy, next_attempt_at
 from perdure.history import (
     ActivityCancelRequested,
     ActivityCompleted,
@@ -155,7 +155,8 @@ def plan_workflow_task(
                 input=command.input, started_at=now,
                 execution_timeout=command.execution_timeout, parent_workflow_id=workflow_id,
                 parent_run_id=run_id, parent_seq=command.seq, memo=command.memo,
-                search_attributes=command.search_attributes,
+                search_attributes=command.search_attributes, run_timeout=command.run_timeout,
+                retry_policy=command.retry_policy,
             )
             completion.new_children.append(
                 NewChildWorkflow(
@@ -167,6 +168,9 @@ def plan_workflow_task(
                     memo=_json.encode(command.memo) if command.memo else None,
                     search_attributes=(_json.encode(command.search_attributes)
                                        if command.search_attributes else None),
+                    run_timeout=command.run_timeout,
+                    retry_policy=(_json.encode(command.retry_policy)
+                                  if command.retry_policy else None),
                 )
             )
         elif isinstance(command, ChildWorkflowCancelRequested):
@@ -221,23 +225,13 @@ def activity_completed_outcome(
 
 
 def _retry_at(state: ActivityAttempt, failure: Failure | None, now: float) -> float | None:
-    policy = RetryPolicy.from_dict(msgspec.json.decode(state.retry_policy))
-    if failure is not None:
-        if failure.non_retryable:
-            return None
-        if failure.type in policy.non_retryable_error_types or (
-            failure.type.rsplit(".", 1)[-1] in policy.non_retryable_error_types
-        ):
-            return None
-    if not policy.allows_another_attempt(state.attempt):
-        return None
-    retry_at = now + policy.delay_after(state.attempt)
-    if (
-        state.schedule_to_close_timeout is not None
-        and retry_at >= state.scheduled_at + state.schedule_to_close_timeout
-    ):
-        return None
-    return retry_at
+    return next_attempt_at(
+        RetryPolicy.from_dict(msgspec.json.decode(state.retry_policy)), state.attempt, now,
+        error_type=failure.type if failure is not None else "",
+        non_retryable=failure is not None and failure.non_retryable,
+        deadline=(state.scheduled_at + state.schedule_to_close_timeout
+                  if state.schedule_to_close_timeout is not None else None),
+    )
 
 
 def activity_failed_outcome(

@@ -101,6 +101,10 @@ class WorkflowStarted(_Event, tag="WorkflowStarted"):
     """For a run started by continue-as-new: the run it continues."""
     memo: dict[str, Any] | None = None
     search_attributes: dict[str, Any] | None = None
+    attempt: int = 1
+    """Which attempt of the workflow this run is (retry policy); 1 for the first."""
+    run_timeout: float | None = None
+    retry_policy: dict[str, Any] | None = None
 
 
 class ActivityCompleted(_Event, tag="ActivityCompleted"):
@@ -241,6 +245,8 @@ class ChildWorkflowScheduled(_Event, tag="ChildWorkflowScheduled"):
     execution_timeout: float | None = None
     memo: dict[str, Any] | None = None
     search_attributes: dict[str, Any] | None = None
+    run_timeout: float | None = None
+    retry_policy: dict[str, Any] | None = None
 
 
 class UpdateCompleted(_Event, tag="UpdateCompleted"):

@@ -53,6 +53,9 @@ class StartWorkflowRecord:
     """JSON object, or None."""
     search_attributes: bytes | None = None
     """JSON object of scalars, or None."""
+    run_timeout: float | None = None
+    retry_policy: bytes | None = None
+    """JSON RetryPolicy: a failed (or run-timed-out) run is followed by another attempt."""
 
 
 @dataclasses.dataclass
@@ -129,6 +132,8 @@ class NewChildWorkflow:
     parent_close_policy: str
     memo: bytes | None = None
     search_attributes: bytes | None = None
+    run_timeout: float | None = None
+    retry_policy: bytes | None = None
 
 
 @dataclasses.dataclass

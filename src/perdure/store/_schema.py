@@ -153,13 +153,17 @@ ALTER TABLE workflow_runs ADD COLUMN parent_close_policy TEXT;
 ALTER TABLE workflow_runs ADD COLUMN next_run_id TEXT;
 ALTER TABLE workflow_runs ADD COLUMN memo {blob};
 ALTER TABLE workflow_runs ADD COLUMN search_attributes {json};
+ALTER TABLE workflow_runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE workflow_runs ADD COLUMN retry_policy {blob};
+ALTER TABLE workflow_runs ADD COLUMN run_timeout {real};
 CREATE INDEX workflow_runs_parent ON workflow_runs (parent_workflow_id, parent_run_id)
     WHERE parent_workflow_id IS NOT NULL;
 """
 """Version 3: child workflows and continue-as-new. A child run names its parent run and
 the command (seq) that started it; the index finds a closing run's children for its
 parent-close policy. A run closed by continue-as-new names the run that continues it.
-Memo (JSON, shown, never searched) and search attributes (a JSON object of scalars that
+A run that fails (or passes its run timeout) under a retry policy is followed by the next
+attempt, also named by ``next_run_id``. Memo (JSON, shown, never searched) and search attributes (a JSON object of scalars that
 ``list_workflows`` filters on; JSONB with a GIN index on PostgreSQL)."""
 
 _V3_UPDATES = """
@@ -182,7 +186,7 @@ so that asking again (after a lost connection) finds the same update."""
 
 SQLITE_MIGRATIONS: list[str] = [
     _V1, _V2,
-    _V3.format(blob="BLOB", json="TEXT") + _V3_UPDATES.format(blob="BLOB", real="REAL"),
+    _V3.format(blob="BLOB", json="TEXT", real="REAL") + _V3_UPDATES.format(blob="BLOB", real="REAL"),
 ]
 """Migration ``i`` takes the schema from version ``i`` to ``i + 1``."""
 
@@ -333,7 +337,7 @@ of its last committed batch, read when a COMMIT was cut off (see ``_postgres_wri
 
 POSTGRES_MIGRATIONS: list[str] = [
     _PG_V1, _PG_V2,
-    _V3.format(blob="BYTEA", json="JSONB")
+    _V3.format(blob="BYTEA", json="JSONB", real="DOUBLE PRECISION")
     + _V3_UPDATES.format(blob="BYTEA", real="DOUBLE PRECISION")
     + "CREATE INDEX workflow_runs_search ON workflow_runs USING GIN "
     "(search_attributes jsonb_path_ops);",

@@ -28,6 +28,16 @@ from perdure.store._sql_runs import Conn, Op, SqlRunStore, lease_only
 __all__ = ["Conn", "Op", "SqlStore", "lease_only"]
 
 
+def _queue_filter(task_queues: Sequence[str] | None) -> str:
+    """``AND task_queue IN (?, ...)``; no queues match nothing (PostgreSQL rejects
+    ``IN ()``), None matches every queue."""
+    if task_queues is None:
+        return ""
+    if not task_queues:
+        return " AND 1 = 0"
+    return f" AND task_queue IN ({','.join('?' * len(task_queues))})"
+
+
 class SqlStore(SqlRunStore):
     """Every store operation, in SQL; a backend supplies the writer and the dialect."""
 
@@ -197,9 +207,10 @@ class SqlStore(SqlRunStore):
                 ).fetchone()
                 if deleted is None or locked is None or locked[0] != "running":
                     continue  # fired by another process meanwhile, or the run is over
-                if seq == 0:
+                if seq <= 0:  # 0: the execution deadline; -1: this run's timeout
+                    kind = "execution" if seq == 0 else "run"
                     run = conn.execute(
-                        "SELECT history_length, execution_timeout, status FROM workflow_runs "
+                        f"SELECT history_length, {kind}_timeout FROM workflow_runs "
                         "WHERE workflow_id = ? AND run_id = ?", (workflow_id, run_id),
                     ).fetchone()
                     self._append(conn, workflow_id, run_id, run[0] + 1, [
@@ -211,11 +222,12 @@ class SqlStore(SqlRunStore):
                     )
                     failure = json.dumps(msgspec.to_builtins(Failure(
                         type="TimeoutFailure", kind="timeout",
-                        message=f"workflow execution timeout ({run[1]:g}s) passed",
-                        attributes={"timeout_type": "execution"},
+                        message=f"workflow {kind} timeout ({run[1]:g}s) passed",
+                        attributes={"timeout_type": kind},
                     ))).encode()
+                    # past the execution deadline no retry may follow; past a run's may
                     self._close_run(conn, workflow_id, run_id, "timed_out", now, None, failure,
-                                    notes)
+                                    notes, may_retry=seq == -1)
                     continue
                 conn.execute(
                     "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
@@ -353,8 +365,7 @@ class SqlStore(SqlRunStore):
     # ---------------------------------------------------------------- time skipping
     async def next_due_time(self, task_queues: Sequence[str] | None = None, *,
                             after: float | None = None) -> float | None:
-        queues = "" if task_queues is None else (
-            f" AND task_queue IN ({','.join('?' * len(task_queues))})")
+        queues = _queue_filter(task_queues)
         later = "" if after is None else " AND {} > ?"
         params: list[Any] = []
         for queue_filter in (False, False, True, True):  # timers, deadlines, two task kinds
@@ -380,8 +391,7 @@ class SqlStore(SqlRunStore):
         return await self._run(op)
 
     async def count_ready_tasks(self, task_queues: Sequence[str] | None = None) -> int:
-        queues = "" if task_queues is None else (
-            f" AND task_queue IN ({','.join('?' * len(task_queues))})")
+        queues = _queue_filter(task_queues)
         params = [] if task_queues is None else list(task_queues)
 
         def op(conn: Conn, notes: StoreNotes) -> int:

@@ -36,6 +36,8 @@ from perdure.store._records import ExternalSignal, NewChildWorkflow
 if TYPE_CHECKING:
     from perdure.store._sql_runs import Conn, SqlRunStore
 
+from perdure.store import _sql_runs
+
 __all__ = [
     "apply_parent_close_policies",
     "deliver_external_signal",
@@ -67,24 +69,16 @@ def start_child(
         return encode_event(
             ChildWorkflowStartFailed(seq=child.seq, cause="already_running", run_id=latest[0])
         )
-    conn.execute(
-        "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, status, "
-        "input, history_length, created_at, execution_timeout, parent_workflow_id, "
-        "parent_run_id, parent_seq, parent_close_policy, memo, search_attributes) "
-        f"VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?, ?, {store._JSON})",
-        (child.workflow_id, child.run_id, child.workflow_type, child.task_queue, child.input,
-         now, child.execution_timeout, parent_id, parent_run, child.seq,
-         child.parent_close_policy, child.memo,
-         child.search_attributes.decode() if child.search_attributes is not None else None),
-    )
-    store._append(conn, child.workflow_id, child.run_id, 1,
-                  [("WorkflowStarted", child.started_event)])
-    if child.execution_timeout is not None:
-        conn.execute(
-            "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, 0, ?)",
-            (child.workflow_id, child.run_id, now + child.execution_timeout),
-        )
-        notes.due_at(now + child.execution_timeout)
+    store._insert_run(conn, _sql_runs.NewRun(
+        workflow_id=child.workflow_id, run_id=child.run_id, workflow_type=child.workflow_type,
+        task_queue=child.task_queue, input=child.input,
+        execution_timeout=child.execution_timeout,
+        execution_deadline=(now + child.execution_timeout
+                            if child.execution_timeout is not None else None),
+        run_timeout=child.run_timeout, retry_policy=child.retry_policy,
+        parent=(parent_id, parent_run, child.seq, child.parent_close_policy),
+        memo=child.memo, search_attributes=child.search_attributes,
+    ), now, notes, started_event=child.started_event)
     store._ensure_workflow_task(conn, child.workflow_id, child.run_id, now, notes)
     return encode_event(ChildWorkflowStarted(seq=child.seq, run_id=child.run_id))
 

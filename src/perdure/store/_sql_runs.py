@@ -20,10 +20,12 @@ whose write lock already serializes every transaction, the locks are no-ops.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -35,7 +37,8 @@ from perdure._errors import (
     WorkflowAlreadyStartedError,
     WorkflowNotFoundError,
 )
-from perdure.history import WorkflowStarted, encode_event
+from perdure._retry import RetryPolicy, next_attempt_at
+from perdure.history import Failure, WorkflowStarted, encode_event
 from perdure.store import _sql_children as _children
 from perdure.store._base import StoreNotes, StoreNotifier, WorkflowStore
 from perdure.store._records import (
@@ -103,6 +106,54 @@ def _json_bytes(value: Any) -> bytes | None:
     if isinstance(value, bytes | memoryview):
         return bytes(value)
     return json.dumps(value).encode()
+
+
+@dataclasses.dataclass
+class NewRun:
+    """A run to insert: by a start, a child start, continue-as-new or a retry."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    input: bytes
+    execution_timeout: float | None = None
+    execution_deadline: float | None = None
+    """Absolute; shared by every run of a chain (continue-as-new, retries)."""
+    run_timeout: float | None = None
+    attempt: int = 1
+    retry_policy: bytes | None = None
+    parent: tuple[str, str, int, str] | None = None
+    """(workflow id, run id, seq, parent-close policy) of a child's parent."""
+    memo: bytes | None = None
+    search_attributes: bytes | None = None
+    continued_from: str | None = None
+
+    def started_event(self, now: float) -> bytes:
+        """The run's WorkflowStarted, as recorded."""
+        parent_id, parent_run, parent_seq, _ = self.parent or (None, None, None, None)
+        return encode_event(WorkflowStarted(
+            workflow_type=self.workflow_type, task_queue=self.task_queue,
+            input=msgspec.Raw(self.input), started_at=now,
+            execution_timeout=self.execution_timeout, parent_workflow_id=parent_id,
+            parent_run_id=parent_run, parent_seq=parent_seq,
+            continued_from_run_id=self.continued_from,
+            memo=json.loads(self.memo) if self.memo else None,
+            search_attributes=(json.loads(self.search_attributes)
+                               if self.search_attributes else None),
+            attempt=self.attempt, run_timeout=self.run_timeout,
+            retry_policy=json.loads(self.retry_policy) if self.retry_policy else None,
+        ))
+
+
+_SUCCESSOR_COLUMNS = (
+    "r.workflow_type, r.task_queue, r.input, r.execution_timeout, t.fire_at, r.run_timeout, "
+    "r.attempt, r.retry_policy, r.parent_workflow_id, r.parent_run_id, r.parent_seq, "
+    "r.parent_close_policy, r.memo, r.search_attributes"
+)
+
+
+_failure_decoder = msgspec.json.Decoder(Failure)
 
 
 def _closed_before_update(workflow_id: str, status: str) -> bytes:
@@ -221,12 +272,16 @@ class SqlRunStore(WorkflowStore):
                 raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r}")
             run_id = latest[0]
         row = self._lock_run(conn, workflow_id, run_id)
-        while row is not None and row[0] == "continued_as_new":
-            # a run that continued as new: what is addressed to it goes to its successor
-            (run_id,) = conn.execute(
+        while row is not None and row[0] != "running":
+            # a run that continued as new, or was retried: what is addressed to it goes
+            # to the run that carries on
+            (next_run,) = conn.execute(
                 "SELECT next_run_id FROM workflow_runs WHERE workflow_id = ? AND run_id = ?",
                 (workflow_id, run_id),
             ).fetchone()
+            if next_run is None:
+                break
+            run_id = next_run
             row = self._lock_run(conn, workflow_id, run_id)
         if row is None:
             raise WorkflowNotFoundError(f"no workflow with id {workflow_id!r} and run {run_id}")
@@ -254,15 +309,22 @@ class SqlRunStore(WorkflowStore):
 
     def _close_run(
         self, conn: Conn, workflow_id: str, run_id: str, status: str, now: float,
-        result: bytes | None, failure: bytes | None, notes: StoreNotes,
+        result: bytes | None, failure: bytes | None, notes: StoreNotes, *,
+        may_retry: bool = True,
     ) -> None:
+        """Close a (locked) running run; a failed or run-timed-out run whose retry policy
+        allows another attempt is followed by that attempt, and its parent hears nothing."""
         key = (workflow_id, run_id)
         parent = conn.execute(
             "UPDATE workflow_runs SET status = ?, result = ?, failure = ?, closed_at = ?, "
             "sticky_worker = NULL WHERE workflow_id = ? AND run_id = ? "
-            "RETURNING parent_workflow_id, parent_run_id, parent_seq",
+            "RETURNING parent_workflow_id, parent_run_id, parent_seq, retry_policy, attempt",
             (status, result, failure, now, *key),
         ).fetchone()
+        retry: tuple[NewRun, float] | None = None
+        if may_retry and status in ("failed", "timed_out") and parent[3] is not None:
+            retry = self._retry(conn, workflow_id, run_id, bytes(parent[3]), int(parent[4]),
+                                failure, now)
         conn.execute("DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key)
         conn.execute("DELETE FROM timers WHERE workflow_id = ? AND run_id = ?", key)
         conn.execute("DELETE FROM inbox WHERE workflow_id = ? AND run_id = ?", key)
@@ -287,11 +349,92 @@ class SqlRunStore(WorkflowStore):
         if outstanding:
             notes.add("update")
         notes.run_closed(run_id, (status, result, failure))
-        if parent is not None and parent[0] is not None and status != "continued_as_new":
+        if retry is not None:
+            successor, at = retry
+            self._insert_run(conn, successor, now, notes)
+            self._ensure_workflow_task(conn, workflow_id, successor.run_id, at, notes)
+            notes.due_at(at)
+        elif parent[0] is not None and status != "continued_as_new":
             _children.notify_parent(self, conn, (parent[0], parent[1], int(parent[2])), status,
                                     result, failure, now, notes)
         _children.apply_parent_close_policies(self, conn, workflow_id, run_id, status, now,
                                               notes)
+
+    def _retry(
+        self, conn: Conn, workflow_id: str, run_id: str, policy: bytes, attempt: int,
+        failure: bytes | None, now: float,
+    ) -> tuple[NewRun, float] | None:
+        """The next attempt of a failed run and when it starts, if its policy allows one
+        before the execution deadline; marks the closing run as followed by it."""
+        recorded = _failure_decoder.decode(failure) if failure else None
+        deadline = conn.execute(
+            "SELECT fire_at FROM timers WHERE workflow_id = ? AND run_id = ? AND seq = 0",
+            (workflow_id, run_id),
+        ).fetchone()
+        at = next_attempt_at(
+            RetryPolicy.from_dict(json.loads(policy)), attempt, now,
+            error_type=recorded.type if recorded is not None else "",
+            non_retryable=recorded is not None and recorded.non_retryable,
+            deadline=deadline[0] if deadline is not None else None,
+        )
+        if at is None:
+            return None
+        self._lock_workflow_id(conn, workflow_id)  # one running run per workflow id
+        successor = dataclasses.replace(
+            self._successor(conn, workflow_id, run_id, str(uuid.uuid4())), attempt=attempt + 1,
+        )
+        conn.execute(
+            "UPDATE workflow_runs SET next_run_id = ? WHERE workflow_id = ? AND run_id = ?",
+            (successor.run_id, workflow_id, run_id),
+        )
+        return successor, at
+
+    def _insert_run(self, conn: Conn, run: NewRun, now: float, notes: StoreNotes,
+                    started_event: bytes | None = None) -> None:
+        """Insert a running run with its WorkflowStarted and its timeout timers (no task)."""
+        parent_id, parent_run, parent_seq, policy = run.parent or (None, None, None, None)
+        conn.execute(
+            "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, "
+            "status, input, history_length, created_at, execution_timeout, run_timeout, "
+            "attempt, retry_policy, parent_workflow_id, parent_run_id, parent_seq, "
+            "parent_close_policy, memo, search_attributes) "
+            "VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            f"{self._JSON})",
+            (run.workflow_id, run.run_id, run.workflow_type, run.task_queue, run.input, now,
+             run.execution_timeout, run.run_timeout, run.attempt, run.retry_policy, parent_id,
+             parent_run, parent_seq, policy, run.memo, _json_text(run.search_attributes)),
+        )
+        self._append(conn, run.workflow_id, run.run_id, 1,
+                     [("WorkflowStarted", started_event or run.started_event(now))])
+        # seq 0: the execution deadline (the whole chain); seq -1: this run's own timeout
+        for seq, fire_at in ((0, run.execution_deadline),
+                             (-1, now + run.run_timeout if run.run_timeout else None)):
+            if fire_at is not None:
+                conn.execute(
+                    "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, ?, ?)",
+                    (run.workflow_id, run.run_id, seq, fire_at),
+                )
+                notes.due_at(fire_at)
+
+    def _successor(self, conn: Conn, workflow_id: str, run_id: str, new_run_id: str) -> NewRun:
+        """The next run of a chain, as a copy of ``run_id`` (read before it closes)."""
+        (workflow_type, task_queue, input_, execution_timeout, deadline, run_timeout, attempt,
+         retry_policy, parent_id, parent_run, parent_seq, policy, memo, search) = conn.execute(
+            f"SELECT {_SUCCESSOR_COLUMNS} FROM workflow_runs r LEFT JOIN timers t "
+            "ON t.workflow_id = r.workflow_id AND t.run_id = r.run_id AND t.seq = 0 "
+            "WHERE r.workflow_id = ? AND r.run_id = ?",
+            (workflow_id, run_id),
+        ).fetchone()
+        return NewRun(
+            workflow_id=workflow_id, run_id=new_run_id, workflow_type=workflow_type,
+            task_queue=task_queue, input=bytes(input_) if input_ is not None else b"[]",
+            execution_timeout=execution_timeout, execution_deadline=deadline,
+            run_timeout=run_timeout, attempt=int(attempt),
+            retry_policy=bytes(retry_policy) if retry_policy is not None else None,
+            parent=(parent_id, parent_run, int(parent_seq), policy) if parent_id else None,
+            memo=bytes(memo) if memo is not None else None,
+            search_attributes=_json_bytes(search), continued_from=run_id,
+        )
 
     def _append(
         self, conn: Conn, workflow_id: str, run_id: str, start_seq: int,
@@ -359,27 +502,20 @@ class SqlRunStore(WorkflowStore):
                         f"is {status}) and the id reuse policy is {policy}",
                         workflow_id=record.workflow_id, run_id=run_id,
                     )
-            conn.execute(
-                "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, "
-                "status, input, history_length, created_at, execution_timeout, memo, "
-                f"search_attributes) VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, {self._JSON})",
-                (record.workflow_id, record.run_id, record.workflow_type, record.task_queue,
-                 record.input, record.now, record.execution_timeout, record.memo,
-                 _json_text(record.search_attributes)),
-            )
-            self._append(conn, record.workflow_id, record.run_id, 1,
-                         [("WorkflowStarted", record.started_event)])
+            self._insert_run(conn, NewRun(
+                workflow_id=record.workflow_id, run_id=record.run_id,
+                workflow_type=record.workflow_type, task_queue=record.task_queue,
+                input=record.input, execution_timeout=record.execution_timeout,
+                execution_deadline=(record.now + record.execution_timeout
+                                    if record.execution_timeout is not None else None),
+                run_timeout=record.run_timeout, retry_policy=record.retry_policy,
+                memo=record.memo, search_attributes=record.search_attributes,
+            ), record.now, notes, started_event=record.started_event)
             if record.signal_event is not None:
                 conn.execute(
                     "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
                     (record.workflow_id, record.run_id, record.signal_event),
                 )
-            if record.execution_timeout is not None:
-                conn.execute(
-                    "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, 0, ?)",
-                    (record.workflow_id, record.run_id, record.now + record.execution_timeout),
-                )
-                notes.due_at(record.now + record.execution_timeout)
             if record.first_completion is not None and record.signal_event is None:
                 self._apply_completion(conn, record.first_completion, record.now, notes,
                                        inbox_pending=False, task_row=False)
@@ -980,45 +1116,18 @@ class SqlRunStore(WorkflowStore):
         assert new is not None
         # serialised with starts of this id (one running run per workflow id)
         self._lock_workflow_id(conn, c.workflow_id)
-        (execution_timeout, parent_id, parent_run, parent_seq, policy, deadline, memo,
-         search) = conn.execute(
-            "SELECT r.execution_timeout, r.parent_workflow_id, r.parent_run_id, r.parent_seq, "
-            "r.parent_close_policy, t.fire_at, r.memo, r.search_attributes "
-            "FROM workflow_runs r LEFT JOIN timers t "
-            "ON t.workflow_id = r.workflow_id AND t.run_id = r.run_id AND t.seq = 0 "
-            "WHERE r.workflow_id = ? AND r.run_id = ?",
-            (c.workflow_id, c.run_id),
-        ).fetchone()
+        successor = dataclasses.replace(
+            self._successor(conn, c.workflow_id, c.run_id, new.run_id),
+            workflow_type=new.workflow_type, task_queue=new.task_queue, input=new.input,
+            attempt=1,
+        )
         conn.execute(
             "UPDATE workflow_runs SET next_run_id = ? WHERE workflow_id = ? AND run_id = ?",
             (new.run_id, c.workflow_id, c.run_id),
         )
         self._close_run(conn, c.workflow_id, c.run_id, "continued_as_new", now, None, None,
                         notes)
-        started = encode_event(WorkflowStarted(
-            workflow_type=new.workflow_type, task_queue=new.task_queue,
-            input=msgspec.Raw(new.input), started_at=now, execution_timeout=execution_timeout,
-            parent_workflow_id=parent_id, parent_run_id=parent_run, parent_seq=parent_seq,
-            continued_from_run_id=c.run_id,
-            memo=json.loads(memo) if memo else None,
-            search_attributes=json.loads(search) if (search := _json_bytes(search)) else None,
-        ))
-        conn.execute(
-            "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, status, "
-            "input, history_length, created_at, execution_timeout, parent_workflow_id, "
-            "parent_run_id, parent_seq, parent_close_policy, memo, search_attributes) "
-            f"VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?, ?, {self._JSON})",
-            (c.workflow_id, new.run_id, new.workflow_type, new.task_queue, new.input, now,
-             execution_timeout, parent_id, parent_run, parent_seq, policy,
-             bytes(memo) if memo is not None else None, _json_text(search)),
-        )
-        self._append(conn, c.workflow_id, new.run_id, 1, [("WorkflowStarted", started)])
-        if deadline is not None:
-            conn.execute(
-                "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, 0, ?)",
-                (c.workflow_id, new.run_id, deadline),
-            )
-            notes.due_at(deadline)
+        self._insert_run(conn, successor, now, notes)
         self._ensure_workflow_task(conn, c.workflow_id, new.run_id, now, notes)
 
     async def fail_workflow_task(

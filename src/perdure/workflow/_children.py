@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from perdure._errors import InvalidArgumentError, UnknownHandlerError, UnknownWorkflowTypeError
+from perdure._retry import RetryPolicy
 from perdure.workflow import _context
 from perdure.workflow._definition import get_workflow_definition, handler_name
 from perdure.workflow._instance import PendingChild, WorkflowInstance
@@ -190,6 +191,8 @@ async def start_child_workflow(
     result_type: Any = None,
     memo: dict[str, Any] | None = None,
     search_attributes: dict[str, Any] | None = None,
+    run_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
 ) -> ChildWorkflowHandle[Any]:
     """Start a child workflow and return its handle once it has started.
 
@@ -199,6 +202,10 @@ async def start_child_workflow(
     this workflow's. ``parent_close_policy`` says what happens to the child if this
     run closes first; ``cancellation_type`` what cancelling the wait on it does.
     ``memo`` and ``search_attributes`` are the child's own (see ``Client.start_workflow``).
+    ``execution_timeout`` bounds the child with all its retries and continuations;
+    ``run_timeout`` each of its runs. With ``retry_policy``, a child run that fails (or
+    passes its run timeout) is followed by another attempt, and the parent hears only
+    of the last.
     """
     from perdure._attributes import check_memo, check_search_attributes
 
@@ -211,6 +218,8 @@ async def start_child_workflow(
         execution_timeout=_seconds(execution_timeout), parent_close_policy=str(policy),
         result_hint=hint, memo=check_memo(memo),
         search_attributes=check_search_attributes(search_attributes),
+        run_timeout=_seconds(run_timeout),
+        retry_policy=retry_policy.to_dict() if retry_policy is not None else None,
     )
     await _wait(instance, child, child.started, cancel_type)
     return ChildWorkflowHandle(instance, child, cancel_type)
@@ -229,6 +238,8 @@ async def execute_child_workflow(
     result_type: Any = None,
     memo: dict[str, Any] | None = None,
     search_attributes: dict[str, Any] | None = None,
+    run_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
 ) -> Any:
     """Run a child workflow to its end and return its result (see :func:`start_child_workflow`).
 
@@ -239,5 +250,6 @@ async def execute_child_workflow(
         workflow, *args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
         parent_close_policy=parent_close_policy, cancellation_type=cancellation_type,
         result_type=result_type, memo=memo, search_attributes=search_attributes,
+        run_timeout=run_timeout, retry_policy=retry_policy,
     )
     return await handle.result()

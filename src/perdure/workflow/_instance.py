@@ -106,6 +106,10 @@ class WorkflowInfo:
     memo: dict[str, Any] = dataclasses.field(default_factory=dict)
     search_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
     """As set at start and upserted since (``workflow.upsert_search_attributes``)."""
+    attempt: int = 1
+    """Which attempt of the workflow this run is, under its retry policy (1 for the first)."""
+    run_timeout: timedelta | None = None
+    continued_from_run_id: str | None = None
     parent_workflow_id: str | None = None
     """For a child workflow: the parent's workflow id and run id."""
     parent_run_id: str | None = None
@@ -668,6 +672,9 @@ class WorkflowInstance:
             parent_run_id=event.parent_run_id,
             memo=dict(event.memo or {}),
             search_attributes=dict(event.search_attributes or {}),
+            attempt=event.attempt,
+            run_timeout=timedelta(seconds=event.run_timeout) if event.run_timeout else None,
+            continued_from_run_id=event.continued_from_run_id,
         )
         definition = self.definition
         try:
@@ -860,6 +867,8 @@ class WorkflowInstance:
         result_hint: Any,
         memo: dict[str, Any] | None = None,
         search_attributes: dict[str, Any] | None = None,
+        run_timeout: float | None = None,
+        retry_policy: dict[str, Any] | None = None,
     ) -> PendingChild:
         """Emit ChildWorkflowScheduled; the child's start and outcome arrive as events."""
         data = self.converter.encode_args(args, what=f"child workflow {workflow_type!r}")
@@ -878,6 +887,7 @@ class WorkflowInstance:
                 task_queue=task_queue or self.task_queue, input=msgspec.Raw(data),
                 parent_close_policy=parent_close_policy, execution_timeout=execution_timeout,
                 memo=memo or None, search_attributes=search_attributes or None,
+                run_timeout=run_timeout, retry_policy=retry_policy,
             )
         )
         return child
