@@ -49,6 +49,33 @@ class FanOut:
 
 
 @workflow.defn
+class Branch:
+    """W3c: one of W3's branches as a child workflow: ``depth`` sequential activities."""
+
+    @workflow.run
+    async def run(self, b: int, depth: int) -> int:
+        total = 0
+        for i in range(depth):
+            total += await workflow.execute_activity(
+                noop, b * depth + i, start_to_close_timeout=TIMEOUT
+            )
+        return total
+
+
+@workflow.defn
+class ChildFanOut:
+    """W3c: W3 with each branch a child workflow, ``branches`` of them started concurrently
+    (``asyncio.gather`` of ``execute_child_workflow``; ids derived from this run)."""
+
+    @workflow.run
+    async def run(self, branches: int, depth: int) -> int:
+        results = await asyncio.gather(*(
+            workflow.execute_child_workflow(Branch.run, b, depth) for b in range(branches)
+        ))
+        return sum(results)
+
+
+@workflow.defn
 class Waiter:
     """W4: waits (holding nothing but a row, ideally) until signalled."""
 

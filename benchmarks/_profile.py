@@ -14,7 +14,13 @@ from collections.abc import Awaitable, Callable
 Workload = Callable[[bool, str], Awaitable[dict[str, float]]]
 
 
-def with_pyinstrument(name: str, fn: Workload, out_dir: str, quick: bool) -> str:
+def _stem(name: str, variant: str) -> str:
+    """The output files' name: the workload, and its variant if any (file-name safe)."""
+    return f"{name}-{re.sub(r'[^A-Za-z0-9_.-]', '_', variant)}" if variant else name
+
+
+def with_pyinstrument(name: str, fn: Workload, out_dir: str, quick: bool,
+                      variant: str = "") -> str:
     """Profile one run in this process; only the event-loop thread is sampled."""
     try:
         from pyinstrument import Profiler
@@ -22,26 +28,28 @@ def with_pyinstrument(name: str, fn: Workload, out_dir: str, quick: bool) -> str
         sys.exit("profiling needs pyinstrument: .venv/bin/pip install pyinstrument")
     profiler = Profiler(interval=0.0005)
     profiler.start()
-    asyncio.run(fn(quick, ""))  # SQLite, in-process worker (the default Bench)
+    asyncio.run(fn(quick, variant))  # SQLite, in-process worker (the default Bench)
     profiler.stop()
     text = profiler.output_text(unicode=False, color=False)
-    with open(os.path.join(out_dir, f"{name}.pyinstrument.txt"), "w") as f:
+    stem = _stem(name, variant)
+    with open(os.path.join(out_dir, f"{stem}.pyinstrument.txt"), "w") as f:
         f.write(text)
-    with open(os.path.join(out_dir, f"{name}.pyinstrument.html"), "w") as f:
+    with open(os.path.join(out_dir, f"{stem}.pyinstrument.html"), "w") as f:
         f.write(profiler.output_html())
     return text
 
 
-def with_py_spy(name: str, run_py: str, out_dir: str, quick: bool, gil: bool) -> str:
+def with_py_spy(name: str, run_py: str, out_dir: str, quick: bool, gil: bool,
+                variant: str = "") -> str:
     """Sample every thread of a child run with py-spy; summarise self and inclusive time."""
     exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
     if not os.path.exists(exe):
         sys.exit("profiling with py-spy needs it: .venv/bin/pip install py-spy")
-    raw = os.path.join(out_dir, f"{name}{'.gil' if gil else ''}.pyspy.raw")
+    raw = os.path.join(out_dir, f"{_stem(name, variant)}{'.gil' if gil else ''}.pyspy.raw")
     cmd = [exe, "record", "-r", "1000", "-f", "raw", "--threads", "-o", raw]
     if gil:
         cmd.append("--gil")
-    cmd += ["--", sys.executable, run_py, "--child", name]
+    cmd += ["--", sys.executable, run_py, "--child", name, "--variant", variant]
     if quick:
         cmd.append("--quick")
     subprocess.run(cmd, check=True, capture_output=True)
@@ -56,7 +64,11 @@ def _norm(frame: str) -> str:
 
 
 def summarize_collapsed(path: str, top: int = 30) -> str:
-    """Self and inclusive time per function, by thread (event loop / sqlite writer).
+    """Self and inclusive time per function, by thread (event loop / sqlite writer /
+    its WAL checkpointer).
+
+    py-spy counts a thread blocked in ``queue.get`` or ``Condition.wait`` as active, so the
+    writer's ``take_batch`` and the checkpointer's ``Condition.wait`` are mostly idle time.
 
     Samples taken while importing, or outside the event loop, are left out.
     """
@@ -67,8 +79,11 @@ def summarize_collapsed(path: str, top: int = 30) -> str:
             stack, _, count = line.rstrip().rpartition(" ")
             frames = stack.split(";")
             tid = frames[0]
-            if any("_WriterThread._run" in fr for fr in frames):
+            # WriterThread (formerly _WriterThread): _run is the writer, the other its checkpointer
+            if any("WriterThread._run" in fr for fr in frames):
                 kinds[tid] = "writer"
+            elif any("WriterThread._checkpoint_loop" in fr for fr in frames):
+                kinds[tid] = "ckpt"
             elif any("run_forever" in fr for fr in frames):
                 kinds.setdefault(tid, "loop")
             samples.append((tid, frames[1:], int(count)))

@@ -30,7 +30,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from _defs import FanOut, Recovery, Sequential, Waiter, noop, slow_step  # noqa: E402
+from _defs import (  # noqa: E402
+    Branch,
+    ChildFanOut,
+    FanOut,
+    Recovery,
+    Sequential,
+    Waiter,
+    noop,
+    slow_step,
+)
 from _util import rss_mb  # noqa: E402
 from perdure import Client, Worker, WorkerOptions  # noqa: E402
 
@@ -107,7 +116,7 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     worker = Worker(client, task_queue=args.task_queue,
-                    workflows=[Sequential, FanOut, Waiter, Recovery],
+                    workflows=[Sequential, FanOut, Waiter, Recovery, ChildFanOut, Branch],
                     activities=[noop, slow_step], options=WorkerOptions(**overrides))
 
     def snapshot() -> None:

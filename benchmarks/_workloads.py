@@ -15,10 +15,11 @@ Counters (commits, round trips, ...) are summed over every process.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,18 @@ from _backend import (
     pg_xact_commit,
     store_counters,
 )
-from _defs import SIDE_FILE_ENV, STEP_SECONDS, FanOut, Recovery, Sequential, Waiter, noop, slow_step
+from _defs import (
+    SIDE_FILE_ENV,
+    STEP_SECONDS,
+    Branch,
+    ChildFanOut,
+    FanOut,
+    Recovery,
+    Sequential,
+    Waiter,
+    noop,
+    slow_step,
+)
 from _util import CommitCounter, db_size_mb, percentile, sqlite_commit_floor_ms
 from perdure import Client, WorkerOptions
 from perdure.client import WorkflowHandle
@@ -203,7 +215,7 @@ def _workers(bench: Bench, client: Client, url: str, options: WorkerOptions | No
              *, task_queue: str = QUEUE, env: dict[str, str] | None = None) -> Workers:
     options = options or WorkerOptions()
     return Workers(bench, client, url, task_queue,
-                   workflows=[Sequential, FanOut, Waiter, Recovery],
+                   workflows=[Sequential, FanOut, Waiter, Recovery, ChildFanOut, Branch],
                    activities=[noop, slow_step], options=options,
                    proc_args=_worker_args(options), env=env)
 
@@ -353,6 +365,67 @@ async def _w2_phases(client: Client, walls: list[tuple[float, float]]) -> Metric
 
 
 # ---------------------------------------------------------------- W3 fan-out
+@dataclass
+class _Window:
+    """One measured workflow, from its start to its result: what every process did meanwhile."""
+
+    result: Any
+    seconds: float
+    counters: dict[str, float]
+    """Store counters summed over every process (``commits``, ``operations``, ...)."""
+    stats: Metrics
+    """The workers' own counters (``worker.workflow_tasks``, ...)."""
+    write_commits: float = float("nan")
+    """SQLite: batches that wrote (each one fsync); NaN if the counter is not available."""
+    writer_busy_s: float = float("nan")
+    xids: float = float("nan")
+    """PostgreSQL: transaction ids assigned cluster-wide (writing transactions)."""
+
+
+async def _measure(client: Client, workers: Workers, counter: CommitCounter,
+                   check: PgCrossCheck, workflow: Any, *args: Any, id: str,
+                   timeout: float) -> _Window:
+    """Start one workflow and await its result, with every process's counters around it."""
+    snap0 = await workers.snapshot()
+    await check.mark_start()
+    _c0, _o0, writes0, busy0 = counter.snapshot()
+    t0 = time.perf_counter()
+    result = await _result(await client.start_workflow(workflow, *args, id=id, task_queue=QUEUE),
+                           timeout=timeout)
+    elapsed = time.perf_counter() - t0
+    _c1, _o1, writes1, busy1 = counter.snapshot()
+    snap1 = await workers.snapshot()
+    await check.mark_end()
+    window = _Window(result, elapsed, diff(snap1.counters, snap0.counters),
+                     _stats_delta(snap1, snap0))
+    if counter.available:
+        window.write_commits = float(writes1 - writes0)
+        window.writer_busy_s = busy1 - busy0
+    if check.bench.postgres:
+        window.xids = float(check.xid1 - check.xid0)
+    return window
+
+
+def _fanout_metrics(window: _Window, activities: int, history_events: int,
+                    bench: Bench) -> Metrics:
+    """W3's figures (and W3c's): per activity, over every process."""
+    metrics: Metrics = {
+        "seconds": window.seconds,
+        "activities/s": activities / window.seconds,
+        **_counter_metrics(window.counters, activities, "activity", bench),
+        "workflow_tasks/activity": window.stats.get("worker.workflow_tasks", 0.0) / activities,
+        "history_events": float(history_events),
+    }
+    return metrics
+
+
+def _writer_metrics(window: _Window, activities: int) -> Metrics:
+    if math.isnan(window.write_commits):
+        return {}
+    return {"write_commits/activity": window.write_commits / activities,
+            "writer_busy_%": 100 * window.writer_busy_s / window.seconds}
+
+
 async def w3_fanout(quick: bool, variant: str, bench: Bench = SQLITE) -> Metrics:
     """One workflow: 50 concurrent branches (asyncio.gather) of 5 sequential activities."""
     branches, depth = (20, 5) if quick else (50, 5)
@@ -364,36 +437,121 @@ async def w3_fanout(quick: bool, variant: str, bench: Bench = SQLITE) -> Metrics
         counter = CommitCounter(client.store)
         async with _workers(bench, client, db.url) as workers:
             await _warm_up(client, bench)
-            snap0 = await workers.snapshot()
-            await check.mark_start()
-            _c0, _o0, writes0, busy0 = counter.snapshot()
-            t0 = time.perf_counter()
-            result = await _result(await client.start_workflow(
-                FanOut.run, branches, depth, id="w3", task_queue=QUEUE), timeout=20)
-            elapsed = time.perf_counter() - t0
-            _c1, _o1, writes1, busy1 = counter.snapshot()
-            snap1 = await workers.snapshot()
-            await check.mark_end()
+            window = await _measure(client, workers, counter, check, FanOut.run, branches, depth,
+                                    id="w3", timeout=20)
         history = await client.get_workflow_handle("w3").fetch_history()
         client_totals = store_counters(client)
         await client.close()
-        delta = diff(snap1.counters, snap0.counters)
-        metrics_check = await check.finish(workers, client_totals, delta, activities, "activity")
-    assert result == sum(range(activities))
-    metrics: Metrics = {
-        "seconds": elapsed,
-        "activities/s": activities / elapsed,
-        **_counter_metrics(delta, activities, "activity", bench),
-        "workflow_tasks/activity": (
-            snap1.stats.get("workflow_tasks", 0) - snap0.stats.get("workflow_tasks", 0)
-        ) / activities,
-        "history_events": float(len(history.events)),
+        metrics_check = await check.finish(workers, client_totals, window.counters, activities,
+                                           "activity")
+    assert window.result == sum(range(activities))
+    return {
+        **_fanout_metrics(window, activities, len(history.events), bench),
         **metrics_check,
-        **_stats_delta(snap1, snap0),
+        **window.stats,
+        **_writer_metrics(window, activities),
     }
-    if counter.available:
-        metrics["write_commits/activity"] = (writes1 - writes0) / activities
-        metrics["writer_busy_%"] = 100 * (busy1 - busy0) / elapsed
+
+
+# ---------------------------------------------------------------- W3c fan-out of children
+async def _children_events(client: Client, parent_id: str, expected: int) -> int:
+    """History events of every child of ``parent_id`` (which must all have completed)."""
+    children = await client.list_workflows(parent_workflow_id=parent_id, limit=expected + 10)
+    if len(children) != expected or any(c.status != "completed" for c in children):
+        raise RuntimeError(f"{parent_id!r}: expected {expected} completed children, found "
+                           f"{sorted(str(c.status) for c in children)}")
+    histories = [await client.get_workflow_handle(c.workflow_id, run_id=c.run_id).fetch_history()
+                 for c in children]
+    return sum(len(h.events) for h in histories)
+
+
+async def w3c_children(quick: bool, variant: str, bench: Bench = SQLITE) -> Metrics:
+    """W3 with child workflows: one parent starts 50 child workflows at once (asyncio.gather of
+    ``execute_child_workflow``), each running W3's branch of 5 sequential activities.
+
+    Unless the variant is ``no-baseline``, the same process (same database, same worker)
+    first runs W3's fan-out of activities, so that ``seconds/w3_seconds`` and the
+    ``extra_*/child`` figures compare two measurements taken back to back.
+    """
+    branches, depth = (20, 5) if quick else (50, 5)
+    activities = branches * depth
+    baseline = "no-baseline" not in variant.split(",")
+    async with database(bench, "w3c") as db:
+        check = PgCrossCheck(bench, db.dsn)
+        await check.begin()
+        client = await Client.connect(db.url, **_store_options(variant, bench))
+        counter = CommitCounter(client.store)
+        async with _workers(bench, client, db.url) as workers:
+            await _warm_up(client, bench)
+            # the child-workflow code paths too (first imports), one parent per worker process
+            await asyncio.gather(*(_execute(client, ChildFanOut.run, 2, 2,
+                                            id=f"warm-up-children-{i}")
+                                   for i in range(max(1, bench.workers))))
+            base = None
+            if baseline:
+                base = await _measure(client, workers, counter, check, FanOut.run, branches,
+                                      depth, id="w3", timeout=20)
+            window = await _measure(client, workers, counter, check, ChildFanOut.run, branches,
+                                    depth, id="w3c", timeout=60)
+        parent_events = len((await client.get_workflow_handle("w3c").fetch_history()).events)
+        child_events = await _children_events(client, "w3c", branches)
+        base_events = len((await client.get_workflow_handle("w3").fetch_history()).events) \
+            if base is not None else 0
+        client_totals = store_counters(client)
+        await client.close()
+        # pg_xids cover the last window measured: the children's
+        metrics_check = await check.finish(workers, client_totals, window.counters, activities,
+                                           "activity")
+    assert window.result == sum(range(activities))
+    metrics: Metrics = {
+        **_fanout_metrics(window, activities, parent_events + child_events, bench),
+        "parent_history_events": float(parent_events),
+        "commits/child": window.counters["commits"] / branches,
+        "workflow_tasks/child": window.stats.get("worker.workflow_tasks", 0.0) / branches,
+        **metrics_check,
+        **window.stats,
+        **_writer_metrics(window, activities),
+    }
+    if base is None:
+        return metrics
+    assert base.result == sum(range(activities))
+    # the whole-run counts cover both fan-outs (and the warm-ups): not per this one's activity
+    for key in ("whole_run_commits/activity", "whole_run_round_trips/activity",
+                "pg_xact_commit/activity"):
+        metrics.pop(key, None)
+
+    def extra(after: float, before: float) -> float:
+        return (after - before) / branches
+
+    metrics.update({
+        "w3_seconds": base.seconds,
+        "w3_replays": base.stats.get("worker.replays", 0.0),
+        "seconds/w3_seconds": window.seconds / base.seconds,
+        "w3_commits/activity": base.counters["commits"] / activities,
+        "extra_commits/child": extra(window.counters["commits"], base.counters["commits"]),
+        "extra_ops/child": extra(window.counters["operations"], base.counters["operations"]),
+        "extra_workflow_tasks/child": extra(window.stats.get("worker.workflow_tasks", 0.0),
+                                            base.stats.get("worker.workflow_tasks", 0.0)),
+        "extra_events/child": extra(parent_events + child_events, base_events),
+        "extra_ms/child": extra(window.seconds, base.seconds) * 1000,
+    })
+    if not metrics["w3_replays"]:
+        # W3's parent is sometimes replayed from history in the middle of its fan-out (a
+        # fused completion that loses a race drops the cached instance): those runs are
+        # slower. Only the runs whose baseline had no replay: the Runs column counts them.
+        metrics["seconds/w3_seconds_no_replays"] = metrics["seconds/w3_seconds"]
+    if not math.isnan(window.write_commits):
+        metrics.update({
+            "w3_write_commits/activity": base.write_commits / activities,
+            "extra_write_commits/child": extra(window.write_commits, base.write_commits),
+            "extra_writer_ms/child": extra(window.writer_busy_s, base.writer_busy_s) * 1000,
+        })
+    if bench.postgres:
+        metrics.update({
+            "extra_round_trips/child": extra(window.counters["round_trips"],
+                                             base.counters["round_trips"]),
+            "extra_pg_xids/child": extra(window.xids, base.xids),
+        })
     return metrics
 
 
@@ -564,11 +722,13 @@ WORKLOADS: dict[str, tuple[Callable[..., Awaitable[Metrics]], list[str]]] = {
     "W1": (w1_throughput, [""]),
     "W2": (w2_latency, ["", "sync=NORMAL"]),
     "W3": (w3_fanout, [""]),
+    "W3c": (w3c_children, [""]),
     "W4": (w4_idle_waiters, ["", "cache=100"]),
     "W5": (w5_recovery, ["", "fast"]),
 }
 
 # PostgreSQL: variants that make sense there (sync= is SQLite's)
 PG_VARIANTS: dict[str, list[str]] = {
-    "W1": [""], "W2": [""], "W3": [""], "W4": ["", "cache=100"], "W5": ["", "fast"],
+    "W1": [""], "W2": [""], "W3": [""], "W3c": [""], "W4": ["", "cache=100"],
+    "W5": ["", "fast"],
 }

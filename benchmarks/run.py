@@ -58,7 +58,12 @@ HEADLINE: dict[str, list[str]] = {
     "W2": ["p50_ms", "p99_ms", "start_p50_ms", "sqlite_commit_ms", "p50/commit_floor",
            "write_commits/workflow", "writer_ms/workflow", "ops/workflow"],
     "W3": ["seconds", "activities/s", "commits/activity", "write_commits/activity",
-           "writer_busy_%"],
+           "writer_busy_%", "worker.replays"],
+    "W3c": ["seconds", "activities/s", "commits/activity", "write_commits/activity",
+            "writer_busy_%", "worker.replays", "w3_seconds", "w3_replays",
+            "seconds/w3_seconds", "seconds/w3_seconds_no_replays", "extra_ms/child",
+            "extra_commits/child", "extra_write_commits/child", "extra_writer_ms/child",
+            "extra_workflow_tasks/child", "extra_events/child"],
     "W4": ["rss_growth_mb", "kb/waiter", "cached_workflows", "db_file_mb",
            "start_until_all_waiting_s", "release_all_s", "replays_on_release"],
     "W5": ["kill_to_complete_s", "kill_to_worker_ready_s", "kill_to_first_resumed_activity_s",
@@ -74,7 +79,13 @@ PG_HEADLINE: dict[str, list[str]] = {
            "to_first_activation_ms", "between_activations_ms", "last_activation_to_result_ms",
            "pg_xact_commit/whole_run_commits"],
     "W3": ["seconds", "activities/s", "commits/activity", "round_trips/activity",
-           "pg_xids/activity", "pg_xact_commit/whole_run_commits"],
+           "pg_xids/activity", "worker.replays", "pg_xact_commit/whole_run_commits"],
+    "W3c": ["seconds", "activities/s", "commits/activity", "round_trips/activity",
+            "pg_xids/activity", "worker.replays", "w3_seconds", "w3_replays",
+            "seconds/w3_seconds", "seconds/w3_seconds_no_replays", "extra_ms/child",
+            "extra_commits/child", "extra_round_trips/child", "extra_pg_xids/child",
+            "extra_workflow_tasks/child", "extra_events/child",
+            "pg_xact_commit/whole_run_commits"],
     "W4": ["rss_growth_mb", "kb/waiter", "cached_workflows", "db_file_mb",
            "start_until_all_waiting_s", "release_all_s", "replays_on_release"],
     "W5": HEADLINE["W5"],
@@ -85,6 +96,8 @@ SCALING: dict[str, list[str]] = {
     "W1": ["activities/s", "commits/activity", "round_trips/activity", "pg_xids/activity"],
     "W2": ["p50_ms", "p99_ms", "commits/workflow", "round_trips/workflow", "pg_xids/workflow"],
     "W3": ["activities/s", "commits/activity", "round_trips/activity", "pg_xids/activity"],
+    "W3c": ["activities/s", "seconds/w3_seconds", "extra_commits/child",
+            "extra_pg_xids/child"],
     "W4": ["rss_growth_mb", "release_all_s"],
     "W5": ["kill_to_complete_s", "kill_to_first_resumed_activity_s", "activities_run_twice"],
 }
@@ -222,19 +235,20 @@ def run_child(name: str, variant: str, quick: bool,
 
 
 # ---------------------------------------------------------------- profiling
-def profile(names: list[str], out_dir: str, quick: bool, profiler: str) -> None:
+def profile(names: list[tuple[str, str]], out_dir: str, quick: bool, profiler: str) -> None:
+    """One run of each (workload, variant) in this process (pyinstrument) or a child (py-spy)."""
     from _profile import with_py_spy, with_pyinstrument
     from _workloads import WORKLOADS
 
     os.makedirs(out_dir, exist_ok=True)
-    for name in names:
+    for name, variant in names:
         fn, _ = WORKLOADS[name]
         if profiler == "pyinstrument":
-            text = with_pyinstrument(name, fn, out_dir, quick)
+            text = with_pyinstrument(name, fn, out_dir, quick, variant)
         else:
             text = with_py_spy(name, os.path.abspath(__file__), out_dir, quick,
-                               gil=profiler == "py-spy-gil")
-        print(f"== {name} ({profiler}); files in {out_dir}")
+                               gil=profiler == "py-spy-gil", variant=variant)
+        print(f"== {_label(name, variant)} ({profiler}); files in {out_dir}")
         print("\n".join(text.splitlines()[:60]))
 
 
@@ -285,9 +299,9 @@ def print_table(results: dict[Key, list[dict[str, float]]], all_metrics: bool,
             rows.append((label, "FAILED or HUNG runs", str(failed), "-", str(planned), "0 FAIL"))
         if not runs:
             continue
-        keys = list(runs[0]) if all_metrics else [
-            k for k in headline.get(name, list(runs[0])) if k in runs[0]
-        ]
+        # every run's keys, in order of appearance (some runs leave some metrics out)
+        seen = list(dict.fromkeys(k for r in runs for k in r))
+        keys = seen if all_metrics else [k for k in headline.get(name, seen) if k in seen]
         for key in keys:
             values = _values(runs, key)
             if not values:
@@ -390,7 +404,8 @@ def main() -> None:
     parser.add_argument("--json", metavar="PATH", help="also write every run's metrics here")
     parser.add_argument("--all-metrics", action="store_true", help="show every metric")
     parser.add_argument("--profile", metavar="W1,W2",
-                        help="profile one run of these workloads instead of benchmarking")
+                        help="profile one run of these workloads (NAME or NAME:variant) "
+                        "instead of benchmarking")
     parser.add_argument("--profiler", default="pyinstrument",
                         choices=["pyinstrument", "py-spy", "py-spy-gil"],
                         help="pyinstrument: event-loop thread only; py-spy: every thread "
@@ -411,11 +426,20 @@ def main() -> None:
         return
     from _workloads import PG_VARIANTS, WORKLOADS
 
+    canonical = {n.upper(): n for n in WORKLOADS}  # W3c, w3c and W3C all name W3c
+
+    def workload(item: str) -> tuple[str, str, bool]:
+        """(name, variant, whether a variant was given) of ``NAME[:variant]``."""
+        name, colon, variant = item.strip().partition(":")
+        if name.upper() not in canonical:
+            parser.error(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
+        return canonical[name.upper()], variant, bool(colon)
+
     if args.profile:
         if postgres:
             parser.error("--profile runs on SQLite only")
-        profile([n.strip().upper() for n in args.profile.split(",")], args.profile_dir,
-                args.quick, args.profiler)
+        profile([workload(n)[:2] for n in args.profile.split(",") if n.strip()],
+                args.profile_dir, args.quick, args.profiler)
         return
 
     layouts = _parse_workers(args.workers or (PG_QUICK_WORKERS if args.quick else PG_WORKERS)) \
@@ -424,11 +448,8 @@ def main() -> None:
     selected: list[tuple[str, str]] = []
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(WORKLOADS)
     for item in names:
-        name, _, variant = item.partition(":")
-        name = name.upper()
-        if name not in WORKLOADS:
-            parser.error(f"unknown workload {name!r}; choose from {', '.join(WORKLOADS)}")
-        if variant or ":" in item:
+        name, variant, explicit = workload(item)
+        if explicit:
             selected.append((name, variant))
         else:
             variants = QUICK_VARIANTS.get(name, defaults[name]) if args.quick else defaults[name]
