@@ -52,3 +52,19 @@ class AwaitApproval:
     @workflow.signal
     def approve(self, who: str) -> None:
         self.approved_by = who
+
+
+CHILD_TASK_QUEUE = "crash-child"
+
+
+@workflow.defn
+class StepsParent:
+    """Runs ``TwentySteps`` as a child on its own task queue, and reports its result."""
+
+    @workflow.run
+    async def run(self, count: int) -> str:
+        child_id = f"{workflow.info().workflow_id}/steps"
+        total: int = await workflow.execute_child_workflow(
+            TwentySteps.run, count, id=child_id, task_queue=CHILD_TASK_QUEUE
+        )
+        return f"{child_id}: {total}"

@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from process_workflows import AwaitApproval, TwentySteps, step
+from process_workflows import AwaitApproval, StepsParent, TwentySteps, step
 
 from perdure import Client, Worker, WorkerOptions
 
@@ -20,8 +20,9 @@ from perdure import Client, Worker, WorkerOptions
 async def main(url: str, task_queue: str) -> None:
     client = await Client.connect(url)
     options = WorkerOptions(liveness_interval=0.25, dead_worker_timeout=1.5)
-    worker = Worker(client, task_queue=task_queue, workflows=[TwentySteps, AwaitApproval],
-                    activities=[step], options=options)
+    worker = Worker(client, task_queue=task_queue,
+                    workflows=[TwentySteps, AwaitApproval, StepsParent], activities=[step],
+                    options=options)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with worker:

@@ -153,8 +153,10 @@ async def _wait(instance: WorkflowInstance, child: PendingChild, future: asyncio
         if cancellation_type == ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED:
             try:
                 await asyncio.shield(child.result)
-            except BaseException:
-                pass  # the child's own outcome, or a second cancellation: either way, done
+            except (Exception, asyncio.CancelledError):
+                # the child's own outcome, or a second cancellation: either way, done
+                # (not GeneratorExit: a dropped instance's coroutine must close quietly)
+                pass
         raise
 
 
