@@ -13,6 +13,7 @@ from perdure import (
     ChildWorkflowError,
     TerminatedFailure,
     TimeoutFailure,
+    WorkerOptions,
     WorkflowAlreadyStartedError,
     WorkflowFailureError,
     WorkflowNotFoundError,
@@ -312,3 +313,59 @@ async def _count_children(env: WorkflowEnvironment, parent: str, n: int) -> bool
 
 async def _status_is(handle, status: WorkflowStatus) -> bool:  # type: ignore[no-untyped-def]
     return bool((await handle.describe()).status == status)
+
+
+CANCELLED_ACTIVITIES: list[str] = []
+
+
+@activity.defn
+async def runs_until_cancelled(name: str) -> None:
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        CANCELLED_ACTIVITIES.append(name)
+        raise
+
+
+@workflow.defn
+class BusyChild:
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.execute_activity(runs_until_cancelled, workflow.info().workflow_id,
+                                        start_to_close_timeout=3600)
+
+
+@workflow.defn
+class BusyParent:
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.start_child_workflow(BusyChild.run, id="busy-child")
+        await workflow.wait_condition(lambda: False)
+
+
+async def test_terminated_child_stops_its_running_activity_at_once(
+    real_env: WorkflowEnvironment,
+) -> None:
+    """The child is closed by its parent's transaction, not by its own: the worker running
+    its activity learns of it from the close notification, not a liveness round."""
+    CANCELLED_ACTIVITIES.clear()
+    options = WorkerOptions(liveness_interval=30)
+    async with real_env.worker(task_queue=TQ, workflows=[BusyParent, BusyChild],
+                               activities=[runs_until_cancelled], options=options):
+        parent = await real_env.client.start_workflow(BusyParent.run, id="busy-parent",
+                                                      task_queue=TQ)
+        child = real_env.client.get_workflow_handle("busy-child")
+        await wait_until(lambda: _pending_activities(child), what="the child's activity runs")
+        await parent.terminate("stop everything")
+        assert (await child.describe()).status == WorkflowStatus.TERMINATED
+        await wait_until(lambda: _cancelled(), what="the activity saw its cancellation",
+                         timeout=2.0)
+    assert CANCELLED_ACTIVITIES == ["busy-child"]
+
+
+async def _pending_activities(handle) -> bool:  # type: ignore[no-untyped-def]
+    return bool((await handle.describe()).pending_activities)
+
+
+async def _cancelled() -> bool:
+    return bool(CANCELLED_ACTIVITIES)

@@ -109,6 +109,9 @@ class StoreNotifier:
         process's commit on a shared SQLite file); PostgreSQL's NOTIFY allows longer."""
         self.next_due = -math.inf
         """When the due-work sweep will next look; earlier new due times wake it."""
+        self.close_listeners: list[Callable[[str], None]] = []
+        """Called with each run id reported closed (not for ``ALL_RUNS``): a worker stops
+        activities of a run that another transaction closed (a parent's close policy)."""
 
     def event(self, kind: str) -> asyncio.Event:
         event = self._events.get(kind)
@@ -131,6 +134,8 @@ class StoreNotifier:
                 for watch in self._run_watches.values():
                     watch.event.set()
                 break
+            for listener in self.close_listeners:
+                listener(run_id)
             waiting = self._run_watches.get(run_id)
             if waiting is not None:
                 if outcomes and run_id in outcomes:

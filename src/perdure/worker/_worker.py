@@ -110,6 +110,8 @@ class _RunningActivity:
     heartbeat_dirty: bool = False
     heartbeat_flush: asyncio.TimerHandle | None = None
     shutdown: bool = False
+    invoking: bool = False
+    """The activity's own code is running (not yet reporting its outcome)."""
 
 
 class _RunGate:
@@ -228,6 +230,7 @@ class Worker:
             )
             self._own_executor = True
         self.client._local_workers.append(self)
+        self.store.notifier.close_listeners.append(self._on_run_closed)
         await self.store.register_worker(
             self.identity,
             self.task_queues,
@@ -263,6 +266,8 @@ class Worker:
         self._stopping.set()
         if self in self.client._local_workers:
             self.client._local_workers.remove(self)
+        if self._on_run_closed in self.store.notifier.close_listeners:
+            self.store.notifier.close_listeners.remove(self._on_run_closed)
         self.store.notifier.notify(self.store.notifier.KINDS)
         # stop taking work, but keep the liveness heartbeat until the drain is over:
         # otherwise other workers would declare us dead and run our activities again
@@ -470,6 +475,14 @@ class Worker:
     def _activation_running(self, run_id: str) -> bool:
         gate = self._run_locks.get(run_id)
         return gate is not None and gate.users > 0
+
+    def _on_run_closed(self, run_id: str) -> None:
+        """A run closed (here or in another process): stop its activities running here at
+        once (a parent's close may have terminated it), and drop its cached instance."""
+        self._cache.pop(run_id, None)
+        for key, running in list(self._running_activities.items()):
+            if key[1] == run_id and running.invoking:
+                self._cancel_running(running)
 
     def _forget(self, run_id: str) -> None:
         """Drop a run from the cache."""
@@ -728,7 +741,11 @@ class Worker:
                 claim.input, definition.parameter_hints, what=f"activity {definition.name!r}"
             )
             running.task = asyncio.current_task()
-            value = await self._invoke(definition, args, context, claim)
+            running.invoking = True
+            try:
+                value = await self._invoke(definition, args, context, claim)
+            finally:
+                running.invoking = False
             result = self.converter.encode(value, what=f"result of activity {definition.name!r}")
         except asyncio.CancelledError as exc:
             if running.shutdown:
