@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import perdure
-from perdure import activity, testing, workflow
+from perdure import activity, replay, testing, workflow
 
 EXPECTED_TOP_LEVEL = {
     "ActivityError", "ApplicationError", "CancelledFailure", "ChildWorkflowError", "Client", "ConfigurationError",
@@ -29,9 +29,9 @@ def test_top_level_exports() -> None:
 def test_workflow_exports() -> None:
     assert set(workflow.__all__) == {
         "ActivityHandle", "ChildWorkflowCancellationType", "ChildWorkflowHandle",
-        "ExternalWorkflowHandle", "ParentClosePolicy", "WorkflowInfo", "continue_as_new", "defn",
+        "ExternalWorkflowHandle", "ParentClosePolicy", "WorkflowInfo", "continue_as_new", "defn", "deprecate_patch",
         "execute_activity", "execute_child_workflow", "get_external_workflow_handle", "info",
-        "is_replaying", "logger", "now", "query", "random", "run", "set_signal_handler",
+        "is_replaying", "logger", "now", "patched", "query", "random", "run", "set_signal_handler",
         "signal", "sleep", "start_activity", "start_child_workflow", "update",
         "update_validator", "upsert_memo", "upsert_search_attributes", "uuid4",
         "wait_condition",
@@ -43,7 +43,10 @@ def test_activity_and_testing_exports() -> None:
         "ActivityDefinition", "ActivityInfo", "defn", "heartbeat", "heartbeat_details", "info",
         "is_cancelled",
     }
-    assert set(testing.__all__) == {"WorkflowEnvironment"}
+    assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}
+    assert set(replay.__all__) == {
+        "HistoryDiff", "ReplayReport", "ReplayResult", "Replayer", "diff_histories",
+    }
 
 
 def test_every_error_derives_from_perdure_error() -> None:
@@ -54,7 +57,7 @@ def test_every_error_derives_from_perdure_error() -> None:
 
 
 def test_public_names_have_docstrings() -> None:
-    for module in (perdure, workflow, activity, testing):
+    for module in (perdure, workflow, activity, testing, replay):
         for name in module.__all__:
             obj = getattr(module, name)
             if callable(obj) and not isinstance(obj, type(perdure)):

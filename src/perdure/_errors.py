@@ -158,8 +158,21 @@ class NondeterminismError(PerdureError):
     """Replaying a history produced commands other than the recorded ones.
 
     The workflow task is retried later (after a fix is deployed); the workflow
-    never silently diverges from its history.
+    never silently diverges from its history. For a replay mismatch, ``event_seq``
+    is the recorded event (or the one after which the code produced more),
+    ``recorded`` and ``produced`` describe both sides, ``location`` is the workflow
+    code's file and line. A determinism guard's error names the call instead.
     """
+
+    def __init__(
+        self, message: str, *, event_seq: int | None = None, recorded: str = "",
+        produced: str = "", location: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.event_seq = event_seq
+        self.recorded = recorded
+        self.produced = produced
+        self.location = location
 
 
 class QueryError(PerdureError):

@@ -383,7 +383,7 @@ def test_compatible_changes_replay(cut: int) -> None:
 
 
 def test_new_code_same_commands_different_payloads_replays() -> None:
-    """Only the command kind, seq and activity type are compared, not arguments."""
+    """Argument values may change (a reworded prompt): only their shape is compared."""
 
     @workflow.defn(name="Order")
     class OtherArgs:
@@ -399,3 +399,32 @@ def test_new_code_same_commands_different_payloads_replays() -> None:
     instance = run.replay(OtherArgs)
     assert instance.completed
     assert isinstance(run.history[-1], WorkflowCompleted)
+
+
+@activity.defn(name="reserve")
+async def reserve_two(item: str, quantity: int) -> str:
+    return item
+
+
+@pytest.mark.parametrize("change, args", [
+    ("an argument added", ("a", 2)),
+    ("an argument's type changed", (7,)),
+])
+def test_arguments_changed_in_shape_fail_replay(change: str, args: tuple[Any, ...]) -> None:
+    @workflow.defn(name="Order")
+    class ArgsChanged:
+        @workflow.run
+        async def run(self) -> Any:
+            a = await workflow.execute_activity("reserve", *args)
+            b = await workflow.execute_activity(charge, "b")
+            await workflow.sleep(10)
+            await workflow.execute_activity(ship, "c")
+            return {"a": a, "b": b}
+
+    with pytest.raises(NondeterminismError) as caught:
+        order_history().replay(ArgsChanged)
+    error = caught.value
+    assert error.event_seq == 3, change
+    assert "arguments differ in shape: recorded [\"a\"], produced " in str(error)
+    assert error.recorded == error.produced == "ActivityScheduled(seq=1, activity_type='reserve')"
+    assert "test_determinism.py" in error.location

@@ -1,4 +1,4 @@
-"""``perdure db migrate``, ``perdure db status`` and ``perdure db prune``.
+"""``perdure db migrate | status | prune``, ``perdure replay`` and ``perdure workflow ...``.
 
 Every command takes ``--database-url`` and falls back to ``$PERDURE_DATABASE_URL``,
 as :meth:`perdure.Client.connect` does.
@@ -13,14 +13,18 @@ import sys
 from collections.abc import Sequence
 
 from perdure._errors import PerdureError, SchemaVersionError
+from perdure.cli._replay import add_replay_parser, run_replay
+from perdure.cli._workflow import add_workflow_parser, run_workflow_command
 from perdure.store import WorkflowStore, open_store
 from perdure.store._schema import SCHEMA_VERSION
 
 __all__ = ["main"]
 
 
-def _database_url(args: argparse.Namespace) -> str:
+def _database_url(args: argparse.Namespace, *, required: bool = True) -> str:
     url = args.database_url or os.environ.get("PERDURE_DATABASE_URL")
+    if not url and not required:
+        return ""
     if not url:
         raise SystemExit(
             "perdure: no database: pass --database-url URL or set PERDURE_DATABASE_URL "
@@ -131,14 +135,20 @@ def _parser() -> argparse.ArgumentParser:
                              help="closed at least this long ago: 30d, 12h, 90m, 3600s")
             sub.add_argument("--batch", type=int, default=1000,
                              help="runs deleted per transaction (default 1000)")
+    add_replay_parser(commands)
+    add_workflow_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``perdure`` command; returns the exit status."""
     args = _parser().parse_args(argv)
-    url = _database_url(args)
     try:
+        if args.command == "replay":
+            return asyncio.run(run_replay(args, _database_url(args, required=False) or None))
+        url = _database_url(args)
+        if args.command == "workflow":
+            return asyncio.run(run_workflow_command(args, url))
         if args.db_command == "migrate":
             print(asyncio.run(_migrate(url)))
             return 0

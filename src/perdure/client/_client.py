@@ -43,6 +43,7 @@ from perdure.history import (
     SignalReceived,
     UpdateRequested,
     WorkflowStarted,
+    WorkflowTaskCompleted,
     WorkflowTerminated,
     decode_event,
     encode_event,
@@ -209,11 +210,62 @@ class WorkflowHistory:
     events: list[HistoryEvent]
 
     def to_json(self) -> bytes:
-        """The history as a JSON document (format version 1)."""
+        """The history as a JSON document (format version 1, see docs/history-format.md)."""
         return msgspec.json.encode(
             {"format": "perdure-history", "version": 1, "workflow_id": self.workflow_id,
              "run_id": self.run_id, "events": self.events}
         )
+
+    @classmethod
+    def from_json(cls, data: bytes | str, *, source: str = "the document") -> WorkflowHistory:
+        """Read a history that :meth:`to_json` (or ``perdure workflow export``) wrote."""
+        try:
+            document = msgspec.json.decode(data, type=_HistoryDocument)
+        except msgspec.ValidationError as exc:
+            raise InvalidArgumentError(
+                f"{source} is not a Perdure history export: {exc}"
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidArgumentError(f"{source} is not valid JSON: {exc}") from None
+        if document.format != "perdure-history":
+            raise InvalidArgumentError(
+                f"{source} is a {document.format!r} document, not a 'perdure-history' export"
+            )
+        if document.version != 1:
+            raise InvalidArgumentError(
+                f"{source} is history format version {document.version}; this Perdure reads "
+                "version 1: upgrade Perdure"
+            )
+        return cls(document.workflow_id, document.run_id, document.events)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> WorkflowHistory:
+        """Read an exported history file."""
+        with open(path, "rb") as f:
+            return cls.from_json(f.read(), source=str(path))
+
+    @property
+    def workflow_type(self) -> str:
+        """The workflow type, from the first event."""
+        first = self.events[0] if self.events else None
+        return first.workflow_type if isinstance(first, WorkflowStarted) else ""
+
+    @property
+    def build_ids(self) -> list[str]:
+        """The build ids of the workers that ran this history's workflow tasks, in order."""
+        seen: dict[str, None] = {}
+        for event in self.events:
+            if isinstance(event, WorkflowTaskCompleted) and event.build_id:
+                seen.setdefault(event.build_id)
+        return list(seen)
+
+
+class _HistoryDocument(msgspec.Struct):
+    format: str
+    version: int
+    workflow_id: str
+    run_id: str
+    events: list[HistoryEvent]
 
 
 def _seconds(value: timedelta | float | None) -> float | None:

@@ -4,8 +4,10 @@
 file whose clock jumps to the next due timer whenever every worker is idle
 and someone awaits a workflow result: a workflow that waits seven days for a
 signal that never comes times out in milliseconds of real time.
+``assert_replays`` checks that committed histories still replay on the code.
 """
 
 from perdure.testing._environment import WorkflowEnvironment
+from perdure.testing._replay import assert_replays
 
-__all__ = ["WorkflowEnvironment"]
+__all__ = ["WorkflowEnvironment", "assert_replays"]

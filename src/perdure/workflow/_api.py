@@ -20,11 +20,13 @@ from perdure.workflow._instance import ContinueAsNew, WorkflowInfo, WorkflowInst
 __all__ = [
     "ActivityHandle",
     "continue_as_new",
+    "deprecate_patch",
     "execute_activity",
     "info",
     "is_replaying",
     "logger",
     "now",
+    "patched",
     "random",
     "set_signal_handler",
     "sleep",
@@ -243,6 +245,27 @@ def continue_as_new(
         workflow_type=workflow_type, task_queue=task_queue or instance.task_queue,
         input=msgspec.Raw(data),
     ))
+
+
+def patched(patch_id: str) -> bool:
+    """Whether this run takes the new code path of the change named ``patch_id``.
+
+    True for runs that reach this point under the new code (the choice is recorded in
+    history as a marker), False for runs whose history was written by the old code:
+    they keep replaying the old path. Once no running workflow is on the old path,
+    replace the call with :func:`deprecate_patch`; once none has the marker, remove it.
+    """
+    if not isinstance(patch_id, str) or not patch_id:
+        raise ValueError("workflow.patched needs a non-empty patch id string")
+    return _context.current().patched(patch_id)
+
+
+def deprecate_patch(patch_id: str) -> None:
+    """Step two of a patch: the old path is deleted; histories with or without the
+    patch's marker still replay. Remove the call once no run recorded the marker."""
+    if not isinstance(patch_id, str) or not patch_id:
+        raise ValueError("workflow.deprecate_patch needs a non-empty patch id string")
+    _context.current().deprecate_patch(patch_id)
 
 
 def upsert_search_attributes(attributes: dict[str, Any]) -> None:

@@ -174,6 +174,23 @@ class ContinueAsNew(BaseException):
         self.command = command
 
 
+PATCH_MARKER = "patch"
+"""The MarkerRecorded name of ``workflow.patched``; its value is the patch id (JSON)."""
+
+
+def _marker_order(event: HistoryEvent, position: int) -> tuple[int, str, int]:
+    return (0, _patch_id(event), 0) if _is_patch(event) else (1, "", position)
+
+
+def _is_patch(event: HistoryEvent) -> bool:
+    return isinstance(event, MarkerRecorded) and event.name == PATCH_MARKER
+
+
+def _patch_id(event: HistoryEvent) -> str:
+    assert isinstance(event, MarkerRecorded)
+    return str(msgspec.json.decode(event.value))
+
+
 @dataclasses.dataclass
 class PendingChild:
     """A child workflow this run started: its start and its outcome, as futures."""
@@ -199,24 +216,66 @@ def _describe(event: HistoryEvent) -> str:
         return f"{name}(seq={event.seq}, name={event.name!r}, workflow_id={event.workflow_id!r})"
     if isinstance(event, TimerStarted):
         return f"{name}(seq={event.seq}, duration={event.duration:g}s)"
+    if _is_patch(event):
+        return f"{name}(patch {_patch_id(event)!r})"
     if isinstance(event, MarkerRecorded):
         return f"{name}(seq={event.seq}, name={event.name!r})"
     seq = getattr(event, "seq", None)
     return f"{name}(seq={seq})" if seq is not None else f"{name}()"
 
 
-def _same_command(recorded: HistoryEvent, produced: HistoryEvent) -> bool:
+def _payload(event: HistoryEvent) -> str:
+    data = bytes(getattr(event, "input", b""))
+    text = data.decode(errors="replace")
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else "null"
+
+
+def _same_shape(recorded: bytes, produced: bytes) -> bool:
+    """Whether two argument lists have the same shape: as many arguments, each of the same
+    JSON kind (null matches any). A changed value (a reworded prompt) is the same call;
+    an added, removed or retyped argument is not."""
+    if recorded == produced:
+        return True
+    try:
+        old, new = msgspec.json.decode(recorded), msgspec.json.decode(produced)
+    except msgspec.DecodeError:
+        return False
+    if not isinstance(old, list) or not isinstance(new, list) or len(old) != len(new):
+        return False
+    return all(a is None or b is None or _json_kind(a) == _json_kind(b)
+               for a, b in zip(old, new, strict=True))
+
+
+def _same_command(recorded: HistoryEvent, produced: HistoryEvent, *, args: bool = True) -> bool:
+    """Whether replay reproduced a recorded command; ``args`` compares the shape of the
+    arguments of activities and child workflows too (see :func:`_same_shape`)."""
     if type(recorded) is not type(produced):
         return False
     if isinstance(recorded, ActivityScheduled):
         assert isinstance(produced, ActivityScheduled)
-        return recorded.seq == produced.seq and recorded.activity_type == produced.activity_type
+        return (recorded.seq == produced.seq and recorded.activity_type == produced.activity_type
+                and (not args or _same_shape(bytes(recorded.input), bytes(produced.input))))
     if isinstance(recorded, MarkerRecorded):
         assert isinstance(produced, MarkerRecorded)
-        return recorded.seq == produced.seq and recorded.name == produced.name
+        return (recorded.seq == produced.seq and recorded.name == produced.name
+                and (recorded.name != PATCH_MARKER
+                     or bytes(recorded.value) == bytes(produced.value)))
     if isinstance(recorded, ChildWorkflowScheduled):
         assert isinstance(produced, ChildWorkflowScheduled)
-        return recorded.seq == produced.seq and recorded.workflow_type == produced.workflow_type
+        return (recorded.seq == produced.seq and recorded.workflow_type == produced.workflow_type
+                and (not args or _same_shape(bytes(recorded.input), bytes(produced.input))))
     if isinstance(recorded, ExternalSignalSent):
         assert isinstance(produced, ExternalSignalSent)
         return recorded.seq == produced.seq and recorded.name == produced.name
@@ -287,6 +346,10 @@ class WorkflowInstance:
         self._timers: dict[int, DurableTimerHandle] = {}
         self._children: dict[int, PendingChild] = {}
         self._external_signals: dict[int, asyncio.Future[None]] = {}
+        self._patches: dict[str, bool] = {}
+        self._recorded_patches: set[str] = set()
+        """While replaying an activation: the patch ids its recorded commands marked."""
+        self._deprecated_patches: set[str] = set()
         self.update_decisions: dict[str, UpdateAccepted | Failure] = {}
         """This activation's verdict on each requested update: accepted (the event to
         record in place of the request) or rejected (why; nothing is recorded)."""
@@ -317,11 +380,15 @@ class WorkflowInstance:
             # which asyncio wrapped in a task (gather, ensure_future)
             tracking = sys.get_coroutine_origin_tracking_depth()
             sys.set_coroutine_origin_tracking_depth(max(tracking, 8))
+            self._recorded_patches = {
+                _patch_id(event) for _, event in activation.commands if _is_patch(event)
+            }
             try:
                 produced = self.activate(
                     [e for _, e in activation.inbound], wtc.time, replaying=True
                 )
             finally:
+                self._recorded_patches = set()
                 self._capture_locations = False
                 sys.set_coroutine_origin_tracking_depth(tracking)
             self._check(activation, produced)
@@ -340,13 +407,26 @@ class WorkflowInstance:
 
     def _check(self, activation: Activation, produced: list[HistoryEvent]) -> None:
         recorded = activation.commands
-        locations = self._locations
+        if self._deprecated_patches:
+            # markers of deprecated patches: recorded by older code, no longer produced
+            recorded = [(seq, e) for seq, e in recorded
+                        if not (_is_patch(e) and _patch_id(e) in self._deprecated_patches)]
+        # patch markers: where in the activation a patch was first asked about does not
+        # matter, only which patches were taken; they go first, in id order, on both sides
+        recorded = sorted(recorded, key=lambda r: _marker_order(r[1], r[0]))
+        order = sorted(range(len(produced)), key=lambda i: _marker_order(produced[i], i))
+        produced = [produced[i] for i in order]
+        locations = [self._locations[i] if i < len(self._locations) else "" for i in order]
         for index in range(max(len(recorded), len(produced))):
             rec = recorded[index] if index < len(recorded) else None
             got = produced[index] if index < len(produced) else None
             if rec is not None and got is not None and _same_command(rec[1], got):
                 continue
             where = locations[index] if got is not None and index < len(locations) else ""
+            differs = ""
+            if rec is not None and got is not None and _same_command(rec[1], got, args=False):
+                differs = (f"  arguments differ in shape: recorded {_payload(rec[1])}, produced "
+                           f"{_payload(got)}")
             head = (
                 f"workflow {self.definition.name!r} (id {self.workflow_id!r}, run "
                 f"{self.run_id}) is not deterministic"
@@ -365,12 +445,22 @@ class WorkflowInstance:
                 f"  produced: {_describe(got)} at {where}" if got is not None
                 else "  produced: nothing (the code no longer issues this command)"
             )
+            if differs:
+                lines.append(differs)
             lines.append(
                 "The workflow code changed in a way that changes its commands for an existing "
-                "history. Restore the old behaviour for runs already in flight, or start new "
-                "runs for the new code."
+                "history. Keep the old behaviour for runs already in flight (see "
+                "workflow.patched), or start new runs for the new code."
             )
-            raise NondeterminismError("\n".join(lines))
+            raise NondeterminismError(
+                "\n".join(lines),
+                event_seq=rec[0] if rec is not None else (
+                    (recorded[-1][0] if recorded else activation.completed[0])
+                    if activation.completed is not None else None),
+                recorded=_describe(rec[1]) if rec is not None else "",
+                produced=_describe(got) if got is not None else "",
+                location=where,
+            )
 
     def activate(
         self, inbound: Sequence[HistoryEvent], now: float, *, replaying: bool = False
@@ -910,6 +1000,28 @@ class WorkflowInstance:
         self._emit(ExternalSignalSent(seq=seq, workflow_id=workflow_id, name=name,
                                       args=msgspec.Raw(data), run_id=run_id))
         return future
+
+    def patched(self, patch_id: str) -> bool:
+        """True on the new code path: for live execution, and for replays whose history
+        recorded this patch; False for a history written before the patch existed.
+        Decided once per run (the first call), and recorded as a marker when True."""
+        known = self._patches.get(patch_id)
+        if known is not None:
+            return known
+        if self._in_query:
+            return False  # a query cannot record a marker; before any call, the old path
+        # replaying: what the history recorded; live: the new path
+        taken = patch_id in self._recorded_patches if self.replaying else True
+        self._patches[patch_id] = taken
+        if taken:
+            self._emit(MarkerRecorded(seq=0, name=PATCH_MARKER,
+                                      value=msgspec.Raw(msgspec.json.encode(patch_id))))
+        return taken
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """The patch's old path is gone: histories with or without its marker replay."""
+        self._deprecated_patches.add(patch_id)
+        self._patches[patch_id] = True
 
     def upsert(self, command: SearchAttributesUpserted | MemoUpserted) -> None:
         """Emit an upsert and apply it to ``info()`` at once."""
