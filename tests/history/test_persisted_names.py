@@ -52,6 +52,7 @@ PINNED_FIELDS = {
     "WorkflowContinuedAsNew": ["workflow_type", "task_queue", "input"],
     "WorkflowTerminated": ["reason"],
     "WorkflowTimedOut": ["timeout"],
+    "WorkflowReset": ["to_event", "new_run_id", "reason"],
 }
 
 

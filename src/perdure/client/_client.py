@@ -42,6 +42,7 @@ from perdure.history import (
     HistoryEvent,
     SignalReceived,
     UpdateRequested,
+    WorkflowReset,
     WorkflowStarted,
     WorkflowTaskCompleted,
     WorkflowTerminated,
@@ -73,7 +74,7 @@ DEFAULT_DATABASE_URL = "sqlite:///perdure.db"
 EAGER_START_LEASE = 5.0
 """Seconds an eagerly started run's first task stays reserved for the in-process worker."""
 _failure_decoder = msgspec.json.Decoder(Failure)
-_MAY_CONTINUE = ("continued_as_new", "failed", "timed_out")
+_MAY_CONTINUE = ("continued_as_new", "failed", "timed_out", "reset")
 """Statuses after which another run of the chain may carry on (``next_run_id``)."""
 
 
@@ -88,6 +89,8 @@ class WorkflowStatus(enum.StrEnum):
     TIMED_OUT = "timed_out"
     CONTINUED_AS_NEW = "continued_as_new"
     """Closed by ``workflow.continue_as_new``: a new run of the same id carries on."""
+    RESET = "reset"
+    """Ended by ``reset()``: a new run, from a prefix of this one's history, carries on."""
 
 
 class IdReusePolicy(enum.StrEnum):
@@ -873,6 +876,88 @@ class WorkflowHandle(Generic[T]):
         await self._store.terminate(
             self.workflow_id, self.run_id, encode_event(event), msgspec.json.encode(failure)
         )
+
+    async def reset(
+        self, *, to_event: int | None = None, to_last_workflow_task: bool = False,
+        reason: str = "", reapply_signals: bool = True,
+    ) -> WorkflowHandle[T]:
+        """End this run and start a new run of the same id from its first ``to_event``
+        events: the activations after that point run again, on the code the workers run
+        now (re-run an agent from a chosen step after its prompt or code changed).
+
+        A cut inside an activation's commands moves back to before that activation, so
+        that it runs again. Activities and timers the kept events started run again;
+        child workflows and signals to other workflows are not repeated, their outcomes
+        are delivered again; signals received after the cut too, unless
+        ``reapply_signals`` is False. The old run is kept, closed as ``reset`` (a
+        ``WorkflowReset`` event ends its history); handles follow to the new run.
+        """
+        return await self._reset(None, to_event=to_event, reason=reason,
+                                 to_last_workflow_task=to_last_workflow_task,
+                                 reapply_signals=reapply_signals, edit_results=None,
+                                 task_queue=None)
+
+    async def fork(
+        self, new_id: str, *, to_event: int | None = None, to_last_workflow_task: bool = False,
+        edit_results: dict[int, Any] | None = None, reapply_signals: bool = True,
+        task_queue: str | None = None,
+    ) -> WorkflowHandle[T]:
+        """Start workflow ``new_id`` from this run's first ``to_event`` events, leaving this
+        run untouched (see :meth:`reset` for what runs again).
+
+        ``edit_results`` replaces recorded results, by event number (an
+        ``ActivityCompleted`` or ``ChildWorkflowCompleted``): fork at a model call with
+        another answer, and see what the agent would have done. Without ``to_event``,
+        the fork starts right after the last edited event.
+        """
+        if not new_id or not isinstance(new_id, str):
+            raise InvalidArgumentError("fork needs a non-empty string id for the new workflow")
+        if new_id == self.workflow_id:
+            raise InvalidArgumentError("a fork needs another workflow id; use reset() to "
+                                       "restart this workflow from an earlier point")
+        if to_event is None and not to_last_workflow_task and edit_results:
+            to_event = max(edit_results)
+        return await self._reset(new_id, to_event=to_event, reason="",
+                                 to_last_workflow_task=to_last_workflow_task,
+                                 reapply_signals=reapply_signals, edit_results=edit_results,
+                                 task_queue=task_queue)
+
+    async def _reset(
+        self, new_id: str | None, *, to_event: int | None, to_last_workflow_task: bool,
+        reason: str, reapply_signals: bool, edit_results: dict[int, Any] | None,
+        task_queue: str | None,
+    ) -> WorkflowHandle[T]:
+        from perdure.engine import cut_point, plan_reset
+        from perdure.store._records import ResetRecord
+
+        edits = {int(n): self.client.converter.encode(v, what=f"edited result of event {n}")
+                 for n, v in (edit_results or {}).items()}
+        for attempt in range(5):
+            record = await self._store.get_run(self.workflow_id, self.run_id)
+            rows = await self._store.get_history(record.workflow_id, record.run_id)
+            events = [decode_event(data) for _, _, data in rows]
+            cut = cut_point(events, to_event, to_last_workflow_task=to_last_workflow_task)
+            plan = plan_reset(events, cut, edits=edits, reapply_signals=reapply_signals,
+                              fork=new_id is not None)
+            new_run_id = str(uuid.uuid4())
+            try:
+                await self._store.reset_workflow(ResetRecord(
+                    source_workflow_id=record.workflow_id, source_run_id=record.run_id,
+                    source_length=len(rows), workflow_id=new_id or record.workflow_id,
+                    run_id=new_run_id, to_event=cut, events=plan.events,
+                    activities=plan.activities, timers=plan.timers, inbox=plan.inbox,
+                    open_children=plan.open_children, needs_task=plan.has_tail,
+                    reset_event=None if new_id is not None else encode_event(WorkflowReset(
+                        to_event=cut, new_run_id=new_run_id, reason=reason)),
+                    task_queue=task_queue,
+                ))
+            except InvalidArgumentError as exc:
+                if "moved on while it was being reset" not in str(exc) or attempt == 4:
+                    raise
+                continue
+            return WorkflowHandle(self.client, new_id or record.workflow_id, new_run_id,
+                                  result_type=self._result_type, definition=self._definition)
+        raise AssertionError("unreachable")
 
     async def describe(self) -> WorkflowDescription:
         """The run's status, history length and pending work."""

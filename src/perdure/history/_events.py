@@ -53,6 +53,7 @@ __all__ = [
     "WorkflowCompleted",
     "WorkflowContinuedAsNew",
     "WorkflowFailed",
+    "WorkflowReset",
     "WorkflowStarted",
     "WorkflowTaskCompleted",
     "WorkflowTerminated",
@@ -309,6 +310,14 @@ class WorkflowTimedOut(_Event, tag="WorkflowTimedOut"):
     timeout: float
 
 
+class WorkflowReset(_Event, tag="WorkflowReset"):
+    """The run was reset: a new run (``new_run_id``) continues from event ``to_event``."""
+
+    to_event: int
+    new_run_id: str
+    reason: str = ""
+
+
 HistoryEvent = (
     WorkflowStarted
     | ActivityCompleted
@@ -343,6 +352,7 @@ HistoryEvent = (
     | WorkflowContinuedAsNew
     | WorkflowTerminated
     | WorkflowTimedOut
+    | WorkflowReset
 )
 
 COMMAND_EVENT_TYPES: tuple[type[_Event], ...] = (

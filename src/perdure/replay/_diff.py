@@ -22,7 +22,7 @@ _VOLATILE = {
 
 
 def _comparable(event: HistoryEvent) -> Any:
-    data = msgspec.to_builtins(event)
+    data = msgspec.json.decode(msgspec.json.encode(event))  # Raw payloads as JSON values
     for name in _VOLATILE.get(event_type_name(event), ()):
         data.pop(name, None)
     return data

@@ -18,6 +18,7 @@ from perdure.store._records import (
     ActivityDecision,
     ActivityTaskClaim,
     QueryTaskClaim,
+    ResetRecord,
     RunRecord,
     StartWorkflowRecord,
     WorkflowTaskClaim,
@@ -252,6 +253,12 @@ class WorkflowStore:
         """Put an update request (an ``UpdateRequested`` event) in the running run's
         inbox; return the run id. Asking again with the same ``update_id`` changes
         nothing."""
+        raise NotImplementedError
+
+    async def reset_workflow(self, record: ResetRecord) -> str:
+        """Reset (or fork) a run: insert the new run with a prefix of the source's history,
+        its pending work and re-delivered events; a reset also ends the source run. One
+        transaction; returns the new run id."""
         raise NotImplementedError
 
     async def get_update(

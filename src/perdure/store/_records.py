@@ -15,6 +15,7 @@ __all__ = [
     "NewActivityTask",
     "NewChildWorkflow",
     "QueryTaskClaim",
+    "ResetRecord",
     "RunRecord",
     "StartWorkflowRecord",
     "UpdateOutcome",
@@ -144,6 +145,29 @@ class ContinuedRun:
     workflow_type: str
     task_queue: str
     input: bytes
+
+
+@dataclasses.dataclass
+class ResetRecord:
+    """A reset (same workflow id; the source run ends) or a fork (a new workflow id; the
+    source is untouched): a new run whose history is a prefix of the source's."""
+
+    source_workflow_id: str
+    source_run_id: str
+    source_length: int
+    """The source history's length when it was read: it must not have moved since."""
+    workflow_id: str
+    run_id: str
+    to_event: int
+    events: list[tuple[str, bytes]]
+    activities: list[NewActivityTask]
+    timers: list[tuple[int, float]]
+    inbox: list[bytes]
+    open_children: list[int]
+    needs_task: bool
+    reset_event: bytes | None
+    """Reset: the WorkflowReset event appended to the source run (None for a fork)."""
+    task_queue: str | None = None
 
 
 @dataclasses.dataclass

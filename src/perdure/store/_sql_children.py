@@ -124,6 +124,12 @@ def notify_parent(
     locked = store._lock_run(conn, parent_id, parent_run)
     if locked is None or locked[0] != "running":
         return
+    _to_inbox(store, conn, parent_id, parent_run, outcome_event(seq, status, result, failure),
+              now, notes)
+
+
+def outcome_event(seq: int, status: str, result: bytes | None, failure: bytes | None) -> bytes:
+    """The parent's inbound event for a child run that closed with ``status``."""
     event: ChildWorkflowCompleted | ChildWorkflowCanceled | ChildWorkflowFailed
     if status == "completed":
         event = ChildWorkflowCompleted(seq=seq, result=msgspec.Raw(result or b"null"))
@@ -135,7 +141,7 @@ def notify_parent(
             else Failure(type="ChildWorkflowFailure", message=f"child workflow {status}")
         )
         event = ChildWorkflowFailed(seq=seq, status=status, failure=recorded)
-    _to_inbox(store, conn, parent_id, parent_run, encode_event(event), now, notes)
+    return encode_event(event)
 
 
 def apply_parent_close_policies(

@@ -40,11 +40,13 @@ from perdure._errors import (
 from perdure._retry import RetryPolicy, next_attempt_at
 from perdure.history import Failure, WorkflowStarted, encode_event
 from perdure.store import _sql_children as _children
+from perdure.store import _sql_reset as _reset
 from perdure.store._base import StoreNotes, StoreNotifier, WorkflowStore
 from perdure.store._records import (
     ActivityAttempt,
     ActivityDecision,
     ActivityOutcome,
+    ResetRecord,
     RunRecord,
     StartWorkflowRecord,
     WorkflowTaskClaim,
@@ -354,7 +356,7 @@ class SqlRunStore(WorkflowStore):
             self._insert_run(conn, successor, now, notes)
             self._ensure_workflow_task(conn, workflow_id, successor.run_id, at, notes)
             notes.due_at(at)
-        elif parent[0] is not None and status != "continued_as_new":
+        elif parent[0] is not None and status not in ("continued_as_new", "reset"):
             _children.notify_parent(self, conn, (parent[0], parent[1], int(parent[2])), status,
                                     result, failure, now, notes)
         _children.apply_parent_close_policies(self, conn, workflow_id, run_id, status, now,
@@ -390,22 +392,26 @@ class SqlRunStore(WorkflowStore):
         return successor, at
 
     def _insert_run(self, conn: Conn, run: NewRun, now: float, notes: StoreNotes,
-                    started_event: bytes | None = None) -> None:
-        """Insert a running run with its WorkflowStarted and its timeout timers (no task)."""
+                    started_event: bytes | None = None,
+                    history: Sequence[tuple[str, bytes]] | None = None) -> None:
+        """Insert a running run with its WorkflowStarted (or a whole ``history``, for a
+        reset or fork) and its timeout timers (no task)."""
+        if history is None:
+            history = [("WorkflowStarted", started_event or run.started_event(now))]
         parent_id, parent_run, parent_seq, policy = run.parent or (None, None, None, None)
         conn.execute(
             "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, "
             "status, input, history_length, created_at, execution_timeout, run_timeout, "
             "attempt, retry_policy, parent_workflow_id, parent_run_id, parent_seq, "
             "parent_close_policy, memo, search_attributes) "
-            "VALUES (?, ?, ?, ?, 'running', ?, 1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
             f"{self._JSON})",
-            (run.workflow_id, run.run_id, run.workflow_type, run.task_queue, run.input, now,
-             run.execution_timeout, run.run_timeout, run.attempt, run.retry_policy, parent_id,
-             parent_run, parent_seq, policy, run.memo, _json_text(run.search_attributes)),
+            (run.workflow_id, run.run_id, run.workflow_type, run.task_queue, run.input,
+             len(history), now, run.execution_timeout, run.run_timeout, run.attempt,
+             run.retry_policy, parent_id, parent_run, parent_seq, policy, run.memo,
+             _json_text(run.search_attributes)),
         )
-        self._append(conn, run.workflow_id, run.run_id, 1,
-                     [("WorkflowStarted", started_event or run.started_event(now))])
+        self._append(conn, run.workflow_id, run.run_id, 1, history)
         # seq 0: the execution deadline (the whole chain); seq -1: this run's own timeout
         for seq, fire_at in ((0, run.execution_deadline),
                              (-1, now + run.run_timeout if run.run_timeout else None)):
@@ -569,6 +575,12 @@ class SqlRunStore(WorkflowStore):
             )
             self._ensure_workflow_task(conn, workflow_id, rid, now, notes)
             return rid
+
+        return await self._run(op)
+
+    async def reset_workflow(self, record: ResetRecord) -> str:
+        def op(conn: Conn, notes: StoreNotes) -> str:
+            return _reset.reset(self, conn, record, self.clock.now(), notes)
 
         return await self._run(op)
 

@@ -130,7 +130,7 @@ def split_activations(
     """Split a history into recorded activations, plus the unprocessed inbound tail.
 
     Events appended by the engine without a workflow task (WorkflowTerminated,
-    WorkflowTimedOut) close the history and are not part of any activation.
+    WorkflowTimedOut, WorkflowReset) close the history and are not part of any activation.
     """
     activations: list[Activation] = []
     inbound: list[tuple[int, HistoryEvent]] = []
@@ -148,7 +148,8 @@ def split_activations(
                     "WorkflowTaskCompleted before it; the history is corrupt"
                 )
             current.commands.append((seq, event))
-        elif event_type_name(event) in ("WorkflowTerminated", "WorkflowTimedOut"):
+        elif event_type_name(event) in ("WorkflowTerminated", "WorkflowTimedOut",
+                                        "WorkflowReset"):
             continue
         else:
             current = None
