@@ -155,6 +155,20 @@ async def test_build_ids_are_reported(env: WorkflowEnvironment) -> None:
     events = (await env.client.get_workflow_handle("p-done").fetch_history()).events
     builds = {e.build_id for e in events if isinstance(e, WorkflowTaskCompleted)}
     assert len(builds) == 1 and "" not in builds
+    build = builds.pop()
+    # derived from the workflow code when not configured
+    assert (await env.client.get_workflow_handle("p-done").describe()).last_build_id == build
     report = await Replayer([p.Original, p.Review]).replay_from_database(
         env.client, statuses=list(WorkflowStatus))
-    assert f"builds: {builds.pop()}" in report.describe()
+    assert f"builds: {build}" in report.describe()
+
+
+async def test_configured_build_id_is_recorded_per_task(env: WorkflowEnvironment) -> None:
+    async with env.worker(task_queue=TQ, workflows=[p.Original, p.Review],
+                          activities=p.ACTIVITIES, build_id="agents-2026.11.29"):
+        handle = await env.client.start_workflow(p.Original.run, "docs", id="p-built",
+                                                 task_queue=TQ)
+        await handle.result(timeout=20)
+    history = await handle.fetch_history()
+    assert history.build_ids == ["agents-2026.11.29"]
+    assert (await handle.describe()).last_build_id == "agents-2026.11.29"

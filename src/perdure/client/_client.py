@@ -173,6 +173,9 @@ class WorkflowDescription:
     memo: dict[str, Any] = dataclasses.field(default_factory=dict)
     search_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
     """As set at start and upserted by the workflow since."""
+    last_build_id: str | None = None
+    """The build id of the worker that ran the last workflow task (the history's
+    ``WorkflowTaskCompleted`` events name the build of each)."""
 
     @classmethod
     def from_record(cls, record: RunRecord) -> WorkflowDescription:
@@ -201,6 +204,7 @@ class WorkflowDescription:
             search_attributes=(
                 json.loads(record.search_attributes) if record.search_attributes else {}
             ),
+            last_build_id=record.build_id,
         )
 
 

@@ -125,6 +125,7 @@ def plan_workflow_task(
         cancel_timers=[],
         sticky_for=sticky_for,
         update_outcomes=outcomes,
+        build_id=build_id,
     )
     for command in commands:
         events.append((event_type_name(command), encode_event(command)))

@@ -85,6 +85,8 @@ class RunRecord:
     """For a run closed by continue-as-new: the run that continues it."""
     memo: bytes | None = None
     search_attributes: bytes | None = None
+    build_id: str | None = None
+    """The build of the worker that ran the last workflow task."""
 
 
 @dataclasses.dataclass
@@ -217,6 +219,8 @@ class WorkflowTaskCompletion:
     continue_as_new: ContinuedRun | None = None
     """With ``close_status == "continued_as_new"``: the run that takes over."""
     update_outcomes: list[UpdateOutcome] = dataclasses.field(default_factory=list)
+    build_id: str = ""
+    """The build of the worker that ran this activation."""
     upsert_memo: dict[str, Any] | None = None
     upsert_search_attributes: dict[str, Any] | None = None
     """Merged into the run's memo / search attributes (None values remove keys)."""

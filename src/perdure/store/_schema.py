@@ -156,13 +156,15 @@ ALTER TABLE workflow_runs ADD COLUMN search_attributes {json};
 ALTER TABLE workflow_runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE workflow_runs ADD COLUMN retry_policy {blob};
 ALTER TABLE workflow_runs ADD COLUMN run_timeout {real};
+ALTER TABLE workflow_runs ADD COLUMN build_id TEXT;
 CREATE INDEX workflow_runs_parent ON workflow_runs (parent_workflow_id, parent_run_id)
     WHERE parent_workflow_id IS NOT NULL;
 """
 """Version 3: child workflows and continue-as-new. A child run names its parent run and
 the command (seq) that started it; the index finds a closing run's children for its
 parent-close policy. A run closed by continue-as-new names the run that continues it.
-A run that fails (or passes its run timeout) under a retry policy is followed by the next
+``build_id``: the build of the worker that ran the run's last workflow task. A run that
+fails (or passes its run timeout) under a retry policy is followed by the next
 attempt, also named by ``next_run_id``. Memo (JSON, shown, never searched) and search attributes (a JSON object of scalars that
 ``list_workflows`` filters on; JSONB with a GIN index on PostgreSQL)."""
 

@@ -76,14 +76,14 @@ def lease_only(op: Op[T]) -> Op[T]:
 _RUN_COLUMNS = (
     "workflow_id, run_id, workflow_type, task_queue, status, history_length, created_at, "
     "closed_at, result, failure, execution_timeout, parent_workflow_id, parent_run_id, "
-    "next_run_id, memo, search_attributes"
+    "next_run_id, memo, search_attributes, build_id"
 )
 
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
     (workflow_id, run_id, workflow_type, task_queue, status, history_length, created_at,
      closed_at, result, failure, execution_timeout, parent_id, parent_run, next_run, memo,
-     search_attributes) = row
+     search_attributes, build_id) = row
     return RunRecord(
         workflow_id=workflow_id, run_id=run_id, workflow_type=workflow_type,
         task_queue=task_queue, status=status, history_length=history_length,
@@ -91,7 +91,7 @@ def _run_record(row: Sequence[Any]) -> RunRecord:
         execution_timeout=execution_timeout, parent_workflow_id=parent_id,
         parent_run_id=parent_run, next_run_id=next_run,
         memo=bytes(memo) if memo is not None else None,
-        search_attributes=_json_bytes(search_attributes),
+        search_attributes=_json_bytes(search_attributes), build_id=build_id,
     )
 
 
@@ -1061,9 +1061,10 @@ class SqlRunStore(WorkflowStore):
             )
             notes.add("update")
         conn.execute(
-            "UPDATE workflow_runs SET history_length = ?, sticky_worker = ?, sticky_for = ? "
-            "WHERE workflow_id = ? AND run_id = ?",
-            (new_length, c.worker_id if c.sticky_for > 0 else None, c.sticky_for, *key),
+            "UPDATE workflow_runs SET history_length = ?, sticky_worker = ?, sticky_for = ?, "
+            "build_id = ? WHERE workflow_id = ? AND run_id = ?",
+            (new_length, c.worker_id if c.sticky_for > 0 else None, c.sticky_for,
+             c.build_id or None, *key),
         )
         if c.continue_as_new is not None:
             self._continue_as_new(conn, c, now, notes)
