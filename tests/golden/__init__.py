@@ -1,0 +1,1 @@
+"""Golden histories: recorded by earlier code, replayed by the current code in CI."""
