@@ -135,3 +135,4 @@ def test_patch_marker_position_in_activation_does_not_matter() -> None:
             return [a, b, True]
 
     assert _run(FlowV2).replay(AskedLater).completed
+

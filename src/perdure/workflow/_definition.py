@@ -210,6 +210,14 @@ def defn(
                 queries[q_name] = _handler(q_name, member)
             if (u_name := getattr(member, _UPDATE, None)) is not None:
                 updates[u_name] = _handler(u_name, member, validators.pop(member, None))
+        for target in list(validators):
+            # a subclass overrode the handler and inherits its validator: same name
+            for u_name, handler in updates.items():
+                if handler.validator is None and getattr(handler.method, "__name__", None) \
+                        == getattr(target, "__name__", ""):
+                    updates[u_name] = dataclasses.replace(handler,
+                                                          validator=validators.pop(target))
+                    break
         if validators:
             orphan = next(iter(validators.values()))
             raise ConfigurationError(
