@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import perdure
-from perdure import activity, replay, testing, workflow
+from perdure import activity, agents, replay, testing, workflow
 
 EXPECTED_TOP_LEVEL = {
     "ActivityError", "ApplicationError", "CancelledFailure", "ChildWorkflowError", "Client", "ConfigurationError",
@@ -44,6 +44,11 @@ def test_activity_and_testing_exports() -> None:
         "is_cancelled",
     }
     assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}
+    assert set(agents.__all__) == {
+        "Agent", "AgentHandle", "AgentResult", "AgentRun", "AgentWorker", "Message", "Model",
+        "ModelRequest", "ModelResponse", "Price", "ScriptedModel", "Tool", "ToolCall",
+        "ToolSpec", "Usage", "ask_human", "start_agent", "tool",
+    }
     assert set(replay.__all__) == {
         "HistoryDiff", "ReplayReport", "ReplayResult", "Replayer", "diff_histories",
     }
@@ -57,7 +62,7 @@ def test_every_error_derives_from_perdure_error() -> None:
 
 
 def test_public_names_have_docstrings() -> None:
-    for module in (perdure, workflow, activity, testing, replay):
+    for module in (perdure, workflow, activity, testing, replay, agents):
         for name in module.__all__:
             obj = getattr(module, name)
             if callable(obj) and not isinstance(obj, type(perdure)):

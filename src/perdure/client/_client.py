@@ -518,6 +518,13 @@ class Client:
         )
         return await handle.result()
 
+    async def start_agent(self, agent: Any, task: str, *, id: str, **options: Any) -> Any:
+        """Start a :class:`perdure.agents.Agent` on ``task``; an ``AgentHandle`` (see
+        :func:`perdure.agents.start_agent`, which this calls, for the options)."""
+        from perdure.agents import start_agent  # the agent layer sits on top of this one
+
+        return await start_agent(self, agent, task, id=id, **options)
+
     def get_workflow_handle(
         self, workflow_id: str, *, run_id: str | None = None, workflow: Any = None,
         result_type: Any = None,

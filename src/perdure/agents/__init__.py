@@ -1,0 +1,43 @@
+"""Durable agents: an agent loop that is plain to write and cannot be killed.
+
+An :class:`Agent` is instructions, a model, tools (``@tool`` functions: activities),
+sub-agents (child workflows) and limits. :func:`start_agent` runs one as a workflow;
+an :class:`AgentWorker` serves it. Every model call and tool run is an activity, so a
+crash, a deploy or a question that waits a week costs nothing but a replay. Built on
+Perdure's public API only.
+"""
+
+from perdure.agents._agent import Agent, Price, ask_human
+from perdure.agents._handle import AgentHandle, AgentWorker, start_agent
+from perdure.agents._messages import (
+    Message,
+    ModelRequest,
+    ModelResponse,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
+from perdure.agents._models import Model, ScriptedModel
+from perdure.agents._tools import Tool, tool
+from perdure.agents._workflow import AgentResult, AgentRun
+
+__all__ = [
+    "Agent",
+    "AgentHandle",
+    "AgentResult",
+    "AgentRun",
+    "AgentWorker",
+    "Message",
+    "Model",
+    "ModelRequest",
+    "ModelResponse",
+    "Price",
+    "ScriptedModel",
+    "Tool",
+    "ToolCall",
+    "ToolSpec",
+    "Usage",
+    "ask_human",
+    "start_agent",
+    "tool",
+]

@@ -1,0 +1,117 @@
+"""Starting agents and talking to them: built on Client and WorkflowHandle."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import msgspec
+
+from perdure import Client, Worker, WorkflowHandle
+from perdure.agents._agent import Agent, register
+from perdure.agents._messages import Usage
+from perdure.agents._workflow import AgentResult, AgentRun, AgentWorkflow, model_call
+
+__all__ = ["AgentHandle", "AgentWorker", "start_agent"]
+
+DEFAULT_TASK_QUEUE = "agents"
+
+
+class AgentHandle:
+    """A running (or finished) agent: answer its questions, approve its tool calls, wait
+    for its result. Reach one again with ``AgentHandle(client.get_workflow_handle(id))``."""
+
+    def __init__(self, handle: WorkflowHandle[Any], agent: Agent | None = None) -> None:
+        self.workflow = handle
+        self.agent = agent
+
+    @property
+    def id(self) -> str:
+        """The agent run's workflow id."""
+        return self.workflow.workflow_id
+
+    async def answer(self, text: str, *, question_id: str = "") -> None:
+        """Answer the agent's oldest open question (or ``question_id``). Durable at once,
+        even if no worker runs; the agent continues when one does."""
+        await self.workflow.signal(AgentWorkflow.answer, text, question_id)
+
+    async def approve(self, call_id: str) -> None:
+        """Let a tool call that needs approval run."""
+        await self.workflow.signal(AgentWorkflow.decide, call_id, True, "")
+
+    async def deny(self, call_id: str, reason: str = "") -> None:
+        """Refuse a tool call that needs approval; the model is told, with ``reason``."""
+        await self.workflow.signal(AgentWorkflow.decide, call_id, False, reason)
+
+    async def pending(self) -> dict[str, Any]:
+        """Open questions and tool calls waiting for approval (answered from history; no
+        worker needed)."""
+        result: dict[str, Any] = await self.workflow.query(AgentWorkflow.pending)
+        return result
+
+    async def progress(self) -> dict[str, Any]:
+        """Status, turns and usage so far."""
+        result: dict[str, Any] = await self.workflow.query(AgentWorkflow.progress)
+        return result
+
+    async def run_result(self, *, timeout: timedelta | float | None = None) -> AgentResult:
+        """The final answer with its usage (tokens and cost over the whole tree) and turns."""
+        result: AgentResult = await self.workflow.result(timeout=timeout)
+        return result
+
+    async def result(self, *, timeout: timedelta | float | None = None) -> Any:
+        """The agent's final answer, as its output type when the agent is known here."""
+        run = await self.run_result(timeout=timeout)
+        output_type = self.agent.output_type if self.agent is not None else None
+        if output_type is None or output_type is str:
+            return run.output
+        validate = getattr(output_type, "model_validate", None)
+        if validate is not None:
+            return validate(run.output)
+        return msgspec.convert(run.output, output_type)
+
+    async def usage(self) -> Usage:
+        """Tokens and cost so far (the sub-agents' included once they have finished)."""
+        return msgspec.convert((await self.progress())["usage"], Usage)
+
+    async def cancel(self) -> None:
+        """Cancel the agent and, through it, every sub-agent and running tool."""
+        await self.workflow.cancel()
+
+
+async def start_agent(
+    client: Client, agent: Agent, task: str, *, id: str,
+    task_queue: str = DEFAULT_TASK_QUEUE, execution_timeout: timedelta | None = None,
+    token_budget: int | None = None, cost_budget: float | None = None,
+) -> AgentHandle:
+    """Start ``agent`` on ``task`` as a durable workflow run; workers serving
+    ``task_queue`` with an :class:`AgentWorker` that knows the agent run it."""
+    handle = await client.start_workflow(
+        AgentWorkflow.run,
+        AgentRun(agent=agent.name, task=task, token_budget=token_budget,
+                 cost_budget=cost_budget),
+        id=id, task_queue=task_queue, execution_timeout=execution_timeout,
+        memo={"agent": agent.name}, search_attributes={"agent": agent.name},
+    )
+    return AgentHandle(handle, agent)
+
+
+class AgentWorker(Worker):
+    """A worker that runs agents: their loop, model calls and tools (and anything else
+    passed in ``workflows`` / ``activities``)."""
+
+    def __init__(self, client: Client, *, agents: Sequence[Agent],
+                 task_queue: str = DEFAULT_TASK_QUEUE, workflows: Sequence[type] = (),
+                 activities: Sequence[Any] = (), **kwargs: Any) -> None:
+        register(agents)
+        tools: dict[str, Any] = {}
+        for root in agents:
+            for agent in root.tree():
+                for item in agent.tools:
+                    activity_fn = getattr(item, "activity", None)
+                    if activity_fn is not None:
+                        tools.setdefault(item.name, activity_fn)
+        super().__init__(client, task_queue=task_queue,
+                         workflows=[AgentWorkflow, *workflows],
+                         activities=[model_call, *tools.values(), *activities], **kwargs)

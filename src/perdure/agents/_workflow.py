@@ -1,0 +1,311 @@
+"""The agent loop, as a workflow: model calls and tools are activities, sub-agents are
+child workflows, questions to the human are durable waits. Built on the public API only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import msgspec
+
+from perdure import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    activity,
+    workflow,
+)
+from perdure.agents._agent import ASK_HUMAN, Agent, registered_agent
+from perdure.agents._messages import Message, ModelRequest, ModelResponse, ToolCall, Usage
+from perdure.agents._tools import ACTIVITY_PREFIX, Tool
+
+__all__ = ["AGENT_WORKFLOW", "AgentResult", "AgentRun", "AgentWorkflow", "model_call"]
+
+AGENT_WORKFLOW = "perdure.Agent"
+MODEL_CALL = "perdure.agents.model_call"
+
+
+class AgentRun(msgspec.Struct, omit_defaults=True):
+    """What an agent run is asked to do, and the budget it may spend."""
+
+    agent: str
+    task: str
+    token_budget: int | None = None
+    cost_budget: float | None = None
+
+
+class AgentResult(msgspec.Struct, omit_defaults=True):
+    """An agent's final answer (JSON of its output type), with what it cost."""
+
+    agent: str
+    output: Any
+    usage: Usage
+    turns: int
+
+
+@activity.defn(name=MODEL_CALL)
+async def model_call(request: ModelRequest) -> ModelResponse:
+    """One model call, as an activity: retried by the agent's model retry policy."""
+    agent = registered_agent(request.agent)
+    response = await agent.model.complete(request)
+    usage = response.usage
+    if not usage.model_calls:
+        usage = msgspec.structs.replace(usage, model_calls=1)
+    if agent.price is not None:
+        usage = msgspec.structs.replace(
+            usage, cost=agent.price.cost(usage.input_tokens, usage.output_tokens))
+    return msgspec.structs.replace(response, usage=usage)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return msgspec.json.encode(value, enc_hook=_enc_hook).decode()
+
+
+def _enc_hook(obj: Any) -> Any:
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None:
+        return dump(mode="json")
+    raise NotImplementedError(type(obj))
+
+
+def _why(exc: BaseException) -> str:
+    """The innermost meaningful message of an activity or child failure."""
+    cause: BaseException | None = exc
+    while cause is not None and isinstance(cause, ActivityError | ChildWorkflowError) \
+            and cause.__cause__ is not None:
+        cause = cause.__cause__
+    return str(cause or exc)
+
+
+@workflow.defn(name=AGENT_WORKFLOW)
+class AgentWorkflow:
+    """Runs one agent: call the model, run what it asks for, until it answers."""
+
+    def __init__(self) -> None:
+        self.agent_name = ""
+        self.messages: list[Message] = []
+        self.usage = Usage()
+        self.turns = 0
+        self.status = "starting"
+        self.questions: dict[str, str] = {}
+        self.answers: dict[str, str] = {}
+        self.approvals: dict[str, ToolCall] = {}
+        self.decisions: dict[str, tuple[bool, str]] = {}
+
+    # ------------------------------------------------------------ the loop
+    @workflow.run
+    async def run(self, request: AgentRun) -> AgentResult:
+        agent = registered_agent(request.agent)
+        self.agent_name = agent.name
+        self.messages = [Message.system(agent.instructions), Message.user(request.task)]
+        specs = agent.tool_specs()
+        schema = _output_schema(agent.output_type)
+        while True:
+            self._check_limits(agent, request)
+            self.status = "thinking"
+            response: ModelResponse = await workflow.execute_activity(
+                MODEL_CALL,
+                ModelRequest(agent=agent.name, messages=self.messages, tools=specs,
+                             output_schema=schema),
+                result_type=ModelResponse,
+                start_to_close_timeout=agent.model_timeout,
+                retry_policy=agent.model_retry_policy,
+            )
+            self.turns += 1
+            self.usage = self.usage + response.usage
+            message = response.message
+            self.messages.append(message)
+            self._publish()
+            if not message.tool_calls:
+                output, problem = _validate(agent.output_type, message.content)
+                if problem is None:
+                    self.status = "done"
+                    self._publish()
+                    return AgentResult(agent=agent.name, output=output, usage=self.usage,
+                                       turns=self.turns)
+                self.messages.append(Message.user(
+                    f"Your final answer did not validate: {problem}. Answer again with "
+                    f"JSON matching this schema: {json.dumps(schema)}"))
+                continue
+            self.status = "working"
+            results = await asyncio.gather(
+                *(self._call(agent, call, request) for call in message.tool_calls))
+            self.messages.extend(results)
+
+    def _check_limits(self, agent: Agent, request: AgentRun) -> None:
+        reason = ""
+        if self.turns >= agent.max_turns:
+            reason = f"it reached max_turns ({agent.max_turns}) without a final answer"
+        tokens = request.token_budget if request.token_budget is not None \
+            else agent.token_budget
+        if tokens is not None and self.usage.total_tokens >= tokens:
+            reason = (f"its token budget is spent ({self.usage.total_tokens} of {tokens} "
+                      "tokens used)")
+        cost = request.cost_budget if request.cost_budget is not None else agent.cost_budget
+        if cost is not None and self.usage.cost >= cost:
+            reason = f"its cost budget is spent ({self.usage.cost:.4f} of {cost:.4f})"
+        if reason:
+            self.status = "stopped"
+            self._publish()
+            raise ApplicationError(f"agent {agent.name!r} stopped: {reason}",
+                                   type="AgentStopped", non_retryable=True)
+
+    def _publish(self) -> None:
+        workflow.upsert_memo({
+            "agent": self.agent_name, "status": self.status, "turns": self.turns,
+            "usage": msgspec.to_builtins(self.usage),
+            "pending_questions": list(self.questions.values()) or None,
+            "pending_approvals": [c.name for c in self.approvals.values()] or None,
+        })
+
+    # ------------------------------------------------------------ one tool call
+    async def _call(self, agent: Agent, call: ToolCall, request: AgentRun) -> Message:
+        if call.name == ASK_HUMAN and any(t.name == ASK_HUMAN for t in agent.tools):
+            return await self._ask_human(agent, call)
+        sub = next((s for s in agent.subagents if s.name == call.name), None)
+        if sub is not None:
+            return await self._delegate(agent, sub, call, request)
+        found = next((t for t in agent.tools if t.name == call.name and isinstance(t, Tool)),
+                     None)
+        if found is None:
+            offered = ", ".join(s.name for s in agent.tool_specs()) or "none"
+            return Message.tool(call, f"error: there is no tool named {call.name!r}; the "
+                                      f"tools are: {offered}", is_error=True)
+        if found.requires_approval:
+            approved, reason = await self._approval(call)
+            if not approved:
+                return Message.tool(call, "error: the human denied this call"
+                                    + (f": {reason}" if reason else ""), is_error=True)
+        try:
+            result = await workflow.execute_activity(
+                ACTIVITY_PREFIX + found.name, call.arguments,
+                start_to_close_timeout=found.start_to_close_timeout,
+                retry_policy=found.retry_policy, heartbeat_timeout=found.heartbeat_timeout,
+            )
+        except ActivityError as exc:
+            return Message.tool(call, f"error: {_why(exc)}", is_error=True)
+        return Message.tool(call, _text(result))
+
+    async def _ask_human(self, agent: Agent, call: ToolCall) -> Message:
+        question = str(call.arguments.get("question", "")).strip() or "(no question given)"
+        self.questions[call.id] = question
+        self.status = "waiting for the human"
+        self._publish()
+        # (no `finally:` with workflow calls: it would also run when a dropped instance's
+        # coroutine is closed, outside any activation)
+        try:
+            await workflow.wait_condition(
+                lambda: call.id in self.answers,
+                timeout=agent.human_timeout)
+        except TimeoutError:
+            self._settle(self.questions, call.id)
+            return Message.tool(call, "error: nobody answered in time; decide without them",
+                                is_error=True)
+        except asyncio.CancelledError:
+            self._settle(self.questions, call.id)
+            raise
+        self._settle(self.questions, call.id)
+        return Message.tool(call, self.answers[call.id])
+
+    def _settle(self, pending: dict[str, Any], call_id: str) -> None:
+        pending.pop(call_id, None)
+        self.status = "working"
+        self._publish()
+
+    async def _approval(self, call: ToolCall) -> tuple[bool, str]:
+        self.approvals[call.id] = call
+        self.status = "waiting for approval"
+        self._publish()
+        try:
+            await workflow.wait_condition(lambda: call.id in self.decisions)
+        except asyncio.CancelledError:
+            self._settle(self.approvals, call.id)
+            raise
+        self._settle(self.approvals, call.id)
+        return self.decisions[call.id]
+
+    async def _delegate(self, agent: Agent, sub: Agent, call: ToolCall,
+                        request: AgentRun) -> Message:
+        task = str(call.arguments.get("task", "")).strip()
+        if not task:
+            return Message.tool(call, "error: give the sub-agent a task", is_error=True)
+        tokens = request.token_budget if request.token_budget is not None \
+            else agent.token_budget
+        cost = request.cost_budget if request.cost_budget is not None else agent.cost_budget
+        child = AgentRun(
+            agent=sub.name, task=task,
+            token_budget=None if tokens is None else max(0, tokens - self.usage.total_tokens),
+            cost_budget=None if cost is None else max(0.0, cost - self.usage.cost),
+        )
+        info = workflow.info()
+        try:
+            result: AgentResult = await workflow.execute_child_workflow(
+                AGENT_WORKFLOW, child, id=f"{info.workflow_id}/{sub.name}/{call.id}",
+                result_type=AgentResult, execution_timeout=sub.subagent_timeout
+                or agent.subagent_timeout,
+                search_attributes={"agent": sub.name},
+                memo={"agent": sub.name, "parent_agent": agent.name},
+            )
+        except ChildWorkflowError as exc:
+            return Message.tool(call, f"error: the {sub.name} agent failed: {_why(exc)}",
+                                is_error=True)
+        self.usage = self.usage + result.usage  # a tree's usage adds up at its root
+        return Message.tool(call, _text(result.output))
+
+    # ------------------------------------------------------------ the human's side
+    @workflow.signal
+    def answer(self, text: str, question_id: str = "") -> None:
+        """The human's answer: to ``question_id``, or to the oldest open question."""
+        target = question_id or next(iter(self.questions), "")
+        if target:
+            self.answers[target] = text
+
+    @workflow.signal
+    def decide(self, call_id: str, approved: bool, reason: str = "") -> None:
+        """The human's decision on a tool call that needs approval."""
+        self.decisions[call_id] = (approved, reason)
+
+    @workflow.query
+    def pending(self) -> dict[str, Any]:
+        """Open questions and tool calls waiting for approval."""
+        return {
+            "questions": [{"id": k, "question": v} for k, v in self.questions.items()],
+            "approvals": [{"id": c.id, "tool": c.name, "arguments": c.arguments}
+                          for c in self.approvals.values()],
+        }
+
+    @workflow.query
+    def progress(self) -> dict[str, Any]:
+        """Status, turns and usage so far."""
+        return {"agent": self.agent_name, "status": self.status, "turns": self.turns,
+                "usage": msgspec.to_builtins(self.usage)}
+
+
+def _output_schema(output_type: Any) -> dict[str, Any] | None:
+    if output_type is str or output_type is None:
+        return None
+    model_schema = getattr(output_type, "model_json_schema", None)
+    if model_schema is not None:
+        return dict(model_schema())
+    return dict(msgspec.json.schema(output_type))
+
+
+def _validate(output_type: Any, content: str) -> tuple[Any, str | None]:
+    """The final answer as JSON of the output type, or why it does not fit."""
+    if output_type is str or output_type is None:
+        return content, None
+    text = content.strip()
+    if text.startswith("```"):
+        text = text.strip("`").split("\n", 1)[-1] if "\n" in text else text.strip("`")
+    try:
+        validate_json = getattr(output_type, "model_validate_json", None)
+        value = validate_json(text) if validate_json is not None \
+            else msgspec.json.decode(text, type=output_type)
+    except Exception as exc:
+        return None, str(exc).splitlines()[0][:500]
+    return msgspec.json.decode(msgspec.json.encode(value, enc_hook=_enc_hook)), None
+
