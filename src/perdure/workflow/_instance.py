@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import hashlib
 import logging
 import os
@@ -76,6 +77,7 @@ from perdure.history import (
 )
 from perdure.workflow import _context
 from perdure.workflow._definition import HandlerDefinition, WorkflowDefinition
+from perdure.workflow._guard import DeterminismGuard
 from perdure.workflow._loop import DurableTimerHandle, WorkflowEventLoop
 
 __all__ = ["Activation", "ContinueAsNew", "PendingChild", "WorkflowInfo", "WorkflowInstance", "split_activations"]
@@ -320,6 +322,7 @@ class WorkflowInstance:
         workflow_id: str,
         run_id: str,
         converter: PayloadConverter | None = None,
+        determinism_guard: str = "raise",
     ) -> None:
         self.definition = definition
         self.workflow_id = workflow_id
@@ -364,6 +367,11 @@ class WorkflowInstance:
         self._workflow_failure: BaseException | None = None
         self._capture_locations = False
         self._in_query = False
+        self.closed = False
+        """Dropped (:meth:`close`): its coroutines are closed and its commands ignored."""
+        self._guard = DeterminismGuard(self, determinism_guard)
+        """Fails (or, with "warn", logs) calls to the clock, randomness and I/O made by
+        workflow code: "raise", "warn" or "off" (see :mod:`perdure.workflow._guard`)."""
 
     # ------------------------------------------------------------------ driving
     def replay(self, events: Sequence[HistoryEvent]) -> list[tuple[int, HistoryEvent]]:
@@ -486,6 +494,12 @@ class WorkflowInstance:
         asyncio._set_running_loop(self.loop)
         previous_instance = _context.set_current(self)
         self.loop._running = True
+        collecting = gc.isenabled()
+        if collecting:
+            # no cyclic collection while workflow code runs: it would finalize coroutines of
+            # dropped instances, whose `finally:` blocks would then run inside this one's
+            gc.disable()
+        guarded = self._guard.start()
         try:
             for event in inbound:
                 self._apply(event)
@@ -495,9 +509,14 @@ class WorkflowInstance:
                     self._check_conditions()
             self._run_until_blocked()
         finally:
+            violation = self._guard.stop(guarded)
+            if collecting:
+                gc.enable()
             self.loop._running = False
             _context.set_current(previous_instance)
             asyncio._set_running_loop(previous_loop)
+        if violation is not None and self._task_failure is None:
+            self._task_failure = violation  # even if workflow code swallowed it
         if self._task_failure is not None:
             failure, self._task_failure = self._task_failure, None
             raise failure
@@ -523,6 +542,30 @@ class WorkflowInstance:
                 self._conditions.remove((fn, future))
                 progressed = True
         return progressed
+
+    def close(self) -> None:
+        """Drop this instance: close its pending coroutines now, as its own, so that their
+        ``finally:`` blocks run here and issue nothing, rather than later, at garbage
+        collection, possibly in the middle of another workflow's activation."""
+        if self.closed:
+            return
+        self.closed = True
+        tasks = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        if not tasks:
+            return
+        previous_loop = asyncio._get_running_loop()
+        asyncio._set_running_loop(self.loop)
+        previous_instance = _context.set_current(self)
+        try:
+            for task in tasks:
+                coro = task.get_coro()
+                try:
+                    coro.close()  # type: ignore[union-attr]
+                except BaseException:
+                    pass  # e.g. "coroutine ignored GeneratorExit": it is being dropped anyway
+        finally:
+            _context.set_current(previous_instance)
+            asyncio._set_running_loop(previous_loop)
 
     def continue_as_new_suggested(self) -> bool:
         """Whether the history passed its warning size, in events or bytes."""
@@ -665,10 +708,15 @@ class WorkflowInstance:
     def _run_read_only(self, fn: Callable[..., Any], values: Sequence[Any]) -> Any:
         """Call a validator or query: it may read state, never issue commands."""
         self._in_query = True
+        guarded = self._guard.start()  # already on inside an activation
         try:
-            return fn(self.workflow_object, *values)
+            result = fn(self.workflow_object, *values)
         finally:
+            violation = self._guard.stop(guarded)
             self._in_query = False
+        if violation is not None:
+            raise violation
+        return result
 
     def _run_update(self, event: UpdateAccepted) -> None:
         definition = self.definition.updates.get(event.name)
@@ -893,6 +941,8 @@ class WorkflowInstance:
 
     # ------------------------------------------------------------------ commands
     def _emit(self, command: HistoryEvent) -> None:
+        if self.closed:
+            return  # a dropped instance's coroutines are closing: nothing they do counts
         self._commands.append(command)
         if self._capture_locations:
             self._locations.append(_caller_location(self))
@@ -1097,15 +1147,19 @@ class WorkflowInstance:
         asyncio._set_running_loop(self.loop)
         previous_instance = _context.set_current(self)
         self._in_query = True
+        guarded = self._guard.start()
         try:
             result = handler.method(self.workflow_object, *values)
         except Exception as exc:
             raise QueryRejectedError(f"query {handler.name!r} raised {exc!r}") from exc
         finally:
+            violation = self._guard.stop(guarded)
             self._in_query = False
             _context.set_current(previous_instance)
             asyncio._set_running_loop(previous_loop)
             del self._commands[before:]
+        if violation is not None:  # the handler swallowed it
+            raise QueryRejectedError(f"query {handler.name!r} raised {violation!r}") from violation
         return self.converter.encode(result, what=f"result of query {handler.name!r}")
 
 
