@@ -766,10 +766,13 @@ class WorkflowHandle(Generic[T]):
             rows = await self._store.get_history(record.workflow_id, record.run_id)
             instance = WorkflowInstance(definition, workflow_id=record.workflow_id,
                                         run_id=record.run_id, converter=converter)
-            instance.replay_for_query([decode_event(data) for _, _, data in rows])
+            try:
+                instance.replay_for_query([decode_event(data) for _, _, data in rows])
+                replayed = instance.query(name, args_data)
+            finally:
+                instance.close()  # a throwaway: its coroutines close now, not at some GC
             hint = result_type if result_type is not None else definition.queries[name].return_hint
-            return converter.decode(instance.query(name, args_data), hint,
-                                    what=f"result of query {name!r}")
+            return converter.decode(replayed, hint, what=f"result of query {name!r}")
         interface = await self.client._interface(record.workflow_type)
         if interface is not None and query not in interface[1]:
             raise UnknownHandlerError(

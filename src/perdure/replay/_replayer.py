@@ -136,6 +136,8 @@ class Replayer:
             instance.replay(history.events)
         except Exception as exc:
             result.error = exc
+        finally:
+            instance.close()
         return result
 
     def replay(self, histories: Iterable[WorkflowHistory], *, source: str = "") -> ReplayReport:
