@@ -40,6 +40,7 @@ subclasses so that ``except Exception`` in user code cannot swallow it.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 __all__ = [
@@ -250,7 +251,23 @@ class ApplicationError(FailureError):
     """Raise from an activity or workflow to fail it with a typed, chosen error.
 
     ``non_retryable=True`` stops activity retries at once, whatever the retry policy.
+    ``next_retry_delay`` sets when the next attempt runs, instead of the policy's
+    back-off (a rate limit's ``Retry-After``); the policy's attempt and time limits hold.
     """
+
+    def __init__(
+        self,
+        message: str,
+        *details: Any,
+        type: str | None = None,
+        non_retryable: bool = False,
+        next_retry_delay: timedelta | float | None = None,
+        stack: str = "",
+    ) -> None:
+        super().__init__(message, *details, type=type, non_retryable=non_retryable, stack=stack)
+        if isinstance(next_retry_delay, timedelta):
+            next_retry_delay = next_retry_delay.total_seconds()
+        self.next_retry_delay: float | None = next_retry_delay
 
 
 class ActivityError(FailureError):

@@ -92,6 +92,7 @@ def failure_from_exception(exc: BaseException, *, depth: int = 0) -> Failure:
                 details = msgspec.Raw(msgspec.json.encode(list(exc.details)))
             except (TypeError, msgspec.EncodeError):
                 details = msgspec.Raw(msgspec.json.encode([repr(d) for d in exc.details]))
+        delay = getattr(exc, "next_retry_delay", None)
         return Failure(
             type=exc.type,
             message=exc.message,
@@ -99,6 +100,7 @@ def failure_from_exception(exc: BaseException, *, depth: int = 0) -> Failure:
             non_retryable=exc.non_retryable,
             details=details,
             cause=cause,
+            attributes={"next_retry_delay": delay} if delay is not None else None,
         )
     return Failure(type=_type_name(exc), message=str(exc), stack=stack, cause=cause)
 
@@ -136,11 +138,13 @@ def exception_from_failure(failure: Failure) -> FailureError:
         details: tuple[object, ...] = ()
         if failure.details:
             details = tuple(msgspec.json.decode(failure.details))
+        delay = attrs.get("next_retry_delay")
         exc = ApplicationError(
             failure.message,
             *details,
             type=failure.type,
             non_retryable=failure.non_retryable,
+            next_retry_delay=float(delay) if delay is not None else None,
             stack=failure.stack,
         )
     if failure.cause is not None:

@@ -79,9 +79,11 @@ class RetryPolicy:
 def next_attempt_at(
     policy: RetryPolicy, attempt: int, now: float, *, error_type: str = "",
     non_retryable: bool = False, deadline: float | None = None,
+    delay: float | None = None,
 ) -> float | None:
     """When the attempt after failed attempt ``attempt`` may start, or None if the policy
-    (attempts, non-retryable types, a ``deadline`` it would pass) allows no more."""
+    (attempts, non-retryable types, a ``deadline`` it would pass) allows no more.
+    ``delay`` replaces the policy's back-off (the error said when to try again)."""
     if non_retryable:
         return None
     if error_type and (error_type in policy.non_retryable_error_types
@@ -89,7 +91,7 @@ def next_attempt_at(
         return None
     if not policy.allows_another_attempt(attempt):
         return None
-    at = now + policy.delay_after(attempt)
+    at = now + (delay if delay is not None else policy.delay_after(attempt))
     if deadline is not None and at >= deadline:
         return None
     return at

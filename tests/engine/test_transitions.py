@@ -142,3 +142,18 @@ def test_lost_worker_retries_at_once() -> None:
 def test_encoded_events_round_trip() -> None:
     event = TimerStarted(seq=9, duration=1.5, fire_at=2.5)
     assert decode_event(encode_event(event)) == event
+
+
+def test_error_chosen_retry_delay_replaces_the_backoff_within_policy_limits() -> None:
+    from perdure import ApplicationError
+    from perdure._failure import exception_from_failure, failure_from_exception
+
+    failure = failure_from_exception(
+        ApplicationError("rate limited", type="RateLimited", next_retry_delay=30))
+    assert exception_from_failure(failure).next_retry_delay == 30  # type: ignore[attr-defined]
+    policy = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+    decide = activity_failed_outcome(1, failure, now=2000.0)
+    assert decide(_attempt(1, policy)).retry_at == 2030.0
+    assert decide(_attempt(3, policy)).retry_at is None  # the attempts still run out
+    # a delay past schedule-to-close ends the activity instead
+    assert decide(_attempt(1, policy, s2c=1020.0)).retry_at is None

@@ -226,10 +226,12 @@ def activity_completed_outcome(
 
 
 def _retry_at(state: ActivityAttempt, failure: Failure | None, now: float) -> float | None:
+    delay = (failure.attributes or {}).get("next_retry_delay") if failure is not None else None
     return next_attempt_at(
         RetryPolicy.from_dict(msgspec.json.decode(state.retry_policy)), state.attempt, now,
         error_type=failure.type if failure is not None else "",
         non_retryable=failure is not None and failure.non_retryable,
+        delay=float(delay) if isinstance(delay, int | float) else None,
         deadline=(state.scheduled_at + state.schedule_to_close_timeout
                   if state.schedule_to_close_timeout is not None else None),
     )
