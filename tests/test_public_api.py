@@ -46,8 +46,8 @@ def test_activity_and_testing_exports() -> None:
     assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}
     assert set(agents.__all__) == {
         "Agent", "AgentHandle", "AgentResult", "AgentRun", "AgentWorker", "Message", "Model",
-        "ModelRequest", "ModelResponse", "Price", "ScriptedModel", "Tool", "ToolCall",
-        "ToolSpec", "Usage", "ask_human", "start_agent", "tool",
+        "ModelRequest", "ModelResponse", "OpenAIChatModel", "Price", "ScriptedModel", "Tool",
+        "ToolCall", "ToolSpec", "Usage", "ask_human", "start_agent", "tool",
     }
     assert set(replay.__all__) == {
         "HistoryDiff", "ReplayReport", "ReplayResult", "Replayer", "diff_histories",

@@ -18,6 +18,7 @@ from perdure.agents._messages import (
     Usage,
 )
 from perdure.agents._models import Model, ScriptedModel
+from perdure.agents._openai import OpenAIChatModel
 from perdure.agents._tools import Tool, tool
 from perdure.agents._workflow import AgentResult, AgentRun
 
@@ -31,6 +32,7 @@ __all__ = [
     "Model",
     "ModelRequest",
     "ModelResponse",
+    "OpenAIChatModel",
     "Price",
     "ScriptedModel",
     "Tool",

@@ -51,8 +51,9 @@ ASK_HUMAN = ask_human.name
 
 DEFAULT_MODEL_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60),
-    maximum_attempts=8, non_retryable_error_types=("ConfigurationError",
-                                                   "ModelRequestError"),
+    maximum_attempts=8, non_retryable_error_types=(
+        "ConfigurationError", "ModelRequestError", "ModelContextOverflow",
+        "ModelRequestTooLarge", "ModelAuthError"),
 )
 
 
@@ -139,7 +140,7 @@ class Agent:
 class _NoModel:
     name = "none"
 
-    async def complete(self, request: Any) -> Any:
+    async def complete(self, request: Any, *, token_sink: Any = None) -> Any:
         raise ConfigurationError("not a model")
 
 

@@ -25,6 +25,8 @@ class AgentHandle:
     def __init__(self, handle: WorkflowHandle[Any], agent: Agent | None = None) -> None:
         self.workflow = handle
         self.agent = agent
+        if agent is not None:
+            register([agent])  # lets this process answer queries by replaying, no worker
 
     @property
     def id(self) -> str:
@@ -45,14 +47,17 @@ class AgentHandle:
         await self.workflow.signal(AgentWorkflow.decide, call_id, False, reason)
 
     async def pending(self) -> dict[str, Any]:
-        """Open questions and tool calls waiting for approval (answered from history; no
-        worker needed)."""
-        result: dict[str, Any] = await self.workflow.query(AgentWorkflow.pending)
-        return result
+        """Open questions and tool calls waiting for approval. With the agent at hand this
+        process answers from history (no worker needed); otherwise a worker does."""
+        return await self._query(AgentWorkflow.pending, "pending")
 
     async def progress(self) -> dict[str, Any]:
         """Status, turns and usage so far."""
-        result: dict[str, Any] = await self.workflow.query(AgentWorkflow.progress)
+        return await self._query(AgentWorkflow.progress, "progress")
+
+    async def _query(self, method: Any, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.workflow.query(
+            method if self.agent is not None else name)
         return result
 
     async def run_result(self, *, timeout: timedelta | float | None = None) -> AgentResult:

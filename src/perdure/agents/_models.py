@@ -20,7 +20,9 @@ class Model(Protocol):
     name: str
 
     async def complete(self, request: ModelRequest) -> ModelResponse:
-        """Answer one model call."""
+        """Answer one model call. A model that streams may also take a keyword
+        ``token_sink`` (called with the answer's text as it is produced); the agent loop
+        passes it only to models whose ``complete`` accepts it."""
         ...
 
 
@@ -71,8 +73,10 @@ class ScriptedModel:
         """A tool call for a script: ``ScriptedModel.call("run_tests", path="src")``."""
         return ToolCall(id=id or f"call-{tool}-{next(_ids)}", name=tool, arguments=arguments)
 
-    async def complete(self, request: ModelRequest) -> ModelResponse:
-        """The next scripted answer (or the script function's answer to ``request``)."""
+    async def complete(self, request: ModelRequest, *,
+                       token_sink: Callable[[str], None] | None = None) -> ModelResponse:
+        """The next scripted answer (or the script function's answer to ``request``);
+        ``token_sink``, if given, is called once with the answer's whole text."""
         index = self.calls
         self.calls += 1
         self.requests.append(request)
@@ -93,7 +97,10 @@ class ScriptedModel:
                 item = item(request)
                 if inspect.isawaitable(item):
                     item = await item
-        return _response(item, request)
+        response = _response(item, request)
+        if token_sink is not None and response.message.content:
+            token_sink(response.message.content)
+        return response
 
 
 _ids = itertools.count(1)
