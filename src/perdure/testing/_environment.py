@@ -75,23 +75,30 @@ class WorkflowEnvironment:
         else:
             await asyncio.sleep(seconds)
 
+    def _all_workers(self) -> list[Worker]:
+        """Workers made here, and any other started on this environment's client (an
+        ``AgentWorker``, say): time may only skip while every one of them is idle."""
+        return [*self._workers,
+                *(w for w in self.client._local_workers if w not in self._workers)]
+
     def _served_queues(self) -> list[str]:
         # tasks on queues that no worker here serves must not stop time skipping
-        running = [w for w in self._workers if w._started and not w._stopping.is_set()]
+        running = [w for w in self._all_workers()
+                   if w._started and not w._stopping.is_set()]
         return sorted({q for w in running for q in w.task_queues})
 
     async def _idle(self) -> bool:
         store = self.client.store
         for _ in range(3):
             version = store.notifier.version
-            if not all(w.is_idle() for w in self._workers):
+            if not all(w.is_idle() for w in self._all_workers()):
                 return False
             if await store.count_ready_tasks(self._served_queues()) > 0:
                 return False
             await asyncio.sleep(0.002)
             if store.notifier.version != version:
                 return False
-        return all(w.is_idle() for w in self._workers)
+        return all(w.is_idle() for w in self._all_workers())
 
     async def _skip_time(self, clock: VirtualClock) -> None:
         store = self.client.store
