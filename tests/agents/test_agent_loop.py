@@ -202,3 +202,50 @@ async def test_structured_output_is_validated_and_asked_again(
     assert plan == Plan(steps=["design", "build"], estimate_days=3)
     request = planner.model.requests[-1]  # type: ignore[attr-defined]
     assert "did not validate" in request.messages[-1].content
+
+
+TOOL_CANCELLED: list[str] = []
+
+
+@tool(heartbeat_timeout=None)
+async def long_tool(item: str) -> str:
+    """Works for an hour unless cancelled."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        TOOL_CANCELLED.append(item)
+        raise
+    return item
+
+
+async def test_cancelling_the_lead_stops_the_whole_tree(real_env: WorkflowEnvironment) -> None:
+    TOOL_CANCELLED.clear()
+    subs = [Agent(name=f"digger-{i}", instructions="dig", tools=[long_tool],
+                  model=ScriptedModel([call("long_tool", item=f"hole-{i}"), "dug"]))
+            for i in (1, 2)]
+    boss = Agent(name="boss", instructions="delegate", subagents=subs,
+                 model=ScriptedModel([[call("digger-1", task="dig"),
+                                       call("digger-2", task="dig")], "done"]))
+    async with AgentWorker(real_env.client, agents=[boss]):
+        handle = await real_env.client.start_agent(boss, "dig two holes", id="boss-1")
+        for _ in range(1000):
+            children = await real_env.client.list_workflows(parent_workflow_id="boss-1")
+            busy = [c for c in children if c.pending_activities or
+                    (await real_env.client.get_workflow_handle(c.workflow_id).describe())
+                    .pending_activities]
+            if len(busy) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError, match="canceled"):
+            await handle.result(timeout=10)
+        for _ in range(200):
+            if len(TOOL_CANCELLED) == 2:
+                break
+            await asyncio.sleep(0.01)
+    assert sorted(TOOL_CANCELLED) == ["hole-1", "hole-2"]
+    assert not await real_env.client.list_workflows(status="running")
+    for child in await real_env.client.list_workflows(parent_workflow_id="boss-1"):
+        described = await real_env.client.get_workflow_handle(child.workflow_id).describe()
+        assert described.status == WorkflowStatus.CANCELED
+        assert described.pending_activities == 0
