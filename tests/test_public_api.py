@@ -41,7 +41,7 @@ def test_workflow_exports() -> None:
 def test_activity_and_testing_exports() -> None:
     assert set(activity.__all__) == {
         "ActivityDefinition", "ActivityInfo", "defn", "heartbeat", "heartbeat_details", "info",
-        "is_cancelled",
+        "is_cancelled", "load_payloads", "payload_ref", "store_payloads",
     }
     assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}
     assert set(agents.__all__) == {

@@ -10,6 +10,9 @@ from perdure.activity._context import (
     heartbeat_details,
     info,
     is_cancelled,
+    load_payloads,
+    payload_ref,
+    store_payloads,
 )
 from perdure.activity._definition import ActivityDefinition, defn
 
@@ -21,4 +24,7 @@ __all__ = [
     "heartbeat_details",
     "info",
     "is_cancelled",
+    "load_payloads",
+    "payload_ref",
+    "store_payloads",
 ]

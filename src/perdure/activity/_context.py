@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from perdure._converter import PayloadConverter
 from perdure._errors import NotInActivityError
 
 __all__ = ["ActivityContext", "ActivityInfo", "heartbeat", "heartbeat_details", "info",
-           "is_cancelled"]
+           "is_cancelled", "load_payloads", "payload_ref", "store_payloads"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,11 +61,13 @@ class ActivityContext:
         converter: PayloadConverter,
         heartbeat_details: bytes | None,
         record_heartbeat: Callable[[bytes | None], None],
+        payload_store: PayloadStore | None = None,
     ) -> None:
         self.info = info
         self.converter = converter
         self.previous_heartbeat = heartbeat_details
         self._record_heartbeat = record_heartbeat
+        self.payload_store = payload_store
         self.cancelled = CancelFlag()
 
     def heartbeat(self, details: tuple[Any, ...]) -> None:
@@ -72,6 +75,16 @@ class ActivityContext:
             self.converter.encode(list(details), what="heartbeat details") if details else None
         )
         self._record_heartbeat(data)
+
+
+class PayloadStore(Protocol):
+    """Where an activity's out-of-line payloads live (the worker's store)."""
+
+    async def put_payloads(self, workflow_id: str, payloads: Sequence[tuple[str, bytes]],
+                           ) -> None: ...
+
+    async def get_payloads(self, workflow_id: str, hashes: Sequence[str]
+                           ) -> dict[str, bytes]: ...
 
 
 _current: contextvars.ContextVar[ActivityContext] = contextvars.ContextVar("perdure_activity")
@@ -117,3 +130,33 @@ def heartbeat_details(*hints: Any) -> list[Any]:
 def is_cancelled() -> bool:
     """True once cancellation was requested; for plain-``def`` activities to poll."""
     return current().cancelled.is_set()
+
+
+def payload_ref(data: bytes) -> str:
+    """The reference of ``data`` in the payload store: its SHA-256, in hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+async def store_payloads(*data: bytes) -> list[str]:
+    """Store content once, out of line, for this activity's workflow; its references.
+
+    A history that carries references instead of large repeated content (an agent's
+    conversation, say) grows with each new piece, not with everything so far.
+    Storing the same content again costs a key lookup. (Async activities only.)
+    """
+    context = current()
+    if context.payload_store is None:
+        raise NotInActivityError("this activity runs without a payload store")
+    refs = [payload_ref(d) for d in data]
+    await context.payload_store.put_payloads(context.info.workflow_id,
+                                             list(zip(refs, data, strict=True)))
+    return refs
+
+
+async def load_payloads(*refs: str) -> dict[str, bytes]:
+    """The content of references made by :func:`store_payloads` in this workflow (an
+    unknown reference is left out of the result)."""
+    context = current()
+    if context.payload_store is None:
+        raise NotInActivityError("this activity runs without a payload store")
+    return await context.payload_store.get_payloads(context.info.workflow_id, list(refs))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from typing import Any
 
 import msgspec
@@ -21,7 +22,8 @@ from perdure.agents._agent import ASK_HUMAN, Agent, registered_agent
 from perdure.agents._messages import Message, ModelRequest, ModelResponse, ToolCall, Usage
 from perdure.agents._tools import ACTIVITY_PREFIX, Tool
 
-__all__ = ["AGENT_WORKFLOW", "AgentResult", "AgentRun", "AgentWorkflow", "model_call"]
+__all__ = ["AGENT_WORKFLOW", "AgentResult", "AgentRun", "AgentWorkflow", "ModelCall",
+           "ModelCallResult", "model_call"]
 
 AGENT_WORKFLOW = "perdure.Agent"
 MODEL_CALL = "perdure.agents.model_call"
@@ -45,10 +47,71 @@ class AgentResult(msgspec.Struct, omit_defaults=True):
     turns: int
 
 
+class ModelCall(msgspec.Struct, omit_defaults=True):
+    """A model call as the workflow asks for it: the conversation so far by reference
+    (stored out of line), and only the messages since. History grows by a turn's new
+    messages, not by the whole conversation at every turn."""
+
+    agent: str
+    conversation: str | None = None
+    new: list[Message] = msgspec.field(default_factory=list)
+
+
+class ModelCallResult(msgspec.Struct, omit_defaults=True):
+    """The model's response, and the reference of the conversation including it."""
+
+    response: ModelResponse
+    conversation: str
+
+
+class _ConversationNode(msgspec.Struct, omit_defaults=True):
+    prev: str | None
+    messages: list[Message]
+
+
+_node_decoder = msgspec.json.Decoder(_ConversationNode)
+_conversations: OrderedDict[str, list[Message]] = OrderedDict()
+"""Resolved conversations by reference, most recent last: the sticky worker that made a
+turn's node finds the whole conversation here at the next turn."""
+_CACHED_CONVERSATIONS = 256
+
+
+async def _resolve(ref: str | None) -> list[Message]:
+    """The messages of a stored conversation, walking back to a cached node or the start."""
+    chain: list[_ConversationNode] = []
+    base: list[Message] = []
+    while ref is not None:
+        cached = _conversations.get(ref)
+        if cached is not None:
+            base = cached
+            break
+        data = (await activity.load_payloads(ref)).get(ref)
+        if data is None:
+            raise ApplicationError(f"conversation {ref} is missing from the payload store",
+                                   type="ConversationMissing", non_retryable=True)
+        node = _node_decoder.decode(data)
+        chain.append(node)
+        ref = node.prev
+    messages = list(base)
+    for node in reversed(chain):
+        messages.extend(node.messages)
+    return messages
+
+
+def _remember(ref: str, messages: list[Message]) -> None:
+    _conversations[ref] = messages
+    _conversations.move_to_end(ref)
+    while len(_conversations) > _CACHED_CONVERSATIONS:
+        _conversations.popitem(last=False)
+
+
 @activity.defn(name=MODEL_CALL)
-async def model_call(request: ModelRequest) -> ModelResponse:
+async def model_call(call: ModelCall) -> ModelCallResult:
     """One model call, as an activity: retried by the agent's model retry policy."""
-    agent = registered_agent(request.agent)
+    agent = registered_agent(call.agent)
+    messages = [*await _resolve(call.conversation), *call.new]
+    request = ModelRequest(agent=agent.name, messages=messages, tools=agent.tool_specs(),
+                           output_schema=_output_schema(agent.output_type))
     response = await agent.model.complete(request)
     usage = response.usage
     if not usage.model_calls:
@@ -56,7 +119,11 @@ async def model_call(request: ModelRequest) -> ModelResponse:
     if agent.price is not None:
         usage = msgspec.structs.replace(
             usage, cost=agent.price.cost(usage.input_tokens, usage.output_tokens))
-    return msgspec.structs.replace(response, usage=usage)
+    node = _ConversationNode(prev=call.conversation, messages=[*call.new, response.message])
+    (ref,) = await activity.store_payloads(msgspec.json.encode(node))
+    _remember(ref, [*messages, response.message])
+    return ModelCallResult(response=msgspec.structs.replace(response, usage=usage),
+                           conversation=ref)
 
 
 def _text(value: Any) -> str:
@@ -87,7 +154,10 @@ class AgentWorkflow:
 
     def __init__(self) -> None:
         self.agent_name = ""
-        self.messages: list[Message] = []
+        self.conversation: str | None = None
+        """The stored conversation so far (a payload reference)."""
+        self.new: list[Message] = []
+        """Messages the next model call adds to it."""
         self.usage = Usage()
         self.turns = 0
         self.status = "starting"
@@ -101,24 +171,25 @@ class AgentWorkflow:
     async def run(self, request: AgentRun) -> AgentResult:
         agent = registered_agent(request.agent)
         self.agent_name = agent.name
-        self.messages = [Message.system(agent.instructions), Message.user(request.task)]
-        specs = agent.tool_specs()
+        # the conversation lives in the payload store; the workflow keeps its reference
+        # and the messages the next model call will add
+        self.new = [Message.system(agent.instructions), Message.user(request.task)]
         schema = _output_schema(agent.output_type)
         while True:
             self._check_limits(agent, request)
             self.status = "thinking"
-            response: ModelResponse = await workflow.execute_activity(
-                MODEL_CALL,
-                ModelRequest(agent=agent.name, messages=self.messages, tools=specs,
-                             output_schema=schema),
-                result_type=ModelResponse,
+            result: ModelCallResult = await workflow.execute_activity(
+                MODEL_CALL, ModelCall(agent=agent.name, conversation=self.conversation,
+                                      new=self.new),
+                result_type=ModelCallResult,
                 start_to_close_timeout=agent.model_timeout,
                 retry_policy=agent.model_retry_policy,
             )
+            self.conversation, self.new = result.conversation, []
+            response = result.response
             self.turns += 1
             self.usage = self.usage + response.usage
             message = response.message
-            self.messages.append(message)
             self._publish()
             if not message.tool_calls:
                 output, problem = _validate(agent.output_type, message.content)
@@ -127,14 +198,14 @@ class AgentWorkflow:
                     self._publish()
                     return AgentResult(agent=agent.name, output=output, usage=self.usage,
                                        turns=self.turns)
-                self.messages.append(Message.user(
+                self.new.append(Message.user(
                     f"Your final answer did not validate: {problem}. Answer again with "
                     f"JSON matching this schema: {json.dumps(schema)}"))
                 continue
             self.status = "working"
             results = await asyncio.gather(
                 *(self._call(agent, call, request) for call in message.tool_calls))
-            self.messages.extend(results)
+            self.new.extend(results)
 
     def _check_limits(self, agent: Agent, request: AgentRun) -> None:
         reason = ""

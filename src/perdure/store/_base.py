@@ -255,6 +255,15 @@ class WorkflowStore:
         nothing."""
         raise NotImplementedError
 
+    async def put_payloads(self, workflow_id: str, payloads: Sequence[tuple[str, bytes]],
+                           ) -> None:
+        """Store content by its hash, once (storing it again changes nothing)."""
+        raise NotImplementedError
+
+    async def get_payloads(self, workflow_id: str, hashes: Sequence[str]) -> dict[str, bytes]:
+        """The stored content of these hashes (missing ones are left out)."""
+        raise NotImplementedError
+
     async def reset_workflow(self, record: ResetRecord) -> str:
         """Reset (or fork) a run: insert the new run with a prefix of the source's history,
         its pending work and re-delivered events; a reset also ends the source run. One

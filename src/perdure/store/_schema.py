@@ -181,10 +181,20 @@ CREATE TABLE updates (
     PRIMARY KEY (workflow_id, update_id)
 );
 CREATE INDEX updates_run ON updates (workflow_id, run_id, state);
+
+CREATE TABLE payloads (
+    workflow_id TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    data {blob} NOT NULL,
+    created_at {real} NOT NULL,
+    PRIMARY KEY (workflow_id, hash)
+);
 """
 """Version 3 also: one row per update request, from requested to accepted, rejected,
 completed or failed; the caller waits on it. Keyed by the update id its caller chose,
-so that asking again (after a lost connection) finds the same update."""
+so that asking again (after a lost connection) finds the same update. ``payloads``: content
+stored once, out of line, by its SHA-256, and referenced from histories (an agent's
+conversation); it goes with the workflow id's last run."""
 
 SQLITE_MIGRATIONS: list[str] = [
     _V1, _V2,

@@ -61,6 +61,11 @@ class SqlStore(SqlRunStore):
                     "DELETE FROM workflow_runs WHERE workflow_id = ? AND run_id = ? "
                     "AND status <> 'running'", key,
                 )
+                # payloads belong to the workflow id: they go with its last run
+                conn.execute(
+                    "DELETE FROM payloads WHERE workflow_id = ? AND NOT EXISTS (SELECT 1 "
+                    "FROM workflow_runs r WHERE r.workflow_id = ?)", (workflow_id, workflow_id),
+                )
             return len(rows)
 
         return await self._run(op)

@@ -578,6 +578,32 @@ class SqlRunStore(WorkflowStore):
 
         return await self._run(op)
 
+    async def put_payloads(self, workflow_id: str, payloads: Sequence[tuple[str, bytes]],
+                           ) -> None:
+        def op(conn: Conn, notes: StoreNotes) -> None:
+            conn.executemany(
+                "INSERT INTO payloads (workflow_id, hash, data, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (workflow_id, hash) DO NOTHING",
+                [(workflow_id, h, data, self.clock.now()) for h, data in payloads],
+            )
+
+        await self._run(op)
+
+    async def get_payloads(self, workflow_id: str, hashes: Sequence[str]) -> dict[str, bytes]:
+        def op(conn: Conn, notes: StoreNotes) -> dict[str, bytes]:
+            found: dict[str, bytes] = {}
+            wanted = list(dict.fromkeys(hashes))
+            for first in range(0, len(wanted), 500):
+                chunk = wanted[first:first + 500]
+                rows = conn.execute(
+                    "SELECT hash, data FROM payloads WHERE workflow_id = ? AND hash IN "
+                    f"({','.join('?' * len(chunk))})", (workflow_id, *chunk),
+                ).fetchall()
+                found.update((str(h), bytes(d)) for h, d in rows)
+            return found
+
+        return await self._run(op)
+
     async def reset_workflow(self, record: ResetRecord) -> str:
         def op(conn: Conn, notes: StoreNotes) -> str:
             return _reset.reset(self, conn, record, self.clock.now(), notes)

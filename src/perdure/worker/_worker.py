@@ -747,6 +747,7 @@ class Worker:
             info, converter=self.converter, heartbeat_details=claim.heartbeat_details,
             record_heartbeat=functools.partial(self._record_heartbeat, running,
                                                asyncio.get_running_loop()),
+            payload_store=self.store,
         )
         running.context = context
         self._running_activities[key] = running
