@@ -11,7 +11,7 @@ EXPECTED_TOP_LEVEL = {
     "NondeterminismError", "NotInActivityError", "NotInWorkflowError", "PayloadConverter",
     "PayloadDecodingError", "PayloadEncodingError", "PayloadError", "PayloadTooLargeError",
     "PerdureError", "QueryError", "QueryRejectedError", "QueryTimeoutError", "RetryPolicy",
-    "SchemaVersionError", "TerminatedFailure", "TimeoutFailure", "UnknownActivityTypeError",
+    "SchemaVersionError", "StreamEvent", "TerminatedFailure", "TimeoutFailure", "UnknownActivityTypeError",
     "UnknownHandlerError", "UnknownWorkflowTypeError", "UpdateFailedError",
     "UpdateRejectedError", "Worker", "WorkerOptions",
     "WorkflowAlreadyStartedError", "WorkflowDescription", "WorkflowFailureError",
@@ -31,7 +31,7 @@ def test_workflow_exports() -> None:
         "ActivityHandle", "ChildWorkflowCancellationType", "ChildWorkflowHandle",
         "ExternalWorkflowHandle", "ParentClosePolicy", "WorkflowInfo", "continue_as_new", "defn", "deprecate_patch",
         "execute_activity", "execute_child_workflow", "get_external_workflow_handle", "info",
-        "is_replaying", "logger", "now", "patched", "query", "random", "run", "set_signal_handler",
+        "is_replaying", "logger", "now", "patched", "publish", "query", "random", "run", "set_signal_handler",
         "signal", "sleep", "start_activity", "start_child_workflow", "update",
         "update_validator", "upsert_memo", "upsert_search_attributes", "uuid4",
         "wait_condition",
@@ -41,7 +41,7 @@ def test_workflow_exports() -> None:
 def test_activity_and_testing_exports() -> None:
     assert set(activity.__all__) == {
         "ActivityDefinition", "ActivityInfo", "defn", "heartbeat", "heartbeat_details", "info",
-        "is_cancelled", "load_payloads", "payload_ref", "store_payloads",
+        "is_cancelled", "load_payloads", "payload_ref", "publish", "store_payloads",
     }
     assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}
     assert set(agents.__all__) == {

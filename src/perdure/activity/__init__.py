@@ -12,6 +12,7 @@ from perdure.activity._context import (
     is_cancelled,
     load_payloads,
     payload_ref,
+    publish,
     store_payloads,
 )
 from perdure.activity._definition import ActivityDefinition, defn
@@ -26,5 +27,6 @@ __all__ = [
     "is_cancelled",
     "load_payloads",
     "payload_ref",
+    "publish",
     "store_payloads",
 ]

@@ -13,7 +13,7 @@ from perdure._converter import PayloadConverter
 from perdure._errors import NotInActivityError
 
 __all__ = ["ActivityContext", "ActivityInfo", "heartbeat", "heartbeat_details", "info",
-           "is_cancelled", "load_payloads", "payload_ref", "store_payloads"]
+           "is_cancelled", "load_payloads", "payload_ref", "publish", "store_payloads"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +62,21 @@ class ActivityContext:
         heartbeat_details: bytes | None,
         record_heartbeat: Callable[[bytes | None], None],
         payload_store: PayloadStore | None = None,
+        publish: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.info = info
         self.converter = converter
         self.previous_heartbeat = heartbeat_details
         self._record_heartbeat = record_heartbeat
         self.payload_store = payload_store
+        self._publish = publish
         self.cancelled = CancelFlag()
+
+    def publish(self, event: Any, workflow_id: str | None) -> None:
+        if self._publish is None:
+            return
+        self._publish(workflow_id or self.info.workflow_id,
+                      self.converter.encode(event, what="stream event"))
 
     def heartbeat(self, details: tuple[Any, ...]) -> None:
         data = (
@@ -160,3 +168,10 @@ async def load_payloads(*refs: str) -> dict[str, bytes]:
     if context.payload_store is None:
         raise NotInActivityError("this activity runs without a payload store")
     return await context.payload_store.get_payloads(context.info.workflow_id, list(refs))
+
+
+def publish(event: Any, *, workflow_id: str | None = None) -> None:
+    """Publish a progress event (any JSON value: a token, a status line) to this
+    activity's workflow's stream, or to ``workflow_id``'s, for ``WorkflowHandle.stream()``
+    followers in any process. Batched (about every 50 ms), never in history."""
+    current().publish(event, workflow_id)

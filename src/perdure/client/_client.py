@@ -62,6 +62,7 @@ from perdure.workflow._instance import WorkflowInstance
 __all__ = [
     "Client",
     "IdReusePolicy",
+    "StreamEvent",
     "WorkflowDescription",
     "WorkflowHandle",
     "WorkflowHistory",
@@ -206,6 +207,16 @@ class WorkflowDescription:
             ),
             last_build_id=record.build_id,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamEvent:
+    """One event of a workflow's stream: its id (increasing), the publishing run, the
+    event itself (decoded JSON)."""
+
+    id: int
+    run_id: str
+    data: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -972,6 +983,38 @@ class WorkflowHandle(Generic[T]):
             return WorkflowHandle(self.client, new_id or record.workflow_id, new_run_id,
                                   result_type=self._result_type, definition=self._definition)
         raise AssertionError("unreachable")
+
+    async def stream(
+        self, *, after: int = 0, follow: bool = True, result_type: Any = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """The events the workflow and its activities publish (``workflow.publish``,
+        ``activity.publish``), in order, from any process. With ``follow``, waits for
+        more until the workflow (its last run, across continue-as-new) has closed and
+        every event is read. ``after`` is the id of the last event already seen."""
+        store = self._store
+        notifier = store.notifier
+        backoff = notifier.first_poll
+        while True:
+            batch = await store.read_stream(self.workflow_id, after, 500)
+            for event_id, run_id, data in batch:
+                after = event_id
+                yield StreamEvent(event_id, run_id, self.client.converter.decode(
+                    data, result_type or Any, what="stream event"))
+            if batch:
+                backoff = notifier.first_poll
+                continue
+            if not follow:
+                return
+            record = await self._current_run()
+            if record.status != WorkflowStatus.RUNNING:
+                # closed: one last read for what was published with the close
+                for event_id, run_id, data in await store.read_stream(
+                        self.workflow_id, after, 10_000):
+                    yield StreamEvent(event_id, run_id, self.client.converter.decode(
+                        data, result_type or Any, what="stream event"))
+                return
+            await notifier.wait(["stream", "closed"], timeout=backoff)
+            backoff = min(backoff * 2, notifier.poll_interval)
 
     async def describe(self) -> WorkflowDescription:
         """The run's status, history length and pending work."""

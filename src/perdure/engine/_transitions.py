@@ -79,6 +79,7 @@ def plan_workflow_task(
     new_run_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     update_decisions: Mapping[str, UpdateAccepted | Failure] | None = None,
     history_tail: int = 0,
+    published: Sequence[tuple[str | None, bytes]] = (),
 ) -> WorkflowTaskCompletion:
     """Turn one activation (inbound events + produced commands) into store changes.
 
@@ -126,6 +127,7 @@ def plan_workflow_task(
         sticky_for=sticky_for,
         update_outcomes=outcomes,
         build_id=build_id,
+        stream_events=[(target or workflow_id, run_id, data) for target, data in published],
     )
     for command in commands:
         events.append((event_type_name(command), encode_event(command)))

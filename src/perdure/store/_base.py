@@ -94,7 +94,8 @@ class StoreNotifier:
     LISTEN/NOTIFY on PostgreSQL).
     """
 
-    KINDS = ("workflow_task", "activity_task", "timer", "closed", "query", "query_answer")
+    KINDS = ("workflow_task", "activity_task", "timer", "closed", "query", "query_answer",
+             "update", "stream")
 
     ALL_RUNS = "*"
     """In ``closed_runs``: some runs closed, which ones is not known (wake every waiter)."""
@@ -253,6 +254,15 @@ class WorkflowStore:
         """Put an update request (an ``UpdateRequested`` event) in the running run's
         inbox; return the run id. Asking again with the same ``update_id`` changes
         nothing."""
+        raise NotImplementedError
+
+    async def append_stream(self, events: Sequence[tuple[str, str, bytes]]) -> None:
+        """Publish (workflow id, run id, JSON) events to those workflows' streams."""
+        raise NotImplementedError
+
+    async def read_stream(self, workflow_id: str, after: int, limit: int,
+                          ) -> list[tuple[int, str, bytes]]:
+        """A workflow's stream events with id > ``after``, in order: (id, run id, JSON)."""
         raise NotImplementedError
 
     async def put_payloads(self, workflow_id: str, payloads: Sequence[tuple[str, bytes]],

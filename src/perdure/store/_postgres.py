@@ -217,6 +217,10 @@ class PostgresStore(SqlStore):
             (workflow_id, run_id),
         )
 
+    def _lock_stream(self, conn: Conn, workflow_id: str) -> None:
+        conn.execute_unread("SELECT pg_advisory_xact_lock(hashtextextended(?, 1))",
+                            (workflow_id,))
+
     def _lock_workflow_id(self, conn: Conn, workflow_id: str) -> None:
         conn.execute_unread("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
                             (workflow_id,))

@@ -221,6 +221,8 @@ class WorkflowTaskCompletion:
     update_outcomes: list[UpdateOutcome] = dataclasses.field(default_factory=list)
     build_id: str = ""
     """The build of the worker that ran this activation."""
+    stream_events: list[tuple[str, str, bytes]] = dataclasses.field(default_factory=list)
+    """(workflow id, run id, JSON) the activation published for followers (not history)."""
     upsert_memo: dict[str, Any] | None = None
     upsert_search_attributes: dict[str, Any] | None = None
     """Merged into the run's memo / search attributes (None values remove keys)."""

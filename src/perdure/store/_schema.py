@@ -189,16 +189,28 @@ CREATE TABLE payloads (
     created_at {real} NOT NULL,
     PRIMARY KEY (workflow_id, hash)
 );
+
+CREATE TABLE stream_events (
+    id {identity},
+    workflow_id TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    data {blob} NOT NULL,
+    created_at {real} NOT NULL
+);
+CREATE INDEX stream_events_workflow ON stream_events (workflow_id, id);
 """
 """Version 3 also: one row per update request, from requested to accepted, rejected,
 completed or failed; the caller waits on it. Keyed by the update id its caller chose,
-so that asking again (after a lost connection) finds the same update. ``payloads``: content
+so that asking again (after a lost connection) finds the same update. ``stream_events``:
+progress a workflow and its activities publish for followers (tokens, tool calls), kept
+out of history; ids are in commit order per workflow id. ``payloads``: content
 stored once, out of line, by its SHA-256, and referenced from histories (an agent's
 conversation); it goes with the workflow id's last run."""
 
 SQLITE_MIGRATIONS: list[str] = [
     _V1, _V2,
-    _V3.format(blob="BLOB", json="TEXT", real="REAL") + _V3_UPDATES.format(blob="BLOB", real="REAL"),
+    _V3.format(blob="BLOB", json="TEXT", real="REAL") + _V3_UPDATES.format(blob="BLOB", real="REAL",
+                       identity="INTEGER PRIMARY KEY AUTOINCREMENT"),
 ]
 """Migration ``i`` takes the schema from version ``i`` to ``i + 1``."""
 
@@ -350,7 +362,8 @@ of its last committed batch, read when a COMMIT was cut off (see ``_postgres_wri
 POSTGRES_MIGRATIONS: list[str] = [
     _PG_V1, _PG_V2,
     _V3.format(blob="BYTEA", json="JSONB", real="DOUBLE PRECISION")
-    + _V3_UPDATES.format(blob="BYTEA", real="DOUBLE PRECISION")
+    + _V3_UPDATES.format(blob="BYTEA", real="DOUBLE PRECISION",
+                         identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
     + "CREATE INDEX workflow_runs_search ON workflow_runs USING GIN "
     "(search_attributes jsonb_path_ops);",
 ]

@@ -62,10 +62,12 @@ class SqlStore(SqlRunStore):
                     "AND status <> 'running'", key,
                 )
                 # payloads belong to the workflow id: they go with its last run
-                conn.execute(
-                    "DELETE FROM payloads WHERE workflow_id = ? AND NOT EXISTS (SELECT 1 "
-                    "FROM workflow_runs r WHERE r.workflow_id = ?)", (workflow_id, workflow_id),
-                )
+                for table in ("payloads", "stream_events"):
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE workflow_id = ? AND NOT EXISTS (SELECT 1 "
+                        "FROM workflow_runs r WHERE r.workflow_id = ?)",
+                        (workflow_id, workflow_id),
+                    )
             return len(rows)
 
         return await self._run(op)

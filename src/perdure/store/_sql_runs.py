@@ -578,6 +578,40 @@ class SqlRunStore(WorkflowStore):
 
         return await self._run(op)
 
+    def _lock_stream(self, conn: Conn, workflow_id: str) -> None:
+        """Serialize appends to one workflow's stream, so that ids follow commit order
+        (PostgreSQL: an advisory lock; SQLite serializes every transaction)."""
+
+    def _append_stream(self, conn: Conn, events: Sequence[tuple[str, str, bytes]],
+                       notes: StoreNotes) -> None:
+        if not events:
+            return
+        for workflow_id in sorted({e[0] for e in events}):
+            self._lock_stream(conn, workflow_id)
+        now = self.clock.now()
+        conn.executemany(
+            "INSERT INTO stream_events (workflow_id, run_id, data, created_at) "
+            "VALUES (?, ?, ?, ?)", [(w, r, d, now) for w, r, d in events],
+        )
+        notes.add("stream")
+
+    async def append_stream(self, events: Sequence[tuple[str, str, bytes]]) -> None:
+        def op(conn: Conn, notes: StoreNotes) -> None:
+            self._append_stream(conn, events, notes)
+
+        await self._run(lease_only(op))
+
+    async def read_stream(self, workflow_id: str, after: int, limit: int,
+                          ) -> list[tuple[int, str, bytes]]:
+        def op(conn: Conn, notes: StoreNotes) -> list[tuple[int, str, bytes]]:
+            rows = conn.execute(
+                "SELECT id, run_id, data FROM stream_events WHERE workflow_id = ? AND id > ? "
+                "ORDER BY id LIMIT ?", (workflow_id, after, limit),
+            ).fetchall()
+            return [(int(i), str(r), bytes(d)) for i, r, d in rows]
+
+        return await self._run(op)
+
     async def put_payloads(self, workflow_id: str, payloads: Sequence[tuple[str, bytes]],
                            ) -> None:
         def op(conn: Conn, notes: StoreNotes) -> None:
@@ -1078,6 +1112,8 @@ class SqlRunStore(WorkflowStore):
             )
         if c.upsert_memo or c.upsert_search_attributes:
             self._upsert_attributes(conn, key, c.upsert_memo, c.upsert_search_attributes)
+        if c.stream_events:
+            self._append_stream(conn, c.stream_events, notes)
         if c.update_outcomes:
             conn.executemany(
                 "UPDATE updates SET state = ?, result = ?, failure = ? "

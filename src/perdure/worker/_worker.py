@@ -122,6 +122,9 @@ class _RunningActivity:
     shutdown: bool = False
     invoking: bool = False
     """The activity's own code is running (not yet reporting its outcome)."""
+    stream: list[tuple[str, str, bytes]] = dataclasses.field(default_factory=list)
+    """Published events not yet written: (workflow id, run id, JSON)."""
+    stream_flush: asyncio.TimerHandle | None = None
 
 
 class _RunGate:
@@ -355,7 +358,8 @@ class Worker:
             tail = instance.replay([started])
             instance.history_length = 1 - len(tail)
             commands = instance.activate([event for _, event in tail], now)
-            completion = self._plan(workflow_id, run_id, 1, 0, [], commands, now, reserved)
+            completion = self._plan(workflow_id, run_id, 1, 0, [], commands, now, reserved,
+                                    published=instance.published)
         except Exception:
             self._activity_slots -= len(reserved)
             return None
@@ -525,7 +529,7 @@ class Worker:
             completion = self._plan(
                 claim.workflow_id, claim.run_id, claim.history_length,
                 claim.inbox[-1][0] if claim.inbox else 0, inbox, commands, now, reserved,
-                instance.update_decisions, len(tail),
+                instance.update_decisions, len(tail), instance.published,
             )
         except Exception as exc:
             self._activity_slots -= len(reserved)
@@ -561,6 +565,7 @@ class Worker:
         reserved: list[ActivityScheduled],
         update_decisions: Mapping[str, UpdateAccepted | Failure] | None = None,
         history_tail: int = 0,
+        published: Sequence[tuple[str | None, bytes]] = (),
     ) -> WorkflowTaskCompletion:
         """The engine's plan for one activation; reserves slots for eager activities."""
 
@@ -591,6 +596,7 @@ class Worker:
             sticky_for=self.options.sticky_timeout,
             update_decisions=update_decisions,
             history_tail=history_tail,
+            published=published,
         )
 
     def _after_commit(
@@ -662,7 +668,7 @@ class Worker:
                 commands = instance.activate([event], now)
                 completion = self._plan(
                     claim.workflow_id, run_id, instance.history_length, 0, [(event, data)],
-                    commands, now, reserved,
+                    commands, now, reserved, published=instance.published,
                 )
             except Exception:
                 self._activity_slots -= len(reserved)
@@ -748,6 +754,7 @@ class Worker:
             record_heartbeat=functools.partial(self._record_heartbeat, running,
                                                asyncio.get_running_loop()),
             payload_store=self.store,
+            publish=functools.partial(self._record_stream, running, asyncio.get_running_loop()),
         )
         running.context = context
         self._running_activities[key] = running
@@ -788,6 +795,8 @@ class Worker:
                 running.heartbeat_flush.cancel()
         if running.heartbeat_dirty:
             await self._flush_heartbeat(running)
+        if running.stream or running.stream_flush is not None:
+            await self._flush_stream(running)  # followers see it before the outcome
         if error is None:
             assert result is not None
             decide = activity_completed_outcome(claim.seq, claim.attempt, result)
@@ -904,6 +913,34 @@ class Worker:
                 loop.call_soon_threadsafe(record)
         except RuntimeError:
             pass
+
+    def _record_stream(self, running: _RunningActivity, loop: asyncio.AbstractEventLoop,
+                       workflow_id: str, data: bytes) -> None:
+        def record() -> None:
+            running.stream.append((workflow_id, running.claim.run_id, data))
+            if running.stream_flush is None:
+                running.stream_flush = loop.call_later(
+                    0.05, lambda: self._spawn(self._flush_stream(running)))
+
+        try:
+            if asyncio._get_running_loop() is loop:
+                record()
+            else:
+                loop.call_soon_threadsafe(record)
+        except RuntimeError:
+            pass
+
+    async def _flush_stream(self, running: _RunningActivity) -> None:
+        if running.stream_flush is not None:
+            running.stream_flush.cancel()
+            running.stream_flush = None
+        events, running.stream = running.stream, []
+        if events:
+            try:
+                await self.store.append_stream(events)
+            except Exception:  # progress for followers: never worth failing the activity
+                _log.warning("could not publish %d stream events of %s", len(events),
+                             running.claim.workflow_id, exc_info=True)
 
     async def _flush_heartbeat(self, running: _RunningActivity) -> None:
         running.heartbeat_flush = None

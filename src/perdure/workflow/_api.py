@@ -27,6 +27,7 @@ __all__ = [
     "logger",
     "now",
     "patched",
+    "publish",
     "random",
     "set_signal_handler",
     "sleep",
@@ -245,6 +246,17 @@ def continue_as_new(
         workflow_type=workflow_type, task_queue=task_queue or instance.task_queue,
         input=msgspec.Raw(data),
     ))
+
+
+def publish(event: Any, *, workflow_id: str | None = None) -> None:
+    """Publish a progress event (any JSON value) to this workflow's stream, or to
+    ``workflow_id``'s, for ``WorkflowHandle.stream()`` followers in any process.
+
+    Not recorded in history, and not repeated on replay: followers see it once, when
+    the activation that published it commits.
+    """
+    instance = _context.current()
+    instance.publish(instance.converter.encode(event, what="stream event"), workflow_id)
 
 
 def patched(patch_id: str) -> bool:

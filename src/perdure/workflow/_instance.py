@@ -354,6 +354,9 @@ class WorkflowInstance:
         self._recorded_patches: set[str] = set()
         """While replaying an activation: the patch ids its recorded commands marked."""
         self._deprecated_patches: set[str] = set()
+        self.published: list[tuple[str | None, bytes]] = []
+        """This activation's stream events (target workflow id or None for this one, JSON):
+        progress for followers, committed with the activation, never in history."""
         self.update_decisions: dict[str, UpdateAccepted | Failure] = {}
         """This activation's verdict on each requested update: accepted (the event to
         record in place of the request) or rejected (why; nothing is recorded)."""
@@ -486,6 +489,7 @@ class WorkflowInstance:
         self._commands = []
         self._locations = []
         self.update_decisions = {}
+        self.published = []
         if self.info is not None:
             self.info.history_length = self.history_length
             self.info.history_size = self.history_size
@@ -1073,6 +1077,11 @@ class WorkflowInstance:
         """The patch's old path is gone: histories with or without its marker replay."""
         self._deprecated_patches.add(patch_id)
         self._patches[patch_id] = True
+
+    def publish(self, data: bytes, workflow_id: str | None) -> None:
+        """Queue a stream event; replays publish nothing (their events went out live)."""
+        if not self.replaying and not self._in_query and not self.closed:
+            self.published.append((workflow_id, data))
 
     def upsert(self, command: SearchAttributesUpserted | MemoUpserted) -> None:
         """Emit an upsert and apply it to ``info()`` at once."""
