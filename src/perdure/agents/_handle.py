@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -79,6 +79,24 @@ class AgentHandle:
     async def usage(self) -> Usage:
         """Tokens and cost so far (the sub-agents' included once they have finished)."""
         return msgspec.convert((await self.progress())["usage"], Usage)
+
+    async def stream(self, *, from_start: bool = False) -> AsyncIterator[dict[str, Any]]:
+        """The agent tree's progress, live, from any process: ``model_call`` (with
+        ``retry: true`` when a call is made again: drop what its earlier attempt
+        streamed), ``token``, ``model_done``, ``tool_call``, ``tool_result``,
+        ``question``, ``approval_needed``, ``subagent_start``/``subagent_end``, ``done``
+        or ``stopped``. Joining late starts at the current model call (or the start,
+        with ``from_start``); the iteration ends when the agent's run has closed."""
+        after = 0
+        if not from_start:
+            seen = [e async for e in self.workflow.stream(follow=False)]
+            starts = [e.id for e in seen
+                      if isinstance(e.data, dict) and e.data.get("type") == "model_call"]
+            if starts:
+                after = starts[-1] - 1
+        async for event in self.workflow.stream(after=after):
+            if isinstance(event.data, dict):
+                yield event.data
 
     async def cancel(self) -> None:
         """Cancel the agent and, through it, every sub-agent and running tool."""

@@ -5,6 +5,7 @@ child workflows, questions to the human are durable waits. Built on the public A
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from collections import OrderedDict
 from typing import Any
@@ -36,6 +37,8 @@ class AgentRun(msgspec.Struct, omit_defaults=True):
     task: str
     token_budget: int | None = None
     cost_budget: float | None = None
+    stream_to: str | None = None
+    """The workflow whose stream gets this agent's events (its tree's root)."""
 
 
 class AgentResult(msgspec.Struct, omit_defaults=True):
@@ -55,6 +58,8 @@ class ModelCall(msgspec.Struct, omit_defaults=True):
     agent: str
     conversation: str | None = None
     new: list[Message] = msgspec.field(default_factory=list)
+    stream_to: str | None = None
+    turn: int = 0
 
 
 class ModelCallResult(msgspec.Struct, omit_defaults=True):
@@ -112,7 +117,19 @@ async def model_call(call: ModelCall) -> ModelCallResult:
     messages = [*await _resolve(call.conversation), *call.new]
     request = ModelRequest(agent=agent.name, messages=messages, tools=agent.tool_specs(),
                            output_schema=_output_schema(agent.output_type))
-    response = await agent.model.complete(request)
+    info = activity.info()
+    target = call.stream_to or info.workflow_id
+    activity.publish({"type": "model_call", "agent": agent.name, "turn": call.turn,
+                      "attempt": info.attempt, "retry": info.attempt > 1},
+                     workflow_id=target)
+    if _streams(agent.model):
+        def token(text: str) -> None:
+            activity.publish({"type": "token", "agent": agent.name, "text": text},
+                             workflow_id=target)
+
+        response = await agent.model.complete(request, token_sink=token)  # type: ignore[call-arg]
+    else:
+        response = await agent.model.complete(request)
     usage = response.usage
     if not usage.model_calls:
         usage = msgspec.structs.replace(usage, model_calls=1)
@@ -124,6 +141,14 @@ async def model_call(call: ModelCall) -> ModelCallResult:
     _remember(ref, [*messages, response.message])
     return ModelCallResult(response=msgspec.structs.replace(response, usage=usage),
                            conversation=ref)
+
+
+def _streams(model: Any) -> bool:
+    """Whether the model's ``complete`` takes a ``token_sink``."""
+    try:
+        return "token_sink" in inspect.signature(model.complete).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _text(value: Any) -> str:
@@ -158,6 +183,7 @@ class AgentWorkflow:
         """The stored conversation so far (a payload reference)."""
         self.new: list[Message] = []
         """Messages the next model call adds to it."""
+        self.stream_to: str | None = None
         self.usage = Usage()
         self.turns = 0
         self.status = "starting"
@@ -171,6 +197,7 @@ class AgentWorkflow:
     async def run(self, request: AgentRun) -> AgentResult:
         agent = registered_agent(request.agent)
         self.agent_name = agent.name
+        self.stream_to = request.stream_to or workflow.info().workflow_id
         # the conversation lives in the payload store; the workflow keeps its reference
         # and the messages the next model call will add
         self.new = [Message.system(agent.instructions), Message.user(request.task)]
@@ -180,7 +207,8 @@ class AgentWorkflow:
             self.status = "thinking"
             result: ModelCallResult = await workflow.execute_activity(
                 MODEL_CALL, ModelCall(agent=agent.name, conversation=self.conversation,
-                                      new=self.new),
+                                      new=self.new, stream_to=self.stream_to,
+                                      turn=self.turns),
                 result_type=ModelCallResult,
                 start_to_close_timeout=agent.model_timeout,
                 retry_policy=agent.model_retry_policy,
@@ -191,11 +219,16 @@ class AgentWorkflow:
             self.usage = self.usage + response.usage
             message = response.message
             self._publish()
+            self._event("model_done", turn=self.turns, text=message.content,
+                        tool_calls=len(message.tool_calls),
+                        usage=msgspec.to_builtins(response.usage))
             if not message.tool_calls:
                 output, problem = _validate(agent.output_type, message.content)
                 if problem is None:
                     self.status = "done"
                     self._publish()
+                    self._event("done", turns=self.turns,
+                                usage=msgspec.to_builtins(self.usage))
                     return AgentResult(agent=agent.name, output=output, usage=self.usage,
                                        turns=self.turns)
                 self.new.append(Message.user(
@@ -222,8 +255,14 @@ class AgentWorkflow:
         if reason:
             self.status = "stopped"
             self._publish()
+            self._event("stopped", reason=reason)
             raise ApplicationError(f"agent {agent.name!r} stopped: {reason}",
                                    type="AgentStopped", non_retryable=True)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        """Progress for followers of the tree's stream (not history)."""
+        workflow.publish({"type": kind, "agent": self.agent_name, **fields},
+                         workflow_id=self.stream_to)
 
     def _publish(self) -> None:
         workflow.upsert_memo({
@@ -235,6 +274,13 @@ class AgentWorkflow:
 
     # ------------------------------------------------------------ one tool call
     async def _call(self, agent: Agent, call: ToolCall, request: AgentRun) -> Message:
+        self._event("tool_call", id=call.id, tool=call.name, arguments=call.arguments)
+        message = await self._run_call(agent, call, request)
+        self._event("tool_result", id=call.id, tool=call.name, is_error=message.is_error,
+                    content=message.content[:2000])
+        return message
+
+    async def _run_call(self, agent: Agent, call: ToolCall, request: AgentRun) -> Message:
         if call.name == ASK_HUMAN and any(t.name == ASK_HUMAN for t in agent.tools):
             return await self._ask_human(agent, call)
         sub = next((s for s in agent.subagents if s.name == call.name), None)
@@ -266,6 +312,7 @@ class AgentWorkflow:
         self.questions[call.id] = question
         self.status = "waiting for the human"
         self._publish()
+        self._event("question", id=call.id, question=question)
         # (no `finally:` with workflow calls: it would also run when a dropped instance's
         # coroutine is closed, outside any activation)
         try:
@@ -291,6 +338,7 @@ class AgentWorkflow:
         self.approvals[call.id] = call
         self.status = "waiting for approval"
         self._publish()
+        self._event("approval_needed", id=call.id, tool=call.name, arguments=call.arguments)
         try:
             await workflow.wait_condition(lambda: call.id in self.decisions)
         except asyncio.CancelledError:
@@ -308,11 +356,12 @@ class AgentWorkflow:
             else agent.token_budget
         cost = request.cost_budget if request.cost_budget is not None else agent.cost_budget
         child = AgentRun(
-            agent=sub.name, task=task,
+            agent=sub.name, task=task, stream_to=self.stream_to,
             token_budget=None if tokens is None else max(0, tokens - self.usage.total_tokens),
             cost_budget=None if cost is None else max(0.0, cost - self.usage.cost),
         )
         info = workflow.info()
+        self._event("subagent_start", subagent=sub.name, id=call.id, task=task)
         try:
             result: AgentResult = await workflow.execute_child_workflow(
                 AGENT_WORKFLOW, child, id=f"{info.workflow_id}/{sub.name}/{call.id}",
@@ -322,8 +371,12 @@ class AgentWorkflow:
                 memo={"agent": sub.name, "parent_agent": agent.name},
             )
         except ChildWorkflowError as exc:
+            self._event("subagent_end", subagent=sub.name, id=call.id, ok=False,
+                        error=_why(exc))
             return Message.tool(call, f"error: the {sub.name} agent failed: {_why(exc)}",
                                 is_error=True)
+        self._event("subagent_end", subagent=sub.name, id=call.id, ok=True,
+                    usage=msgspec.to_builtins(result.usage))
         self.usage = self.usage + result.usage  # a tree's usage adds up at its root
         return Message.tool(call, _text(result.output))
 

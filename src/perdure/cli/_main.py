@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from perdure._errors import PerdureError, SchemaVersionError
+from perdure.cli._agent import add_agent_parser, run_agent_command
 from perdure.cli._replay import add_replay_parser, run_replay
 from perdure.cli._workflow import add_workflow_parser, run_workflow_command
 from perdure.store import WorkflowStore, open_store
@@ -137,6 +138,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="runs deleted per transaction (default 1000)")
     add_replay_parser(commands)
     add_workflow_parser(commands)
+    add_agent_parser(commands)
     return parser
 
 
@@ -149,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = _database_url(args)
         if args.command == "workflow":
             return asyncio.run(run_workflow_command(args, url))
+        if args.command == "agent":
+            return asyncio.run(run_agent_command(args, url))
         if args.db_command == "migrate":
             print(asyncio.run(_migrate(url)))
             return 0
