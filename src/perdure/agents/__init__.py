@@ -8,6 +8,7 @@ Perdure's public API only.
 """
 
 from perdure.agents._agent import Agent, Price, ask_human
+from perdure.agents._anthropic import AnthropicModel
 from perdure.agents._handle import AgentHandle, AgentWorker, start_agent
 from perdure.agents._messages import (
     Message,
@@ -19,6 +20,7 @@ from perdure.agents._messages import (
 )
 from perdure.agents._models import Model, ScriptedModel
 from perdure.agents._openai import OpenAIChatModel
+from perdure.agents._printer import EventPrinter
 from perdure.agents._tools import Tool, tool
 from perdure.agents._workflow import AgentResult, AgentRun
 
@@ -28,6 +30,8 @@ __all__ = [
     "AgentResult",
     "AgentRun",
     "AgentWorker",
+    "AnthropicModel",
+    "EventPrinter",
     "Message",
     "Model",
     "ModelRequest",
