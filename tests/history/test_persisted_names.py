@@ -28,7 +28,7 @@ PINNED_FIELDS = {
     "UpdateRequested": ["update_id", "name", "args"],
     "UpdateAccepted": ["update_id", "name", "args"],
     "UpdateCompleted": ["update_id", "result", "failure"],
-    "WorkflowTaskCompleted": ["time", "worker", "build_id"],
+    "WorkflowTaskCompleted": ["time", "worker", "build_id", "continue_as_new_suggested"],
     "ActivityScheduled": [
         "seq", "activity_type", "task_queue", "input", "activity_id", "start_to_close_timeout",
         "schedule_to_close_timeout", "schedule_to_start_timeout", "heartbeat_timeout",

@@ -88,6 +88,11 @@ class Agent:
     """How long ``ask_human`` waits before the model is told nobody answered."""
     subagent_timeout: timedelta | None = None
     """Execution timeout of each sub-agent run."""
+    context_window: int | None = None
+    """The model's context window, in tokens. When a call's input passes
+    ``summarize_at`` of it (or the provider reports an overflow), older turns are
+    summarised (a model call) and the agent continues as new with the summary."""
+    summarize_at: float = 0.8
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):

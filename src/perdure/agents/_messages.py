@@ -89,6 +89,9 @@ class ModelRequest(msgspec.Struct, omit_defaults=True):
     messages: list[Message]
     tools: list[ToolSpec] = msgspec.field(default_factory=list)
     output_schema: dict[str, Any] | None = None
+    purpose: str = "turn"
+    """``turn`` (the agent's next step) or ``summary`` (summarise the conversation so
+    far, so that the agent can continue with a shorter one)."""
 
 
 class ModelResponse(msgspec.Struct, omit_defaults=True):

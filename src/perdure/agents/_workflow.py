@@ -28,6 +28,12 @@ __all__ = ["AGENT_WORKFLOW", "AgentResult", "AgentRun", "AgentWorkflow", "ModelC
 
 AGENT_WORKFLOW = "perdure.Agent"
 MODEL_CALL = "perdure.agents.model_call"
+SUMMARY_REQUEST = (
+    "The conversation is getting too long for your context window. Summarise it for "
+    "yourself: the task, what has been done and learned (results of tools and sub-agents, "
+    "the human's answers), decisions taken, and what remains to do. Be complete about "
+    "facts you will need; leave out the rest."
+)
 
 
 class AgentRun(msgspec.Struct, omit_defaults=True):
@@ -39,6 +45,12 @@ class AgentRun(msgspec.Struct, omit_defaults=True):
     cost_budget: float | None = None
     stream_to: str | None = None
     """The workflow whose stream gets this agent's events (its tree's root)."""
+    conversation: str | None = None
+    """Continuing (as new): the stored conversation so far, and the messages after it."""
+    pending: list[Message] = msgspec.field(default_factory=list)
+    turns: int = 0
+    usage: Usage | None = None
+    """Continuing: turns and usage of the runs before, counted against the limits."""
 
 
 class AgentResult(msgspec.Struct, omit_defaults=True):
@@ -60,6 +72,7 @@ class ModelCall(msgspec.Struct, omit_defaults=True):
     new: list[Message] = msgspec.field(default_factory=list)
     stream_to: str | None = None
     turn: int = 0
+    purpose: str = "turn"
 
 
 class ModelCallResult(msgspec.Struct, omit_defaults=True):
@@ -115,8 +128,12 @@ async def model_call(call: ModelCall) -> ModelCallResult:
     """One model call, as an activity: retried by the agent's model retry policy."""
     agent = registered_agent(call.agent)
     messages = [*await _resolve(call.conversation), *call.new]
-    request = ModelRequest(agent=agent.name, messages=messages, tools=agent.tool_specs(),
-                           output_schema=_output_schema(agent.output_type))
+    if call.purpose == "summary":
+        request = ModelRequest(agent=agent.name, purpose="summary", messages=[
+            *messages, Message.user(SUMMARY_REQUEST)])
+    else:
+        request = ModelRequest(agent=agent.name, messages=messages, tools=agent.tool_specs(),
+                               output_schema=_output_schema(agent.output_type))
     info = activity.info()
     target = call.stream_to or info.workflow_id
     activity.publish({"type": "model_call", "agent": agent.name, "turn": call.turn,
@@ -141,6 +158,12 @@ async def model_call(call: ModelCall) -> ModelCallResult:
     _remember(ref, [*messages, response.message])
     return ModelCallResult(response=msgspec.structs.replace(response, usage=usage),
                            conversation=ref)
+
+
+def _failure_type(exc: BaseException) -> str:
+    """The type of the error under an activity failure (``ModelContextOverflow``, ...)."""
+    cause = exc.__cause__
+    return str(getattr(cause, "type", "")) if cause is not None else ""
 
 
 def _streams(model: Any) -> bool:
@@ -200,21 +223,39 @@ class AgentWorkflow:
         self.stream_to = request.stream_to or workflow.info().workflow_id
         # the conversation lives in the payload store; the workflow keeps its reference
         # and the messages the next model call will add
-        self.new = [Message.system(agent.instructions), Message.user(request.task)]
+        self.conversation = request.conversation
+        self.new = list(request.pending) or [Message.system(agent.instructions),
+                                             Message.user(request.task)]
+        self.turns = request.turns
+        self.usage = request.usage or Usage()
         schema = _output_schema(agent.output_type)
+        last_input = 0
         while True:
             self._check_limits(agent, request)
+            # between turns (no tool call in flight): the place to start afresh
+            if agent.context_window and last_input >= agent.summarize_at * agent.context_window:
+                await self._summarize_and_continue(agent, request, "the context window is "
+                                                   f"{last_input / agent.context_window:.0%} full")
+            if workflow.info().continue_as_new_suggested:
+                self._continue(request, self.conversation, self.new)
             self.status = "thinking"
-            result: ModelCallResult = await workflow.execute_activity(
-                MODEL_CALL, ModelCall(agent=agent.name, conversation=self.conversation,
-                                      new=self.new, stream_to=self.stream_to,
-                                      turn=self.turns),
-                result_type=ModelCallResult,
-                start_to_close_timeout=agent.model_timeout,
-                retry_policy=agent.model_retry_policy,
-            )
+            try:
+                result: ModelCallResult = await workflow.execute_activity(
+                    MODEL_CALL, ModelCall(agent=agent.name, conversation=self.conversation,
+                                          new=self.new, stream_to=self.stream_to,
+                                          turn=self.turns),
+                    result_type=ModelCallResult,
+                    start_to_close_timeout=agent.model_timeout,
+                    retry_policy=agent.model_retry_policy,
+                )
+            except ActivityError as exc:
+                if _failure_type(exc) == "ModelContextOverflow":
+                    await self._summarize_and_continue(
+                        agent, request, "the model reported a context overflow")
+                raise
             self.conversation, self.new = result.conversation, []
             response = result.response
+            last_input = response.usage.input_tokens
             self.turns += 1
             self.usage = self.usage + response.usage
             message = response.message
@@ -239,6 +280,33 @@ class AgentWorkflow:
             results = await asyncio.gather(
                 *(self._call(agent, call, request) for call in message.tool_calls))
             self.new.extend(results)
+
+    async def _summarize_and_continue(self, agent: Agent, request: AgentRun,
+                                      why: str) -> None:
+        """Have the model summarise the conversation, then continue as new with it."""
+        self.status = "summarising"
+        self._event("summarising", reason=why)
+        result: ModelCallResult = await workflow.execute_activity(
+            MODEL_CALL, ModelCall(agent=agent.name, conversation=self.conversation,
+                                  new=self.new, stream_to=self.stream_to, turn=self.turns,
+                                  purpose="summary"),
+            result_type=ModelCallResult, start_to_close_timeout=agent.model_timeout,
+            retry_policy=agent.model_retry_policy,
+        )
+        self.usage = self.usage + result.response.usage
+        summary = result.response.message.content
+        self._continue(request, None, [
+            Message.system(agent.instructions), Message.user(request.task),
+            Message.user(f"(Continuing after a summary of the work so far, because {why}.)"
+                         f"\n\n{summary}\n\nCarry on with the task."),
+        ])
+
+    def _continue(self, request: AgentRun, conversation: str | None,
+                  pending: list[Message]) -> None:
+        self._event("continuing", turns=self.turns)
+        workflow.continue_as_new(msgspec.structs.replace(
+            request, conversation=conversation, pending=pending, turns=self.turns,
+            usage=self.usage, stream_to=self.stream_to))
 
     def _check_limits(self, agent: Agent, request: AgentRun) -> None:
         reason = ""

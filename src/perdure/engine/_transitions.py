@@ -80,6 +80,7 @@ def plan_workflow_task(
     update_decisions: Mapping[str, UpdateAccepted | Failure] | None = None,
     history_tail: int = 0,
     published: Sequence[tuple[str | None, bytes]] = (),
+    continue_as_new_suggested: bool = False,
 ) -> WorkflowTaskCompletion:
     """Turn one activation (inbound events + produced commands) into store changes.
 
@@ -110,7 +111,9 @@ def plan_workflow_task(
     if not rejected_only:
         events.append(
             ("WorkflowTaskCompleted",
-             encode_event(WorkflowTaskCompleted(time=now, worker=worker_id, build_id=build_id)))
+             encode_event(WorkflowTaskCompleted(
+                 time=now, worker=worker_id, build_id=build_id,
+                 continue_as_new_suggested=continue_as_new_suggested)))
         )
     # else: only rejected updates came in and nothing happened: history stays as it was
     completion = WorkflowTaskCompletion(

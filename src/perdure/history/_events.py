@@ -197,6 +197,9 @@ class WorkflowTaskCompleted(_Event, tag="WorkflowTaskCompleted"):
     """The workflow's notion of now during this activation (seconds since epoch)."""
     worker: str = ""
     build_id: str = ""
+    continue_as_new_suggested: bool = False
+    """What ``workflow.info()`` told this activation (the worker's size limits are not
+    in history, so replay reads the answer from here)."""
 
 
 # --- command events: what the workflow code decided ---------------------------

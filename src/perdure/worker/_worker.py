@@ -351,11 +351,11 @@ class Worker:
             instance = WorkflowInstance(definition, workflow_id=workflow_id, run_id=run_id,
                                         converter=self.converter,
                                         determinism_guard=self.options.determinism_guard)
-            instance.history_size = len(started_event)
+            instance.stored_size = len(started_event)
             instance.history_limits = (self.options.history_warning_events,
                                        self.options.history_warning_bytes)
             started = decode_event(started_event)
-            tail = instance.replay([started])
+            tail = instance.replay([started], sizes=[len(started_event)])
             instance.history_length = 1 - len(tail)
             commands = instance.activate([event for _, event in tail], now)
             completion = self._plan(workflow_id, run_id, 1, 0, [], commands, now, reserved,
@@ -460,10 +460,10 @@ class Worker:
             definition, workflow_id=claim.workflow_id, run_id=claim.run_id,
             converter=self.converter, determinism_guard=self.options.determinism_guard,
         )
-        instance.history_size = sum(len(data) for _, _, data in rows)
+        instance.stored_size = sum(len(data) for _, _, data in rows)
         instance.history_limits = (self.options.history_warning_events,
                                    self.options.history_warning_bytes)
-        tail = instance.replay(events)
+        tail = instance.replay(events, sizes=[len(data) for _, _, data in rows])
         # the tail is this task's inbound: like inbox events, not counted in the
         # history_length the activation sees (replay counts it the same way)
         instance.history_length = len(events) - len(tail)
@@ -530,6 +530,7 @@ class Worker:
                 claim.workflow_id, claim.run_id, claim.history_length,
                 claim.inbox[-1][0] if claim.inbox else 0, inbox, commands, now, reserved,
                 instance.update_decisions, len(tail), instance.published,
+                instance.info is not None and instance.info.continue_as_new_suggested,
             )
         except Exception as exc:
             self._activity_slots -= len(reserved)
@@ -566,6 +567,7 @@ class Worker:
         update_decisions: Mapping[str, UpdateAccepted | Failure] | None = None,
         history_tail: int = 0,
         published: Sequence[tuple[str | None, bytes]] = (),
+        suggested: bool = False,
     ) -> WorkflowTaskCompletion:
         """The engine's plan for one activation; reserves slots for eager activities."""
 
@@ -597,6 +599,7 @@ class Worker:
             update_decisions=update_decisions,
             history_tail=history_tail,
             published=published,
+            continue_as_new_suggested=suggested,
         )
 
     def _after_commit(
@@ -606,7 +609,8 @@ class Worker:
         """A committed activation: update the cache, stop cancelled work, start eager work."""
         workflow_id, run_id = completion.workflow_id, completion.run_id
         instance.history_length = completion.expected_history_length + len(completion.events)
-        instance.history_size += sum(len(data) for _, data in completion.events)
+        instance.stored_size += sum(len(data) for _, data in completion.events)
+        instance.history_size = instance.stored_size  # the next activation's view
         if instance.continue_as_new_suggested() and not instance.completed \
                 and not instance.size_warned:
             instance.size_warned = True
@@ -669,6 +673,8 @@ class Worker:
                 completion = self._plan(
                     claim.workflow_id, run_id, instance.history_length, 0, [(event, data)],
                     commands, now, reserved, published=instance.published,
+                    suggested=instance.info is not None
+                    and instance.info.continue_as_new_suggested,
                 )
             except Exception:
                 self._activity_slots -= len(reserved)

@@ -73,6 +73,7 @@ from perdure.history import (
     WorkflowFailed,
     WorkflowStarted,
     WorkflowTaskCompleted,
+    encode_event,
     event_type_name,
 )
 from perdure.workflow import _context
@@ -335,7 +336,11 @@ class WorkflowInstance:
         self.history_length = 0
         """Events of this run's history that this instance has consumed."""
         self.history_size = 0
-        """Bytes of this run's history (as stored), kept up to date by the worker."""
+        """Bytes of this run's history before the current activation's inbound events, as
+        ``history_length`` counts events: what ``info().history_size`` shows."""
+        self._replayed_suggestion = False
+        self.stored_size = 0
+        """Bytes of every event stored for this run (the worker keeps it up to date)."""
         self.history_limits: tuple[int, int] = (10_000, 10 * 1024 * 1024)
         """(events, bytes) past which continuing as new is suggested."""
         self.size_warned = False
@@ -377,16 +382,27 @@ class WorkflowInstance:
         workflow code: "raise", "warn" or "off" (see :mod:`perdure.workflow._guard`)."""
 
     # ------------------------------------------------------------------ driving
-    def replay(self, events: Sequence[HistoryEvent]) -> list[tuple[int, HistoryEvent]]:
+    def replay(self, events: Sequence[HistoryEvent], *,
+               sizes: Sequence[int] | None = None) -> list[tuple[int, HistoryEvent]]:
         """Replay a recorded history, checking every command; return the inbound tail.
 
+        ``sizes`` are the events' stored sizes in bytes (re-encoded when not given), so
+        that each activation sees ``info().history_size`` as it was when it first ran.
         Raises :class:`NondeterminismError` naming the first recorded event that
         the code no longer reproduces, and the command it produced instead.
         """
         activations, tail = split_activations(events)
+        if sizes is None:
+            sizes = [len(encode_event(e)) for e in events]
+        before = [0]  # bytes of events 1..n, at index n
+        for size in sizes:
+            before.append(before[-1] + size)
         for activation in activations:
             assert activation.completed is not None
             wtc_seq, wtc = activation.completed
+            first = activation.inbound[0][0] if activation.inbound else wtc_seq
+            self.history_size = before[first - 1]
+            self._replayed_suggestion = wtc.continue_as_new_suggested
             self._capture_locations = True
             # lets a mismatch name the workflow line that created a coroutine
             # which asyncio wrapped in a task (gather, ensure_future)
@@ -405,6 +421,8 @@ class WorkflowInstance:
                 sys.set_coroutine_origin_tracking_depth(tracking)
             self._check(activation, produced)
             self.history_length = activation.commands[-1][0] if activation.commands else wtc_seq
+        # as live: what the next activation sees is every event before its inbound ones
+        self.history_size = before[self.history_length]
         self.replaying = False
         return tail
 
@@ -572,7 +590,10 @@ class WorkflowInstance:
             asyncio._set_running_loop(previous_loop)
 
     def continue_as_new_suggested(self) -> bool:
-        """Whether the history passed its warning size, in events or bytes."""
+        """Whether the history passed its warning size, in events or bytes; when replaying,
+        what the activation was told when it ran (recorded in its WorkflowTaskCompleted)."""
+        if self.replaying:
+            return self._replayed_suggestion
         events, size = self.history_limits
         return self.history_length >= events or self.history_size >= size
 
