@@ -40,13 +40,14 @@ def test_workflow_exports() -> None:
 
 def test_activity_and_testing_exports() -> None:
     assert set(activity.__all__) == {
-        "ActivityDefinition", "ActivityInfo", "defn", "heartbeat", "heartbeat_details", "info",
-        "is_cancelled", "load_payloads", "payload_ref", "publish", "store_payloads",
+        "ActivityDefinition", "ActivityInfo", "RatePermit", "defn", "heartbeat", "heartbeat_details", "info",
+        "is_cancelled", "load_payloads", "payload_ref", "publish", "rate_limit",
+        "store_payloads",
     }
     assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}
     assert set(agents.__all__) == {
         "Agent", "AgentHandle", "AgentResult", "AgentRun", "AgentWorker", "AnthropicModel",
-        "EventPrinter", "Message", "Model",
+        "EventPrinter", "Message", "Model", "ModelLimits",
         "ModelRequest", "ModelResponse", "OpenAIChatModel", "Price", "ScriptedModel", "Tool",
         "ToolCall", "ToolSpec", "Usage", "ask_human", "start_agent", "tool",
     }

@@ -6,6 +6,7 @@ They run at least once; retries follow the caller's ``RetryPolicy``.
 
 from perdure.activity._context import (
     ActivityInfo,
+    RatePermit,
     heartbeat,
     heartbeat_details,
     info,
@@ -13,6 +14,7 @@ from perdure.activity._context import (
     load_payloads,
     payload_ref,
     publish,
+    rate_limit,
     store_payloads,
 )
 from perdure.activity._definition import ActivityDefinition, defn
@@ -20,6 +22,7 @@ from perdure.activity._definition import ActivityDefinition, defn
 __all__ = [
     "ActivityDefinition",
     "ActivityInfo",
+    "RatePermit",
     "defn",
     "heartbeat",
     "heartbeat_details",
@@ -28,5 +31,6 @@ __all__ = [
     "load_payloads",
     "payload_ref",
     "publish",
+    "rate_limit",
     "store_payloads",
 ]

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from perdure._converter import PayloadConverter
 from perdure._errors import NotInActivityError
 
-__all__ = ["ActivityContext", "ActivityInfo", "heartbeat", "heartbeat_details", "info",
-           "is_cancelled", "load_payloads", "payload_ref", "publish", "store_payloads"]
+__all__ = [
+    "ActivityContext",
+    "ActivityInfo",
+    "RatePermit",
+    "heartbeat",
+    "heartbeat_details",
+    "info",
+    "is_cancelled",
+    "load_payloads",
+    "payload_ref",
+    "publish",
+    "rate_limit",
+    "store_payloads",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,13 +100,21 @@ class ActivityContext:
 
 
 class PayloadStore(Protocol):
-    """Where an activity's out-of-line payloads live (the worker's store)."""
+    """Where an activity's out-of-line payloads and shared limits live (the worker's
+    store)."""
 
     async def put_payloads(self, workflow_id: str, payloads: Sequence[tuple[str, bytes]],
                            ) -> None: ...
 
     async def get_payloads(self, workflow_id: str, hashes: Sequence[str]
                            ) -> dict[str, bytes]: ...
+
+    async def acquire_permit(
+        self, name: str, holder: str, *, concurrency: int | None, per_minute: int | None,
+        tokens: int, lease: float,
+    ) -> float | None: ...
+
+    async def release_permit(self, name: str, holder: str, tokens: int) -> None: ...
 
 
 _current: contextvars.ContextVar[ActivityContext] = contextvars.ContextVar("perdure_activity")
@@ -175,3 +197,51 @@ def publish(event: Any, *, workflow_id: str | None = None) -> None:
     activity's workflow's stream, or to ``workflow_id``'s, for ``WorkflowHandle.stream()``
     followers in any process. Batched (about every 50 ms), never in history."""
     current().publish(event, workflow_id)
+
+
+class RatePermit:
+    """A share of a shared limit, held while an ``async with activity.rate_limit(...)``
+    block runs; ``used(tokens)`` records what the call really consumed."""
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.waited = 0.0
+        """Seconds this attempt waited for its share."""
+
+    def used(self, tokens: int) -> None:
+        """The tokens really used (counted against the per-minute limit)."""
+        self.tokens = tokens
+
+
+@contextlib.asynccontextmanager
+async def rate_limit(
+    name: str, *, concurrency: int | None = None, tokens_per_minute: int | None = None,
+    tokens: int = 0,
+) -> AsyncIterator[RatePermit]:
+    """Hold a share of the limit ``name`` (say ``"model:gpt-4o"``) for the block: at most
+    ``concurrency`` holders at once and ``tokens_per_minute`` tokens in any minute, over
+    every worker sharing the database. Waits (sleeping, not spinning) until a share is
+    free; ``tokens`` is this call's estimate, corrected with ``permit.used(n)``. A crashed
+    holder's share returns when its lease (the activity's start-to-close timeout) ends."""
+    context = current()
+    store = context.payload_store
+    if store is None:
+        raise NotInActivityError("this activity runs without a store for shared limits")
+    info = context.info
+    holder = f"{info.workflow_id}/{info.run_id}/{info.activity_id}/{info.attempt}"
+    lease = info.start_to_close_timeout or 600.0
+    permit = RatePermit(tokens)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        wait = await store.acquire_permit(name, holder, concurrency=concurrency,
+                                          per_minute=tokens_per_minute, tokens=tokens,
+                                          lease=lease)
+        if wait is None:
+            break
+        await asyncio.sleep(min(wait, 1.0))
+    permit.waited = loop.time() - started
+    try:
+        yield permit
+    finally:
+        await store.release_permit(name, holder, permit.tokens)

@@ -7,7 +7,7 @@ crash, a deploy or a question that waits a week costs nothing but a replay. Buil
 Perdure's public API only.
 """
 
-from perdure.agents._agent import Agent, Price, ask_human
+from perdure.agents._agent import Agent, ModelLimits, Price, ask_human
 from perdure.agents._anthropic import AnthropicModel
 from perdure.agents._handle import AgentHandle, AgentWorker, start_agent
 from perdure.agents._messages import (
@@ -34,6 +34,7 @@ __all__ = [
     "EventPrinter",
     "Message",
     "Model",
+    "ModelLimits",
     "ModelRequest",
     "ModelResponse",
     "OpenAIChatModel",

@@ -13,7 +13,7 @@ from perdure.agents._messages import ToolSpec
 from perdure.agents._models import Model, as_model
 from perdure.agents._tools import Tool
 
-__all__ = ["ASK_HUMAN", "Agent", "Price", "ask_human", "registered_agent"]
+__all__ = ["ASK_HUMAN", "Agent", "ModelLimits", "Price", "ask_human", "registered_agent"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,15 @@ class Price:
         """The cost of one call."""
         return round((input_tokens * self.input_per_million
                       + output_tokens * self.output_per_million) / 1_000_000, 10)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelLimits:
+    """Limits on one model (by its name), held across every worker sharing the
+    database: calls at once, and tokens (input + output) in any minute."""
+
+    concurrency: int | None = None
+    tokens_per_minute: int | None = None
 
 
 class _AskHuman:
@@ -88,6 +97,9 @@ class Agent:
     """How long ``ask_human`` waits before the model is told nobody answered."""
     subagent_timeout: timedelta | None = None
     """Execution timeout of each sub-agent run."""
+    model_limits: ModelLimits | None = None
+    """Shared limits on this agent's model: a call waits for a share (every agent and
+    worker using a model of the same name shares them)."""
     context_window: int | None = None
     """The model's context window, in tokens. When a call's input passes
     ``summarize_at`` of it (or the provider reports an overflow), older turns are

@@ -139,14 +139,20 @@ async def model_call(call: ModelCall) -> ModelCallResult:
     activity.publish({"type": "model_call", "agent": agent.name, "turn": call.turn,
                       "attempt": info.attempt, "retry": info.attempt > 1},
                      workflow_id=target)
-    if _streams(agent.model):
-        def token(text: str) -> None:
-            activity.publish({"type": "token", "agent": agent.name, "text": text},
-                             workflow_id=target)
-
-        response = await agent.model.complete(request, token_sink=token)  # type: ignore[call-arg]
+    limits = agent.model_limits
+    if limits is None:
+        response = await _complete(agent, request, target)
     else:
-        response = await agent.model.complete(request)
+        estimate = sum(len(m.content) for m in request.messages) // 4 + 256
+        async with activity.rate_limit(
+            f"model:{agent.model.name}", concurrency=limits.concurrency,
+            tokens_per_minute=limits.tokens_per_minute, tokens=estimate,
+        ) as permit:
+            if permit.waited >= 0.5:
+                activity.publish({"type": "rate_limited", "agent": agent.name,
+                                  "waited": round(permit.waited, 2)}, workflow_id=target)
+            response = await _complete(agent, request, target)
+            permit.used(response.usage.input_tokens + response.usage.output_tokens)
     usage = response.usage
     if not usage.model_calls:
         usage = msgspec.structs.replace(usage, model_calls=1)
@@ -158,6 +164,16 @@ async def model_call(call: ModelCall) -> ModelCallResult:
     _remember(ref, [*messages, response.message])
     return ModelCallResult(response=msgspec.structs.replace(response, usage=usage),
                            conversation=ref)
+
+
+async def _complete(agent: Agent, request: ModelRequest, target: str) -> ModelResponse:
+    if _streams(agent.model):
+        def token(text: str) -> None:
+            activity.publish({"type": "token", "agent": agent.name, "text": text},
+                             workflow_id=target)
+
+        return await agent.model.complete(request, token_sink=token)  # type: ignore[call-arg]
+    return await agent.model.complete(request)
 
 
 def _failure_type(exc: BaseException) -> str:

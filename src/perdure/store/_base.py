@@ -256,6 +256,20 @@ class WorkflowStore:
         nothing."""
         raise NotImplementedError
 
+    async def acquire_permit(
+        self, name: str, holder: str, *, concurrency: int | None, per_minute: int | None,
+        tokens: int, lease: float,
+    ) -> float | None:
+        """Take a share of limit ``name`` for ``holder`` if ``concurrency`` (held at once)
+        and ``per_minute`` (tokens in the last minute) allow: None if granted, else how
+        many seconds to wait before asking again (asking again as the same holder is
+        fine)."""
+        raise NotImplementedError
+
+    async def release_permit(self, name: str, holder: str, tokens: int) -> None:
+        """Give the share back, recording the tokens it really used."""
+        raise NotImplementedError
+
     async def append_stream(self, events: Sequence[tuple[str, str, bytes]]) -> None:
         """Publish (workflow id, run id, JSON) events to those workflows' streams."""
         raise NotImplementedError

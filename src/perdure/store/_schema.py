@@ -198,12 +198,24 @@ CREATE TABLE stream_events (
     created_at {real} NOT NULL
 );
 CREATE INDEX stream_events_workflow ON stream_events (workflow_id, id);
+
+CREATE TABLE rate_permits (
+    name TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    acquired_at {real} NOT NULL,
+    expires_at {real} NOT NULL,
+    released_at {real},
+    PRIMARY KEY (name, holder)
+);
+CREATE INDEX rate_permits_window ON rate_permits (name, acquired_at);
 """
 """Version 3 also: one row per update request, from requested to accepted, rejected,
 completed or failed; the caller waits on it. Keyed by the update id its caller chose,
 so that asking again (after a lost connection) finds the same update. ``stream_events``:
 progress a workflow and its activities publish for followers (tokens, tool calls), kept
-out of history; ids are in commit order per workflow id. ``payloads``: content
+out of history; ids are in commit order per workflow id. ``rate_permits``: who holds or
+held (in the last minute) a share of a named limit, shared by every worker. ``payloads``: content
 stored once, out of line, by its SHA-256, and referenced from histories (an agent's
 conversation); it goes with the workflow id's last run."""
 

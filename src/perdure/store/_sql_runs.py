@@ -595,6 +595,49 @@ class SqlRunStore(WorkflowStore):
         )
         notes.add("stream")
 
+    async def acquire_permit(
+        self, name: str, holder: str, *, concurrency: int | None, per_minute: int | None,
+        tokens: int, lease: float,
+    ) -> float | None:
+        def op(conn: Conn, notes: StoreNotes) -> float | None:
+            self._lock_stream(conn, "permit:" + name)  # one decision per limit at a time
+            now = self.clock.now()
+            conn.execute(
+                "DELETE FROM rate_permits WHERE name = ? AND acquired_at < ? "
+                "AND (released_at IS NOT NULL OR expires_at < ?)", (name, now - 60, now),
+            )
+            held, used, oldest = conn.execute(
+                "SELECT count(*) FILTER (WHERE released_at IS NULL AND expires_at >= ? "
+                "AND holder <> ?), coalesce(sum(tokens) FILTER (WHERE acquired_at >= ? "
+                "AND holder <> ?), 0), min(acquired_at) FILTER (WHERE acquired_at >= ?) "
+                "FROM rate_permits WHERE name = ?",
+                (now, holder, now - 60, holder, now - 60, name),
+            ).fetchone()
+            if concurrency is not None and held >= concurrency:
+                return 0.1  # a share frees when a call ends: ask again soon
+            if per_minute is not None and used > 0 and used + tokens > per_minute:
+                return max(0.05, (oldest or now) + 60 - now)
+            conn.execute(
+                "INSERT INTO rate_permits (name, holder, tokens, acquired_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name, holder) DO UPDATE SET "
+                "tokens = excluded.tokens, expires_at = excluded.expires_at, "
+                "released_at = NULL",
+                (name, holder, tokens, now, now + lease),
+            )
+            return None
+
+        return await self._run(op)
+
+    async def release_permit(self, name: str, holder: str, tokens: int) -> None:
+        def op(conn: Conn, notes: StoreNotes) -> None:
+            conn.execute(
+                "UPDATE rate_permits SET tokens = ?, released_at = ? WHERE name = ? "
+                "AND holder = ?", (tokens, self.clock.now(), name, holder),
+            )
+            notes.add("permit")
+
+        await self._run(op)
+
     async def append_stream(self, events: Sequence[tuple[str, str, bytes]]) -> None:
         def op(conn: Conn, notes: StoreNotes) -> None:
             self._append_stream(conn, events, notes)
