@@ -249,3 +249,27 @@ async def test_cancelling_the_lead_stops_the_whole_tree(real_env: WorkflowEnviro
         described = await real_env.client.get_workflow_handle(child.workflow_id).describe()
         assert described.status == WorkflowStatus.CANCELED
         assert described.pending_activities == 0
+
+
+def test_one_tool_name_for_two_functions_is_refused() -> None:
+    from perdure import ConfigurationError
+    from perdure.agents._agent import register
+
+    @tool(name="search")
+    async def web_search(query: str) -> str:
+        """Search the web."""
+        return "web"
+
+    @tool(name="search")
+    async def code_search(query: str) -> str:
+        """Search the code."""
+        return "code"
+
+    web = Agent(name="web-searcher", instructions="", model=ScriptedModel(["x"]),
+                tools=[web_search])
+    code = Agent(name="code-searcher", instructions="", model=ScriptedModel(["x"]),
+                 tools=[code_search])
+    lead = Agent(name="search-lead", instructions="", model=ScriptedModel(["x"]),
+                 subagents=[web, code])
+    with pytest.raises(ConfigurationError, match="two different functions are tools named"):
+        register([lead])

@@ -283,3 +283,19 @@ def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "perdure.cli", *args, "--database-url", url],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+
+
+async def test_reset_keeps_signals_waiting_in_the_inbox(env: WorkflowEnvironment) -> None:
+    async with env.worker(task_queue=TQ, workflows=[Conversation], activities=ACTIVITIES):
+        chat = await env.client.start_workflow(Conversation.run, id="inboxed", task_queue=TQ)
+        for _ in range(500):  # waiting for messages
+            if (await chat.describe()).history_length >= 5:
+                break
+            await env.sleep(0)
+    # acknowledged, not yet handled by any workflow task
+    await chat.signal(Conversation.say, "first")
+    await chat.signal(Conversation.say, "second")
+    assert (await chat.describe()).pending_events == 2
+    new = await chat.reset(to_last_workflow_task=True)
+    async with env.worker(task_queue=TQ, workflows=[Conversation], activities=ACTIVITIES):
+        assert await new.result(timeout=10) == ["first", "second"]

@@ -164,12 +164,29 @@ class _NoModel:
 _registry: dict[str, Agent] = {}
 
 
-def register(agents: Sequence[Agent]) -> None:
-    """Make agents known to this process's workflows and activities by name."""
+def register(agents: Sequence[Agent], *, replace: bool = True) -> None:
+    """Make agents known to this process's workflows and activities by name.
+
+    Tools are activities named after the tool: two different functions under one tool
+    name in the trees one worker serves would run one for the other, so that is refused.
+    """
     trees = [agent for root in agents for agent in root.tree()]
     Agent(name="_check", instructions="", model=_NoModel(), subagents=list(agents)).tree()
+    tools: dict[str, Any] = {}
     for agent in trees:
-        _registry[agent.name] = agent  # the latest worker's definition wins
+        for item in agent.tools:
+            fn = getattr(item, "fn", None)
+            if fn is None:
+                continue
+            other = tools.setdefault(item.name, fn)
+            if other is not fn:
+                raise ConfigurationError(
+                    f"two different functions are tools named {item.name!r} (agent "
+                    f"{agent.name!r} and another): tool names identify activities, so they "
+                    "must be unique; name one of them differently (@tool(name=...))")
+    for agent in trees:
+        if replace or agent.name not in _registry:
+            _registry[agent.name] = agent  # the latest worker's definition wins
 
 
 def registered_agent(name: str) -> Agent:

@@ -11,7 +11,13 @@ import msgspec
 from perdure import Client, Worker, WorkflowHandle
 from perdure.agents._agent import Agent, register
 from perdure.agents._messages import Usage
-from perdure.agents._workflow import AgentResult, AgentRun, AgentWorkflow, model_call
+from perdure.agents._workflow import (
+    AgentResult,
+    AgentRun,
+    AgentSpec,
+    AgentWorkflow,
+    model_call,
+)
 
 __all__ = ["AgentHandle", "AgentWorker", "start_agent"]
 
@@ -26,7 +32,9 @@ class AgentHandle:
         self.workflow = handle
         self.agent = agent
         if agent is not None:
-            register([agent])  # lets this process answer queries by replaying, no worker
+            # lets this process answer queries by replaying, with no worker; a definition
+            # a worker here registered stays (the worker's is the one that runs)
+            register([agent], replace=False)
 
     @property
     def id(self) -> str:
@@ -112,8 +120,8 @@ async def start_agent(
     ``task_queue`` with an :class:`AgentWorker` that knows the agent run it."""
     handle = await client.start_workflow(
         AgentWorkflow.run,
-        AgentRun(agent=agent.name, task=task, token_budget=token_budget,
-                 cost_budget=cost_budget),
+        AgentRun(agent=agent.name, task=task,
+                 spec=AgentSpec.of(agent, token_budget=token_budget, cost_budget=cost_budget)),
         id=id, task_queue=task_queue, execution_timeout=execution_timeout,
         memo={"agent": agent.name}, search_attributes={"agent": agent.name},
     )

@@ -5,9 +5,11 @@ child workflows, questions to the human are durable waits. Built on the public A
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 from collections import OrderedDict
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -16,18 +18,21 @@ from perdure import (
     ActivityError,
     ApplicationError,
     ChildWorkflowError,
+    NondeterminismError,
+    WorkflowAlreadyStartedError,
     activity,
     workflow,
 )
 from perdure.agents._agent import ASK_HUMAN, Agent, registered_agent
 from perdure.agents._messages import Message, ModelRequest, ModelResponse, ToolCall, Usage
-from perdure.agents._tools import ACTIVITY_PREFIX, Tool
+from perdure.agents._tools import ACTIVITY_PREFIX, DEFAULT_TOOL_RETRY, Tool
 
-__all__ = ["AGENT_WORKFLOW", "AgentResult", "AgentRun", "AgentWorkflow", "ModelCall",
+__all__ = ["AGENT_WORKFLOW", "AgentResult", "AgentRun", "AgentSpec", "AgentWorkflow", "ModelCall",
            "ModelCallResult", "model_call"]
 
 AGENT_WORKFLOW = "perdure.Agent"
 MODEL_CALL = "perdure.agents.model_call"
+DEFAULT_TOOL_TIMEOUT = timedelta(minutes=5)
 SUMMARY_REQUEST = (
     "The conversation is getting too long for your context window. Summarise it for "
     "yourself: the task, what has been done and learned (results of tools and sub-agents, "
@@ -36,13 +41,47 @@ SUMMARY_REQUEST = (
 )
 
 
+class AgentSpec(msgspec.Struct, omit_defaults=True):
+    """The settings that steer an agent's loop, fixed in its run's input when it starts,
+    so that the run replays the same way after the agent's definition changes (a deploy
+    that lowers ``max_turns`` or removes a tool affects new runs only)."""
+
+    max_turns: int
+    tools: list[str] = msgspec.field(default_factory=list)
+    approvals: list[str] = msgspec.field(default_factory=list)
+    subagents: list[str] = msgspec.field(default_factory=list)
+    asks_human: bool = False
+    human_timeout: float | None = None
+    context_window: int | None = None
+    summarize_at: float = 0.8
+    token_budget: int | None = None
+    cost_budget: float | None = None
+
+    @classmethod
+    def of(cls, agent: Agent, *, token_budget: int | None = None,
+           cost_budget: float | None = None) -> AgentSpec:
+        """The agent's settings now (budgets: the given ones, else the agent's)."""
+        tools = [t for t in agent.tools if isinstance(t, Tool)]
+        return cls(
+            max_turns=agent.max_turns, tools=[t.name for t in tools],
+            approvals=[t.name for t in tools if t.requires_approval],
+            subagents=[s.name for s in agent.subagents],
+            asks_human=any(t.name == ASK_HUMAN for t in agent.tools),
+            human_timeout=(agent.human_timeout.total_seconds()
+                           if agent.human_timeout is not None else None),
+            context_window=agent.context_window, summarize_at=agent.summarize_at,
+            token_budget=token_budget if token_budget is not None else agent.token_budget,
+            cost_budget=cost_budget if cost_budget is not None else agent.cost_budget,
+        )
+
+
 class AgentRun(msgspec.Struct, omit_defaults=True):
-    """What an agent run is asked to do, and the budget it may spend."""
+    """What an agent run is asked to do, with its settings and the budget it may spend."""
 
     agent: str
     task: str
-    token_budget: int | None = None
-    cost_budget: float | None = None
+    spec: AgentSpec | None = None
+    """Fixed at start (see :class:`AgentSpec`); None: read from the agent's definition."""
     stream_to: str | None = None
     """The workflow whose stream gets this agent's events (its tree's root)."""
     conversation: str | None = None
@@ -80,6 +119,13 @@ class ModelCallResult(msgspec.Struct, omit_defaults=True):
 
     response: ModelResponse
     conversation: str
+    message_digest: str = ""
+    """SHA-256 of the stored response message: a fork that edited the recorded answer
+    no longer matches it, and the workflow then sends its own version along."""
+
+
+def _digest(message: Message) -> str:
+    return hashlib.sha256(msgspec.json.encode(message)).hexdigest()
 
 
 class _ConversationNode(msgspec.Struct, omit_defaults=True):
@@ -163,7 +209,7 @@ async def model_call(call: ModelCall) -> ModelCallResult:
     (ref,) = await activity.store_payloads(msgspec.json.encode(node))
     _remember(ref, [*messages, response.message])
     return ModelCallResult(response=msgspec.structs.replace(response, usage=usage),
-                           conversation=ref)
+                           conversation=ref, message_digest=_digest(response.message))
 
 
 async def _complete(agent: Agent, request: ModelRequest, target: str) -> ModelResponse:
@@ -174,6 +220,20 @@ async def _complete(agent: Agent, request: ModelRequest, target: str) -> ModelRe
 
         return await agent.model.complete(request, token_sink=token)  # type: ignore[call-arg]
     return await agent.model.complete(request)
+
+
+def _spent(exc: BaseException) -> Usage:
+    """What a failed sub-agent reported it spent (its failure's details carry it)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        for detail in getattr(cause, "details", ()) or ():
+            if isinstance(detail, dict) and isinstance(detail.get("usage"), dict):
+                try:
+                    return msgspec.convert(detail["usage"], Usage)
+                except msgspec.ValidationError:
+                    return Usage()
+        cause = cause.__cause__
+    return Usage()
 
 
 def _failure_type(exc: BaseException) -> str:
@@ -230,11 +290,28 @@ class AgentWorkflow:
         self.answers: dict[str, str] = {}
         self.approvals: dict[str, ToolCall] = {}
         self.decisions: dict[str, tuple[bool, str]] = {}
+        self.early_answers: list[str] = []
+        self.spec: AgentSpec | None = None
 
     # ------------------------------------------------------------ the loop
     @workflow.run
     async def run(self, request: AgentRun) -> AgentResult:
+        try:
+            return await self._loop(request)
+        except NondeterminismError:
+            raise
+        except Exception as exc:
+            # a parent (or the caller) learns what the run spent, even when it failed
+            raise ApplicationError(
+                str(exc), {"usage": msgspec.to_builtins(self.usage), "turns": self.turns},
+                type=str(getattr(exc, "type", "") or type(exc).__name__),
+                non_retryable=True,
+            ) from exc
+
+    async def _loop(self, request: AgentRun) -> AgentResult:
         agent = registered_agent(request.agent)
+        spec = request.spec or AgentSpec.of(agent)
+        self.spec = spec
         self.agent_name = agent.name
         self.stream_to = request.stream_to or workflow.info().workflow_id
         # the conversation lives in the payload store; the workflow keeps its reference
@@ -247,11 +324,11 @@ class AgentWorkflow:
         schema = _output_schema(agent.output_type)
         last_input = 0
         while True:
-            self._check_limits(agent, request)
+            self._check_limits(agent, spec)
             # between turns (no tool call in flight): the place to start afresh
-            if agent.context_window and last_input >= agent.summarize_at * agent.context_window:
+            if spec.context_window and last_input >= spec.summarize_at * spec.context_window:
                 await self._summarize_and_continue(agent, request, "the context window is "
-                                                   f"{last_input / agent.context_window:.0%} full")
+                                                   f"{last_input / spec.context_window:.0%} full")
             if workflow.info().continue_as_new_suggested:
                 self._continue(request, self.conversation, self.new)
             self.status = "thinking"
@@ -269,8 +346,13 @@ class AgentWorkflow:
                     await self._summarize_and_continue(
                         agent, request, "the model reported a context overflow")
                 raise
-            self.conversation, self.new = result.conversation, []
             response = result.response
+            if not result.message_digest or result.message_digest == _digest(response.message):
+                self.conversation, self.new = result.conversation, []
+            else:
+                # the recorded answer was edited (a fork): the stored conversation holds the
+                # original; go on from the one before it, with the answer as seen here
+                self.new = [*self.new, response.message]
             last_input = response.usage.input_tokens
             self.turns += 1
             self.usage = self.usage + response.usage
@@ -293,8 +375,10 @@ class AgentWorkflow:
                     f"JSON matching this schema: {json.dumps(schema)}"))
                 continue
             self.status = "working"
+            # sub-agents started together share what is left of the budget
+            share = max(1, sum(1 for c in message.tool_calls if c.name in spec.subagents))
             results = await asyncio.gather(
-                *(self._call(agent, call, request) for call in message.tool_calls))
+                *(self._call(agent, spec, call, share) for call in message.tool_calls))
             self.new.extend(results)
 
     async def _summarize_and_continue(self, agent: Agent, request: AgentRun,
@@ -322,18 +406,17 @@ class AgentWorkflow:
         self._event("continuing", turns=self.turns)
         workflow.continue_as_new(msgspec.structs.replace(
             request, conversation=conversation, pending=pending, turns=self.turns,
-            usage=self.usage, stream_to=self.stream_to))
+            usage=self.usage, stream_to=self.stream_to, spec=self.spec))
 
-    def _check_limits(self, agent: Agent, request: AgentRun) -> None:
+    def _check_limits(self, agent: Agent, spec: AgentSpec) -> None:
         reason = ""
-        if self.turns >= agent.max_turns:
-            reason = f"it reached max_turns ({agent.max_turns}) without a final answer"
-        tokens = request.token_budget if request.token_budget is not None \
-            else agent.token_budget
+        if self.turns >= spec.max_turns:
+            reason = f"it reached max_turns ({spec.max_turns}) without a final answer"
+        tokens = spec.token_budget
         if tokens is not None and self.usage.total_tokens >= tokens:
             reason = (f"its token budget is spent ({self.usage.total_tokens} of {tokens} "
                       "tokens used)")
-        cost = request.cost_budget if request.cost_budget is not None else agent.cost_budget
+        cost = spec.cost_budget
         if cost is not None and self.usage.cost >= cost:
             reason = f"its cost budget is spent ({self.usage.cost:.4f} of {cost:.4f})"
         if reason:
@@ -357,42 +440,50 @@ class AgentWorkflow:
         })
 
     # ------------------------------------------------------------ one tool call
-    async def _call(self, agent: Agent, call: ToolCall, request: AgentRun) -> Message:
+    async def _call(self, agent: Agent, spec: AgentSpec, call: ToolCall,
+                    share: int) -> Message:
         self._event("tool_call", id=call.id, tool=call.name, arguments=call.arguments)
-        message = await self._run_call(agent, call, request)
+        message = await self._run_call(agent, spec, call, share)
         self._event("tool_result", id=call.id, tool=call.name, is_error=message.is_error,
                     content=message.content[:2000])
         return message
 
-    async def _run_call(self, agent: Agent, call: ToolCall, request: AgentRun) -> Message:
-        if call.name == ASK_HUMAN and any(t.name == ASK_HUMAN for t in agent.tools):
-            return await self._ask_human(agent, call)
-        sub = next((s for s in agent.subagents if s.name == call.name), None)
-        if sub is not None:
-            return await self._delegate(agent, sub, call, request)
-        found = next((t for t in agent.tools if t.name == call.name and isinstance(t, Tool)),
-                     None)
-        if found is None:
-            offered = ", ".join(s.name for s in agent.tool_specs()) or "none"
+    async def _run_call(self, agent: Agent, spec: AgentSpec, call: ToolCall,
+                        share: int) -> Message:
+        # what exists comes from the run's spec (fixed at start), not today's definition
+        if call.name == ASK_HUMAN and spec.asks_human:
+            return await self._ask_human(spec, call)
+        if call.name in spec.subagents:
+            return await self._delegate(agent, spec, registered_agent(call.name), call, share)
+        if call.name not in spec.tools:
+            offered = ", ".join([*spec.tools, *spec.subagents]
+                                + ([ASK_HUMAN] if spec.asks_human else [])) or "none"
             return Message.tool(call, f"error: there is no tool named {call.name!r}; the "
                                       f"tools are: {offered}", is_error=True)
-        if found.requires_approval:
+        if call.name in spec.approvals:
             approved, reason = await self._approval(call)
             if not approved:
                 return Message.tool(call, "error: the human denied this call"
                                     + (f": {reason}" if reason else ""), is_error=True)
+        found = next((t for t in agent.tools if t.name == call.name and isinstance(t, Tool)),
+                     None)
         try:
             result = await workflow.execute_activity(
-                ACTIVITY_PREFIX + found.name, call.arguments,
-                start_to_close_timeout=found.start_to_close_timeout,
-                retry_policy=found.retry_policy, heartbeat_timeout=found.heartbeat_timeout,
+                ACTIVITY_PREFIX + call.name, call.arguments,
+                start_to_close_timeout=(found.start_to_close_timeout if found is not None
+                                        else DEFAULT_TOOL_TIMEOUT),
+                retry_policy=found.retry_policy if found is not None else DEFAULT_TOOL_RETRY,
+                heartbeat_timeout=found.heartbeat_timeout if found is not None else None,
             )
         except ActivityError as exc:
             return Message.tool(call, f"error: {_why(exc)}", is_error=True)
         return Message.tool(call, _text(result))
 
-    async def _ask_human(self, agent: Agent, call: ToolCall) -> Message:
+    async def _ask_human(self, spec: AgentSpec, call: ToolCall) -> Message:
         question = str(call.arguments.get("question", "")).strip() or "(no question given)"
+        if self.early_answers and call.id not in self.answers:
+            # answered before it was asked (it came as the question was being settled)
+            self.answers[call.id] = self.early_answers.pop(0)
         self.questions[call.id] = question
         self.status = "waiting for the human"
         self._publish()
@@ -402,7 +493,7 @@ class AgentWorkflow:
         try:
             await workflow.wait_condition(
                 lambda: call.id in self.answers,
-                timeout=agent.human_timeout)
+                timeout=spec.human_timeout)
         except TimeoutError:
             self._settle(self.questions, call.id)
             return Message.tool(call, "error: nobody answered in time; decide without them",
@@ -431,18 +522,22 @@ class AgentWorkflow:
         self._settle(self.approvals, call.id)
         return self.decisions[call.id]
 
-    async def _delegate(self, agent: Agent, sub: Agent, call: ToolCall,
-                        request: AgentRun) -> Message:
+    async def _delegate(self, agent: Agent, spec: AgentSpec, sub: Agent, call: ToolCall,
+                        share: int) -> Message:
         task = str(call.arguments.get("task", "")).strip()
         if not task:
             return Message.tool(call, "error: give the sub-agent a task", is_error=True)
-        tokens = request.token_budget if request.token_budget is not None \
-            else agent.token_budget
-        cost = request.cost_budget if request.cost_budget is not None else agent.cost_budget
+        tokens, cost = spec.token_budget, spec.cost_budget
         child = AgentRun(
             agent=sub.name, task=task, stream_to=self.stream_to,
-            token_budget=None if tokens is None else max(0, tokens - self.usage.total_tokens),
-            cost_budget=None if cost is None else max(0.0, cost - self.usage.cost),
+            spec=AgentSpec.of(
+                sub,
+                # what is left, split between the sub-agents started in the same turn
+                token_budget=None if tokens is None
+                else max(0, tokens - self.usage.total_tokens) // share,
+                cost_budget=None if cost is None
+                else max(0.0, cost - self.usage.cost) / share,
+            ),
         )
         info = workflow.info()
         self._event("subagent_start", subagent=sub.name, id=call.id, task=task)
@@ -454,9 +549,11 @@ class AgentWorkflow:
                 search_attributes={"agent": sub.name},
                 memo={"agent": sub.name, "parent_agent": agent.name},
             )
-        except ChildWorkflowError as exc:
+        except (ChildWorkflowError, WorkflowAlreadyStartedError) as exc:
+            spent = _spent(exc)
+            self.usage = self.usage + spent  # what a failed sub-agent spent counts too
             self._event("subagent_end", subagent=sub.name, id=call.id, ok=False,
-                        error=_why(exc))
+                        error=_why(exc), usage=msgspec.to_builtins(spent))
             return Message.tool(call, f"error: the {sub.name} agent failed: {_why(exc)}",
                                 is_error=True)
         self._event("subagent_end", subagent=sub.name, id=call.id, ok=True,
@@ -467,10 +564,13 @@ class AgentWorkflow:
     # ------------------------------------------------------------ the human's side
     @workflow.signal
     def answer(self, text: str, question_id: str = "") -> None:
-        """The human's answer: to ``question_id``, or to the oldest open question."""
+        """The human's answer: to ``question_id``, or to the oldest open question (with
+        none open, it is kept for the next question rather than dropped)."""
         target = question_id or next(iter(self.questions), "")
         if target:
             self.answers[target] = text
+        else:
+            self.early_answers.append(text)
 
     @workflow.signal
     def decide(self, call_id: str, approved: bool, reason: str = "") -> None:

@@ -974,7 +974,7 @@ class WorkflowHandle(Generic[T]):
                     open_children=plan.open_children, needs_task=plan.has_tail,
                     reset_event=None if new_id is not None else encode_event(WorkflowReset(
                         to_event=cut, new_run_id=new_run_id, reason=reason)),
-                    task_queue=task_queue,
+                    task_queue=task_queue, reapply_signals=reapply_signals,
                 ))
             except InvalidArgumentError as exc:
                 if "moved on while it was being reset" not in str(exc) or attempt == 4:

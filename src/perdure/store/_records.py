@@ -170,6 +170,8 @@ class ResetRecord:
     reset_event: bytes | None
     """Reset: the WorkflowReset event appended to the source run (None for a fork)."""
     task_queue: str | None = None
+    reapply_signals: bool = True
+    """Signals waiting in the source run's inbox (not yet in its history) go along too."""
 
 
 @dataclasses.dataclass

@@ -12,7 +12,17 @@ from perdure._errors import (
     WorkflowAlreadyStartedError,
     WorkflowNotFoundError,
 )
-from perdure.history import Failure
+from perdure.history import (
+    ChildWorkflowCanceled,
+    ChildWorkflowCompleted,
+    ChildWorkflowFailed,
+    ChildWorkflowStarted,
+    ChildWorkflowStartFailed,
+    ExternalSignalDelivered,
+    Failure,
+    SignalReceived,
+    decode_event,
+)
 from perdure.store._base import StoreNotes
 from perdure.store._records import ResetRecord
 
@@ -22,6 +32,11 @@ if TYPE_CHECKING:
 from perdure.store import _sql_children
 
 __all__ = ["reset"]
+
+
+_WORLD_EVENTS = (ChildWorkflowStarted, ChildWorkflowStartFailed, ChildWorkflowCompleted,
+                 ChildWorkflowFailed, ChildWorkflowCanceled, ExternalSignalDelivered)
+"""Outcomes of what the run set going; the new run cannot cause them again."""
 
 
 class HistoryMovedError(InvalidArgumentError):
@@ -62,6 +77,18 @@ def reset(store: SqlRunStore, conn: Conn, record: ResetRecord, now: float,
         parent=None if forking else successor.parent,
     )
     inbox = list(r.inbox)
+    # what the source run was sent but never handled (its inbox, not yet history): the
+    # world's events (signals, child outcomes, signal deliveries) go to the new run too
+    for (data,) in conn.execute(
+        "SELECT data FROM inbox WHERE workflow_id = ? AND run_id = ? ORDER BY id",
+        (r.source_workflow_id, r.source_run_id),
+    ).fetchall():
+        event = decode_event(bytes(data))
+        if isinstance(event, SignalReceived):
+            if r.reapply_signals:
+                inbox.append(bytes(data))
+        elif isinstance(event, _WORLD_EVENTS):
+            inbox.append(bytes(data))
     # children the prefix started and whose end its history lacks
     for seq in r.open_children:
         child = conn.execute(
@@ -104,6 +131,15 @@ def reset(store: SqlRunStore, conn: Conn, record: ResetRecord, now: float,
                                  message=f"reset to event {r.to_event}: run {r.run_id} "
                                          "carries on")),
                              notes, may_retry=False)
+    if forking:
+        # the fork's history refers to the original's stored payloads (an agent's
+        # conversation): they belong to a workflow id, so copy them to the new one
+        conn.execute(
+            "INSERT INTO payloads (workflow_id, hash, data, created_at) "
+            "SELECT ?, hash, data, created_at FROM payloads WHERE workflow_id = ? "
+            "ON CONFLICT (workflow_id, hash) DO NOTHING",
+            (r.workflow_id, r.source_workflow_id),
+        )
     store._insert_run(conn, successor, now, notes, history=r.events)
     key = (r.workflow_id, r.run_id)
     for task in r.activities:
