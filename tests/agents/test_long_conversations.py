@@ -18,6 +18,10 @@ async def read_chapter(number: int) -> str:
 def _reader(chapters: int, overflow_at: int | None = None):  # type: ignore[no-untyped-def]
     def answer(request: ModelRequest) -> object:
         if request.purpose == "summary":
+            if overflow_at is not None and len(request.messages) > overflow_at:
+                # as a real provider: the summary of a too-long conversation overflows too
+                raise ApplicationError("maximum context length exceeded",
+                                       type="ModelContextOverflow", non_retryable=True)
             earlier = next((m.content.split("So far I read: ")[1].split("\n")[0]
                             for m in request.messages if "So far I read: " in m.content), "")
             read = [m.content.split(":")[0] for m in request.messages if m.role == "tool"]

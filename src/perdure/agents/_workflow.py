@@ -174,14 +174,12 @@ async def model_call(call: ModelCall) -> ModelCallResult:
     """One model call, as an activity: retried by the agent's model retry policy."""
     agent = registered_agent(call.agent)
     messages = [*await _resolve(call.conversation), *call.new]
-    if call.purpose == "summary":
-        request = ModelRequest(agent=agent.name, purpose="summary", messages=[
-            *messages, Message.user(SUMMARY_REQUEST)])
-    else:
-        request = ModelRequest(agent=agent.name, messages=messages, tools=agent.tool_specs(),
-                               output_schema=_output_schema(agent.output_type))
     info = activity.info()
     target = call.stream_to or info.workflow_id
+    if call.purpose == "summary":
+        return await _summarize(agent, call, messages, target)
+    request = ModelRequest(agent=agent.name, messages=messages, tools=agent.tool_specs(),
+                           output_schema=_output_schema(agent.output_type))
     activity.publish({"type": "model_call", "agent": agent.name, "turn": call.turn,
                       "attempt": info.attempt, "retry": info.attempt > 1},
                      workflow_id=target)
@@ -210,6 +208,45 @@ async def model_call(call: ModelCall) -> ModelCallResult:
     _remember(ref, [*messages, response.message])
     return ModelCallResult(response=msgspec.structs.replace(response, usage=usage),
                            conversation=ref, message_digest=_digest(response.message))
+
+
+def _summary_view(messages: list[Message], keep: int) -> list[Message]:
+    """What a summary call sends: the opening (instructions, task, an earlier summary),
+    then the latest ``keep`` messages with long contents cut (the whole conversation is
+    what did not fit)."""
+    # the opening (instructions, the task, an earlier summary): up to the first answer
+    opening = next((i for i, m in enumerate(messages) if m.role == "assistant"),
+                   len(messages))
+    head = messages[:opening]
+    rest = messages[opening:][-keep:]
+    while rest and rest[0].role == "tool":
+        rest = rest[1:]  # a tool result without its call would confuse providers
+    cut = [msgspec.structs.replace(m, content=m.content[:2000] + " [...]")
+           if len(m.content) > 2000 else m for m in rest]
+    return [*head, *cut, Message.user(SUMMARY_REQUEST)]
+
+
+async def _summarize(agent: Agent, call: ModelCall, messages: list[Message],
+                     target: str) -> ModelCallResult:
+    """A summary of the conversation, shrinking what it sends until it fits."""
+    keep = 60
+    while True:
+        request = ModelRequest(agent=agent.name, purpose="summary",
+                               messages=_summary_view(messages, keep))
+        try:
+            response = await _complete(agent, request, target)
+        except ApplicationError as exc:
+            if exc.type != "ModelContextOverflow" or keep <= 2:
+                raise
+            keep //= 2
+            continue
+        usage = response.usage
+        if agent.price is not None:
+            usage = msgspec.structs.replace(
+                usage, cost=agent.price.cost(usage.input_tokens, usage.output_tokens))
+        # nothing is stored: the agent continues as new from the summary
+        return ModelCallResult(response=msgspec.structs.replace(response, usage=usage),
+                               conversation=call.conversation or "")
 
 
 async def _complete(agent: Agent, request: ModelRequest, target: str) -> ModelResponse:
