@@ -20,9 +20,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from perdure._errors import ApplicationError, ConfigurationError
+from perdure.agents._endpoint import ModelEndpoint, clip
 from perdure.agents._messages import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def _httpx() -> Any:
     return httpx
 
 
-class AnthropicModel:
+class AnthropicModel(ModelEndpoint):
     """A :class:`~perdure.agents.Model` that calls Anthropic's Messages API
     (``POST {base_url}/v1/messages``).
 
@@ -207,10 +207,10 @@ class AnthropicModel:
         except ValueError:
             raise ApplicationError(
                 f"{self._who()} answered with something that is not JSON: "
-                f"{_clip(self._redact(text))!r}", type=SERVER_ERROR) from None
+                f"{clip(self._redact(text))!r}", type=SERVER_ERROR) from None
         if not isinstance(data, dict):
             raise ApplicationError(f"{self._who()} answered with unexpected JSON: "
-                                   f"{_clip(self._redact(text))!r}", type=SERVER_ERROR)
+                                   f"{clip(self._redact(text))!r}", type=SERVER_ERROR)
         if data.get("type") == "error" or (data.get("error") and "content" not in data):
             raise self._error(None, data.get("error"), None)
         return data
@@ -221,7 +221,7 @@ class AnthropicModel:
         content = data.get("content")
         if not isinstance(content, list):
             raise ApplicationError(f"{self._who()} answered without content: "
-                                   f"{_clip(self._redact(text))}", type=SERVER_ERROR)
+                                   f"{clip(self._redact(text))}", type=SERVER_ERROR)
         texts: list[str] = []
         calls: list[ToolCall] = []
         for block in content:
@@ -321,7 +321,7 @@ class AnthropicModel:
                 detail = json.dumps(detail)
         else:
             detail = str(error or "")
-        detail = _clip(self._redact(detail.strip()))
+        detail = clip(self._redact(detail.strip()))
         if status is not None:
             said = f"HTTP {status}" + (f": {detail}" if detail else "")
         else:
@@ -354,25 +354,6 @@ class AnthropicModel:
                 f"({said})", type=CONTEXT_OVERFLOW, non_retryable=True)
         return ApplicationError(f"{self._who()} rejected the request ({said})",
                                 type=REQUEST_ERROR, non_retryable=True)
-
-    def _who(self) -> str:
-        return f"model {self.model!r} at {self._where()}"
-
-    def _where(self) -> str:
-        """The base URL without credentials or query (they may hold a key)."""
-        try:
-            parts = urlsplit(self.base_url)
-            host = parts.hostname or ""
-            if parts.port is not None:
-                host = f"{host}:{parts.port}"
-            return urlunsplit((parts.scheme, host, parts.path, "", ""))
-        except ValueError:
-            return "(an unparseable base URL)"
-
-    def _redact(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return text
 
 
 # ------------------------------------------------------------ the conversation
@@ -480,10 +461,6 @@ async def _events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
             lines.append(value)
     if lines or event:
         yield event, "\n".join(lines)
-
-
-def _clip(text: str, limit: int = 500) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def retry_delay(headers: Any, now: float | None = None) -> float | None:

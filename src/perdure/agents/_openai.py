@@ -18,9 +18,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from perdure._errors import ApplicationError, ConfigurationError
+from perdure.agents._endpoint import ModelEndpoint, clip
 from perdure.agents._messages import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ def _httpx() -> Any:
     return httpx
 
 
-class OpenAIChatModel:
+class OpenAIChatModel(ModelEndpoint):
     """A :class:`~perdure.agents.Model` that calls an OpenAI-compatible
     ``/chat/completions`` endpoint.
 
@@ -191,10 +191,10 @@ class OpenAIChatModel:
         except ValueError:
             raise ApplicationError(
                 f"{self._who()} answered with something that is not JSON: "
-                f"{_clip(self._redact(text))!r}", type=SERVER_ERROR) from None
+                f"{clip(self._redact(text))!r}", type=SERVER_ERROR) from None
         if not isinstance(data, dict):
             raise ApplicationError(f"{self._who()} answered with unexpected JSON: "
-                                   f"{_clip(text)!r}", type=SERVER_ERROR)
+                                   f"{clip(text)!r}", type=SERVER_ERROR)
         if data.get("error"):
             raise self._body_error(data["error"])
         return data
@@ -203,7 +203,7 @@ class OpenAIChatModel:
         choices = data.get("choices") or []
         if not choices or not isinstance(choices[0], dict):
             raise ApplicationError(f"{self._who()} answered without a choice: "
-                                   f"{_clip(json.dumps(data))}", type=SERVER_ERROR)
+                                   f"{clip(json.dumps(data))}", type=SERVER_ERROR)
         message = choices[0].get("message") or {}
         content = message.get("content") or message.get("refusal") or ""
         if isinstance(content, list):  # content parts
@@ -298,25 +298,6 @@ class OpenAIChatModel:
                                     type=RATE_LIMITED)
         return ApplicationError(f"{self._who()} reported {said}", type=SERVER_ERROR)
 
-    def _who(self) -> str:
-        return f"model {self.model!r} at {self._where()}"
-
-    def _where(self) -> str:
-        """The base URL without credentials or query (they may hold a key)."""
-        try:
-            parts = urlsplit(self.base_url)
-            host = parts.hostname or ""
-            if parts.port is not None:
-                host = f"{host}:{parts.port}"
-            return urlunsplit((parts.scheme, host, parts.path, "", ""))
-        except ValueError:
-            return "(an unparseable base URL)"
-
-    def _redact(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return text
-
 
 # ------------------------------------------------------------ helpers
 def _message(message: Message) -> dict[str, Any]:
@@ -403,19 +384,15 @@ def _provider_error(text: str) -> tuple[str, str]:
     try:
         data = json.loads(text)
     except ValueError:
-        return _clip(text.strip()), ""
+        return clip(text.strip()), ""
     error = data.get("error", data) if isinstance(data, dict) else data
     if isinstance(error, dict):
         message = error.get("message") or error.get("detail") or json.dumps(error)
         code = error.get("code") or ""
         if not isinstance(message, str):
             message = json.dumps(message)
-        return _clip(message), str(code)
-    return _clip(str(error)), ""
-
-
-def _clip(text: str, limit: int = 500) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
+        return clip(message), str(code)
+    return clip(str(error)), ""
 
 
 def _inline_root(schema: dict[str, Any]) -> dict[str, Any]:
