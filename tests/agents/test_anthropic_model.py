@@ -4,7 +4,6 @@ errors mapped to retry decisions, and agent runs through it on both backends."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import itertools
@@ -35,122 +34,20 @@ from perdure.agents._agent import DEFAULT_MODEL_RETRY
 from perdure.agents._anthropic import retry_delay
 from perdure.testing import WorkflowEnvironment
 
+from ._fake_http import FakeHTTPServer, Reply, anthropic_sse
+
 pytest.importorskip("httpx")
 
 KEY = "sk-ant-test-SECRET-0123456789"
 
 
 # ------------------------------------------------------------ the fake server
-@dataclasses.dataclass
-class Reply:
-    """What the fake server answers: JSON (``body``), or server-sent ``events`` (a dict
-    is sent as one event named by its ``type``; a str is sent as is, as one chunk)."""
-
-    status: int = 200
-    body: Any = None
-    events: list[Any] | None = None
-    headers: dict[str, str] = dataclasses.field(default_factory=dict)
-    delay: float = 0.0
-
-
-@dataclasses.dataclass
-class Seen:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-    at: float
-
-
-class FakeMessagesServer:
-    """A minimal HTTP/1.1 Messages API server on 127.0.0.1 (asyncio streams).
-
-    ``handler(body, n)`` gets each request's JSON and its 0-based number and returns a
-    :class:`Reply`. ``clock`` stamps each request (the environment's clock in agent tests).
-    """
+class FakeMessagesServer(FakeHTTPServer):
+    """The fake server, speaking the Messages API with named events."""
 
     def __init__(self, handler: Callable[[dict[str, Any], int], Reply],
                  clock: Callable[[], float] | None = None) -> None:
-        self.handler = handler
-        self.clock = clock or (lambda: asyncio.get_running_loop().time())
-        self.requests: list[Seen] = []
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.base_url = ""
-
-    @property
-    def bodies(self) -> list[dict[str, Any]]:
-        return [r.body for r in self.requests]
-
-    async def __aenter__(self) -> FakeMessagesServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
-        await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)  # type: ignore[arg-type]
-        try:
-            await self._one(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self._tasks.discard(task)  # type: ignore[arg-type]
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request_line = (await reader.readline()).decode()
-        if not request_line:
-            return
-        _method, path, _version = request_line.split(" ", 2)
-        headers: dict[str, str] = {}
-        while True:
-            line = (await reader.readline()).decode().rstrip("\r\n")
-            if not line:
-                break
-            key, _, value = line.partition(":")
-            headers[key.strip().lower()] = value.strip()
-        raw = await reader.readexactly(int(headers.get("content-length", "0")))
-        body = json.loads(raw) if raw else {}
-        number = len(self.requests)
-        self.requests.append(Seen(path, headers, body, self.clock()))
-        reply = self.handler(body, number)
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
-        head = [f"HTTP/1.1 {reply.status} X", "Connection: close"]
-        head += [f"{k}: {v}" for k, v in reply.headers.items()]
-        if reply.events is None:
-            payload = (reply.body if isinstance(reply.body, str)
-                       else json.dumps(reply.body)).encode()
-            head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
-            await writer.drain()
-            return
-        head += ["Content-Type: text/event-stream; charset=utf-8", "Transfer-Encoding: chunked"]
-        writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
-        await writer.drain()
-        for event in reply.events:
-            data = (event if isinstance(event, str)
-                    else f"event: {event['type']}\ndata: {json.dumps(event)}\n\n")
-            piece = data.encode()
-            writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-            await writer.drain()
-            await asyncio.sleep(0.001)  # separate reads on the client
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        super().__init__(handler, clock, base_path="", sse=anthropic_sse)
 
 
 # ------------------------------------------------------------ what the API answers
