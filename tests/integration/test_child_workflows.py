@@ -369,3 +369,31 @@ async def _pending_activities(handle) -> bool:  # type: ignore[no-untyped-def]
 
 async def _cancelled() -> bool:
     return bool(CANCELLED_ACTIVITIES)
+
+
+@workflow.defn
+class Canceller:
+    @workflow.run
+    async def run(self, target: str) -> str:
+        try:
+            await workflow.get_external_workflow_handle(target).cancel("not needed any more")
+        except WorkflowNotFoundError:
+            return "nothing to cancel"
+        return "cancelled"
+
+
+async def test_a_workflow_cancels_another_by_id(env: WorkflowEnvironment) -> None:
+    async with env.worker(task_queue=TQ, workflows=[*ALL, Canceller], activities=ACTIVITIES):
+        waiter = await env.client.start_workflow(Waiter.run, id="external-target",
+                                                 task_queue=TQ)
+        assert await env.client.execute_workflow(Canceller.run, "external-target",
+                                                 id="external-canceller",
+                                                 task_queue=TQ) == "cancelled"
+        with pytest.raises(WorkflowFailureError, match="canceled"):
+            await waiter.result(timeout=10)
+        assert await env.client.execute_workflow(Canceller.run, "no-such-workflow",
+                                                 id="external-canceller-2",
+                                                 task_queue=TQ) == "nothing to cancel"
+    events = (await waiter.fetch_history()).events
+    assert any(event_type_name(e) == "CancelRequested" and
+               getattr(e, "reason", "") == "not needed any more" for e in events)

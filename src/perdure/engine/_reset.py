@@ -32,6 +32,8 @@ from perdure.history import (
     ChildWorkflowScheduled,
     ChildWorkflowStarted,
     ChildWorkflowStartFailed,
+    ExternalCancelDelivered,
+    ExternalCancelSent,
     ExternalSignalDelivered,
     ExternalSignalSent,
     HistoryEvent,
@@ -153,9 +155,9 @@ def plan_reset(
         elif isinstance(event, ChildWorkflowStartFailed | ChildWorkflowCompleted
                         | ChildWorkflowFailed | ChildWorkflowCanceled):
             children[event.seq] = True
-        elif isinstance(event, ExternalSignalSent):
+        elif isinstance(event, ExternalSignalSent | ExternalCancelSent):
             sent.add(event.seq)
-        elif isinstance(event, ExternalSignalDelivered):
+        elif isinstance(event, ExternalSignalDelivered | ExternalCancelDelivered):
             sent.discard(event.seq)
     inbox: list[bytes] = []
     ended_later: set[int] = set()

@@ -20,8 +20,10 @@ from perdure.history import (
     ActivityFailed,
     ActivityScheduled,
     ActivityTimedOut,
+    CancelRequested,
     ChildWorkflowCancelRequested,
     ChildWorkflowScheduled,
+    ExternalCancelSent,
     ExternalSignalSent,
     Failure,
     HistoryEvent,
@@ -181,6 +183,13 @@ def plan_workflow_task(
             )
         elif isinstance(command, ChildWorkflowCancelRequested):
             completion.cancel_children.append(command.seq)
+        elif isinstance(command, ExternalCancelSent):
+            completion.external_signals.append(
+                ExternalSignal(
+                    seq=command.seq, workflow_id=command.workflow_id, run_id=command.run_id,
+                    event=encode_event(CancelRequested(reason=command.reason)), cancel=True,
+                )
+            )
         elif isinstance(command, ExternalSignalSent):
             completion.external_signals.append(
                 ExternalSignal(

@@ -35,6 +35,8 @@ __all__ = [
     "ChildWorkflowScheduled",
     "ChildWorkflowStartFailed",
     "ChildWorkflowStarted",
+    "ExternalCancelDelivered",
+    "ExternalCancelSent",
     "ExternalSignalDelivered",
     "ExternalSignalSent",
     "Failure",
@@ -189,6 +191,12 @@ class ExternalSignalDelivered(_Event, tag="ExternalSignalDelivered"):
     """Empty if the signal reached a running run; otherwise why it did not."""
 
 
+class ExternalCancelDelivered(_Event, tag="ExternalCancelDelivered"):
+    seq: int
+    error: str = ""
+    """Empty if the cancellation reached a running run; otherwise why it did not."""
+
+
 # --- the activation boundary -------------------------------------------------
 
 
@@ -283,6 +291,13 @@ class ExternalSignalSent(_Event, tag="ExternalSignalSent"):
     """None: the workflow id's latest run."""
 
 
+class ExternalCancelSent(_Event, tag="ExternalCancelSent"):
+    seq: int
+    workflow_id: str
+    reason: str = ""
+    run_id: str | None = None
+
+
 class WorkflowCompleted(_Event, tag="WorkflowCompleted"):
     result: Raw
 
@@ -335,6 +350,7 @@ HistoryEvent = (
     | ChildWorkflowFailed
     | ChildWorkflowCanceled
     | ExternalSignalDelivered
+    | ExternalCancelDelivered
     | UpdateRequested
     | UpdateAccepted
     | WorkflowTaskCompleted
@@ -346,6 +362,7 @@ HistoryEvent = (
     | ChildWorkflowScheduled
     | ChildWorkflowCancelRequested
     | ExternalSignalSent
+    | ExternalCancelSent
     | UpdateCompleted
     | SearchAttributesUpserted
     | MemoUpserted
@@ -367,6 +384,7 @@ COMMAND_EVENT_TYPES: tuple[type[_Event], ...] = (
     ChildWorkflowScheduled,
     ChildWorkflowCancelRequested,
     ExternalSignalSent,
+    ExternalCancelSent,
     UpdateCompleted,
     SearchAttributesUpserted,
     MemoUpserted,

@@ -192,6 +192,8 @@ class ExternalSignal:
     workflow_id: str
     run_id: str | None
     event: bytes
+    cancel: bool = False
+    """A cancellation (CancelRequested) rather than a signal."""
 
 
 @dataclasses.dataclass

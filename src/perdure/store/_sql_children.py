@@ -25,6 +25,7 @@ from perdure.history import (
     ChildWorkflowFailed,
     ChildWorkflowStarted,
     ChildWorkflowStartFailed,
+    ExternalCancelDelivered,
     ExternalSignalDelivered,
     Failure,
     WorkflowTerminated,
@@ -107,12 +108,13 @@ def deliver_external_signal(
     store: SqlRunStore, conn: Conn, signal: ExternalSignal, now: float, notes: StoreNotes
 ) -> bytes:
     """Deliver a signal from one workflow to another; return the sender's inbox event."""
+    answer = ExternalCancelDelivered if signal.cancel else ExternalSignalDelivered
     try:
         run_id = store._running_run(conn, signal.workflow_id, signal.run_id)
     except WorkflowNotFoundError as exc:
-        return encode_event(ExternalSignalDelivered(seq=signal.seq, error=str(exc)))
+        return encode_event(answer(seq=signal.seq, error=str(exc)))
     _to_inbox(store, conn, signal.workflow_id, run_id, signal.event, now, notes)
-    return encode_event(ExternalSignalDelivered(seq=signal.seq))
+    return encode_event(answer(seq=signal.seq))
 
 
 def notify_parent(

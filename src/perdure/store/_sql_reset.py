@@ -18,6 +18,7 @@ from perdure.history import (
     ChildWorkflowFailed,
     ChildWorkflowStarted,
     ChildWorkflowStartFailed,
+    ExternalCancelDelivered,
     ExternalSignalDelivered,
     Failure,
     SignalReceived,
@@ -35,7 +36,8 @@ __all__ = ["reset"]
 
 
 _WORLD_EVENTS = (ChildWorkflowStarted, ChildWorkflowStartFailed, ChildWorkflowCompleted,
-                 ChildWorkflowFailed, ChildWorkflowCanceled, ExternalSignalDelivered)
+                 ChildWorkflowFailed, ChildWorkflowCanceled, ExternalSignalDelivered,
+                 ExternalCancelDelivered)
 """Outcomes of what the run set going; the new run cannot cause them again."""
 
 

@@ -123,7 +123,7 @@ class ChildWorkflowHandle(Generic[T]):
 
 
 class ExternalWorkflowHandle:
-    """Another workflow, addressed by id, that this workflow can signal."""
+    """Another workflow, addressed by id, that this workflow can signal or cancel."""
 
     def __init__(self, workflow_id: str, run_id: str | None) -> None:
         self.id = workflow_id
@@ -133,6 +133,12 @@ class ExternalWorkflowHandle:
         """Deliver a signal; returns once delivered (:class:`WorkflowNotFoundError` if the
         workflow is not running). Durable: recorded in this workflow's history."""
         await _context.current().signal_external(self.id, self.run_id, _signal_name(signal), args)
+
+    async def cancel(self, reason: str = "") -> None:
+        """Request its cancellation (it sees ``CancelledError`` at its awaits); returns once
+        delivered (:class:`WorkflowNotFoundError` if it is not running). Durable: recorded
+        in this workflow's history."""
+        await _context.current().cancel_external(self.id, self.run_id, reason)
 
 
 def get_external_workflow_handle(workflow_id: str, *, run_id: str | None = None

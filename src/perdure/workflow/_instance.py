@@ -53,6 +53,8 @@ from perdure.history import (
     ChildWorkflowScheduled,
     ChildWorkflowStarted,
     ChildWorkflowStartFailed,
+    ExternalCancelDelivered,
+    ExternalCancelSent,
     ExternalSignalDelivered,
     ExternalSignalSent,
     Failure,
@@ -630,7 +632,7 @@ class WorkflowInstance:
             self._validate_update(event)
         elif isinstance(event, UpdateAccepted):
             self._run_update(event)
-        elif isinstance(event, ExternalSignalDelivered):
+        elif isinstance(event, ExternalSignalDelivered | ExternalCancelDelivered):
             future = self._external_signals.pop(event.seq, None)
             if future is not None and not future.done():
                 if event.error:
@@ -1119,6 +1121,16 @@ class WorkflowInstance:
             else:
                 target[key] = value
         self._emit(command)
+
+    def cancel_external(self, workflow_id: str, run_id: str | None,
+                        reason: str) -> asyncio.Future[None]:
+        """Emit ExternalCancelSent; the future resolves once the cancellation is delivered."""
+        seq = self.next_seq()
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._external_signals[seq] = future
+        self._emit(ExternalCancelSent(seq=seq, workflow_id=workflow_id, reason=reason,
+                                      run_id=run_id))
+        return future
 
     def start_timer(
         self,
