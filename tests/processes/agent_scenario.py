@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from perdure import activity
 from perdure.agents import Agent, ModelRequest, ScriptedModel, ToolCall, ask_human, tool
 
 call = ScriptedModel.call
@@ -62,7 +63,7 @@ def _scripted(agent: str, steps: list[object], slow_turns: tuple[int, ...] = ())
             await asyncio.sleep(float(os.environ.get("PERDURE_TEST_MODEL_SECONDS", "1.5")))
         step = steps[turn]
         result = step(request) if callable(step) and not isinstance(step, ToolCall) else step
-        _record(f"model-end {agent} {turn} {os.getpid()}")
+        _record(f"model-end {agent} {turn} {os.getpid()} {activity.info().attempt}")
         return result
 
     return ScriptedModel(answer, name=f"scripted-{agent}")

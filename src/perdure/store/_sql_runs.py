@@ -1055,7 +1055,10 @@ class SqlRunStore(WorkflowStore):
                 return "rejected"
             now = self.clock.now()
             history_length, task_owner, task_expires, has_task, pending_inbound = row[7:12]
-            task_busy = task_owner is not None and task_expires >= time.time()
+            # a task leased by this very worker is a claim still waiting for the run's
+            # activation gate: this commit makes it stale, and the worker skips it
+            task_busy = (task_owner is not None and task_expires >= time.time()
+                         and task_owner != c.worker_id)
             if row[5] or row[6] != "running" or history_length != c.expected_history_length \
                     or task_busy or (pending_inbound and c.close_status is not None):
                 # not ours to advance: record the completion the ordinary way

@@ -147,7 +147,7 @@ class Worker(ActivityRunner):
         self._started = False
         self.stats = {"workflow_tasks": 0, "replays": 0, "activities": 0, "eager_activities": 0,
                       "task_failures": 0, "rejected_completions": 0, "rejected_activity_results": 0,
-                      "fused_completions": 0,
+                      "fused_completions": 0, "stale_claims": 0,
                       "eager_starts": 0}
 
     def _derive_build_id(self) -> str:
@@ -452,6 +452,13 @@ class Worker(ActivityRunner):
             return await self._run_workflow_task_locked(claim)
 
     async def _run_workflow_task_locked(self, claim: WorkflowTaskClaim) -> WorkflowTaskClaim | None:
+        cached = self._cache.get(claim.run_id)
+        if cached is not None and cached.history_length > claim.history_length:
+            # this worker committed the run further (a fused completion) after the claim
+            # was read: that commit released or removed the task; it is claimed afresh
+            self.stats["stale_claims"] += 1
+            self.store.notifier.notify(["workflow_task"])  # claim it again, fresh
+            return None
         reserved: list[ActivityScheduled] = []
         instance: WorkflowInstance | None = None
         try:
