@@ -518,12 +518,12 @@ class WorkflowInstance:
         asyncio._set_running_loop(self.loop)
         previous_instance = _context.set_current(self)
         self.loop._running = True
+        guarded = self._guard.start()
         collecting = gc.isenabled()
         if collecting:
             # no cyclic collection while workflow code runs: it would finalize coroutines of
             # dropped instances, whose `finally:` blocks would then run inside this one's
             gc.disable()
-        guarded = self._guard.start()
         try:
             for event in inbound:
                 self._apply(event)
