@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
@@ -104,3 +106,39 @@ async def test_fork_of_an_agent_works_cold_and_with_an_edited_answer(
     after = seen[-1]
     assert after[-2].tool_calls[0].arguments == {"thing": "the sea"}
     assert after[-1].content == "saw the sea" and after[-1].tool_call_id == "c1"
+
+
+async def test_a_changed_definition_spares_runs_in_flight(env: WorkflowEnvironment) -> None:
+    from perdure.agents import ask_human
+
+    def script(request: ModelRequest) -> object:
+        turn = sum(1 for m in request.messages if m.role == "assistant")
+        if turn == 0:
+            return call("ask_human", id="q", question="go on?")
+        if turn == 1:
+            return call("look", id="l", thing="the plan")
+        return "finished"
+
+    v1 = Agent(name="deployed", instructions="v1", tools=[ask_human, look], max_turns=10,
+               model=ScriptedModel(script))
+    async with AgentWorker(env.client, agents=[v1]):
+        handle = await env.client.start_agent(v1, "work", id="in-flight")
+        for _ in range(500):
+            if (await handle.pending())["questions"]:
+                break
+            await asyncio.sleep(0.01)
+    # a deploy: the same agent, now with max_turns=1 and without the look tool
+    v2 = Agent(name="deployed", instructions="v2", tools=[ask_human], max_turns=1,
+               model=ScriptedModel(script))
+    async with AgentWorker(env.client, agents=[v2]):
+        await handle.answer("yes")
+        run = await handle.run_result(timeout=20)
+        assert run.output == "finished" and run.turns == 3  # v1's settings held
+        fresh = await env.client.start_agent(v2, "work", id="after-deploy")
+        for _ in range(500):
+            if (await fresh.pending())["questions"]:
+                break
+            await asyncio.sleep(0.01)
+        await fresh.answer("yes")  # then v2's max_turns=1 stops it
+        with pytest.raises(WorkflowFailureError, match="max_turns \\(1\\)"):
+            await fresh.result(timeout=20)
