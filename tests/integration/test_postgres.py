@@ -4,6 +4,7 @@ connections, and riding out connections the server drops."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -147,5 +148,51 @@ async def test_libpq_options_pass_through_the_url(pg_url: str) -> None:
             return conn.execute("SHOW work_mem").fetchone()[0]
 
         assert await client.store._run(op) == "7MB"  # type: ignore[attr-defined]
+    finally:
+        await client.close()
+
+
+async def test_a_claim_that_skips_a_busy_run_holds_no_lock_on_its_task(pg_url: str) -> None:
+    # A claim skips a task whose run another transaction holds. It must not keep the task
+    # row locked for the rest of its batch: the run's holder may want that row next (it
+    # locks run, then task), while a later operation of the claim's batch waits for the
+    # holder: a deadlock that PostgreSQL breaks only after deadlock_timeout (1 s).
+    schema = pg_url.split("schema=")[1]
+    client = await Client.connect(f"{pg_url}&pool_size=1")  # one writer: batches in order
+    try:
+        await client.start_workflow(Doubler.run, 1, id="busy", task_queue=TQ)
+        store = client.store
+        with psycopg.connect(POSTGRES_URL) as holder:
+            holder.execute(f'SELECT 1 FROM "{schema}".workflow_runs WHERE workflow_id = %s '
+                           "FOR UPDATE", ("busy",))
+
+            writer_busy = threading.Event()
+
+            def occupy_writer(conn: object, notes: object) -> None:
+                writer_busy.set()
+                time.sleep(0.3)  # the claim and the probe queue up meanwhile: one batch
+
+            def task_row_is_free(conn: object, notes: object) -> bool:
+                # runs in the claim's batch, before it commits
+                with psycopg.connect(POSTGRES_URL, autocommit=True) as probe:
+                    try:
+                        probe.execute(f'SELECT 1 FROM "{schema}".workflow_tasks '
+                                      "WHERE workflow_id = %s FOR UPDATE NOWAIT", ("busy",))
+                    except psycopg.errors.LockNotAvailable:
+                        return False
+                    return True
+
+            occupied = store._run(occupy_writer)  # type: ignore[attr-defined]
+            assert await asyncio.to_thread(writer_busy.wait, 10)  # its batch is taken
+            claim = asyncio.ensure_future(store.claim_workflow_tasks("w", [TQ], 10, 30.0))
+            await asyncio.sleep(0.05)
+            probe = store._run(task_row_is_free)  # type: ignore[attr-defined]
+            await occupied
+            assert await claim == []
+            assert await probe, "the claim kept the skipped task's row locked"
+            holder.rollback()
+        # once the run is free, the task is claimed as usual
+        claims = await store.claim_workflow_tasks("w", [TQ], 10, 30.0)
+        assert [c.workflow_id for c in claims] == ["busy"]
     finally:
         await client.close()

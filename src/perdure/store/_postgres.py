@@ -76,7 +76,9 @@ class PostgresStore(SqlStore):
     """Perdure's state in a PostgreSQL database (optionally in its own schema)."""
 
     _LOCK = " FOR UPDATE"
-    _SKIP_LOCKED_OF = " FOR UPDATE OF c, r SKIP LOCKED"
+    # the run's row first: PostgreSQL locks in this order and keeps what it took when it
+    # skips a row, so a task row would stay locked (unclaimed) whenever its run was busy
+    _SKIP_LOCKED_OF = " FOR UPDATE OF r, c SKIP LOCKED"
     _LEAST = "LEAST"
     _INSERTION_ORDER = "run_no"
     _JSON = "CAST(? AS jsonb)"
@@ -217,6 +219,15 @@ class PostgresStore(SqlStore):
             (workflow_id, run_id),
         )
 
+    def _lock_runs_held_by(self, conn: Conn, worker_id: str) -> None:
+        conn.execute_unread(
+            "SELECT 1 FROM workflow_runs WHERE sticky_worker = ? OR (workflow_id, run_id) IN "
+            "(SELECT workflow_id, run_id FROM workflow_tasks WHERE lease_owner = ? UNION "
+            "SELECT workflow_id, run_id FROM activity_tasks WHERE lease_owner = ?) "
+            "ORDER BY workflow_id, run_id FOR UPDATE",
+            (worker_id, worker_id, worker_id),
+        )
+
     def _lock_stream(self, conn: Conn, workflow_id: str) -> None:
         conn.execute_unread("SELECT pg_advisory_xact_lock(hashtextextended(?, 1))",
                             (workflow_id,))
@@ -229,7 +240,9 @@ class PostgresStore(SqlStore):
                    returning: str) -> str:
         # the run's row is locked with the task's, skipping either if taken: operations
         # lock a run before its tasks, and a claim that took a task first and its run
-        # later (in a batch) would deadlock with them
+        # later (in a batch) would deadlock with them. The run comes first (see
+        # _SKIP_LOCKED_OF): nothing locks a task row without holding its run, so a claim
+        # that gets the run gets the task, and one that does not holds nothing
         qualified = ", ".join(f"c.{column.strip()}" for column in key.split(","))
         return (
             f"UPDATE {table} SET {set_clause} WHERE ({key}) IN (SELECT {qualified} "

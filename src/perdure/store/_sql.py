@@ -162,6 +162,8 @@ class SqlStore(SqlRunStore):
         details: bytes | None,
     ) -> bool:
         def op(conn: Conn, notes: StoreNotes) -> bool:
+            # the run first, as every operation that locks a task row does
+            self._lock_run_only(conn, workflow_id, run_id)
             now = self.clock.now()
             row = conn.execute(
                 "UPDATE activity_tasks SET heartbeat_at = ?, heartbeat_details = ?, "
@@ -182,6 +184,7 @@ class SqlStore(SqlRunStore):
         self, workflow_id: str, run_id: str, seq: int, attempt: int, worker_id: str
     ) -> None:
         def op(conn: Conn, notes: StoreNotes) -> None:
+            self._lock_run_only(conn, workflow_id, run_id)
             conn.execute(
                 "UPDATE activity_tasks SET lease_owner = NULL, started_at = NULL, visible_at = ?, "
                 "deadline = CASE WHEN schedule_to_close_timeout IS NULL THEN NULL "

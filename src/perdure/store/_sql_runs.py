@@ -911,9 +911,13 @@ class SqlRunStore(WorkflowStore):
 
         return await self._run(lease_only(op))
 
-    @staticmethod
-    def _release_worker_tasks(conn: Conn, worker_id: str) -> None:
+    def _lock_runs_held_by(self, conn: Conn, worker_id: str) -> None:
+        """Lock (PostgreSQL), in one order, the rows of every run with a task leased to
+        ``worker_id`` or sticky to it: the run before its tasks, as everywhere."""
+
+    def _release_worker_tasks(self, conn: Conn, worker_id: str) -> None:
         """A worker leaves (or died): its workflow and query tasks and its sticky runs go free."""
+        self._lock_runs_held_by(conn, worker_id)
         conn.execute(
             "UPDATE workflow_tasks SET lease_owner = NULL, lease_expires_at = NULL, "
             "sticky_worker = NULL WHERE lease_owner = ? OR sticky_worker = ?",
