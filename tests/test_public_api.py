@@ -47,7 +47,8 @@ def test_activity_and_testing_exports() -> None:
     assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}
     assert set(agents.__all__) == {
         "Agent", "AgentHandle", "AgentResult", "AgentRun", "AgentWorker", "AnthropicModel",
-        "EventPrinter", "Message", "Model", "ModelLimits",
+        "EventPrinter", "LocalSandboxes", "Message", "Model", "ModelLimits", "SandboxLimits",
+        "SandboxState",
         "ModelRequest", "ModelResponse", "OpenAIChatModel", "Price", "ScriptedModel", "Tool",
         "ToolCall", "ToolSpec", "Usage", "ask_human", "start_agent", "tool",
     }

@@ -183,13 +183,15 @@ async def store_payloads(*data: bytes) -> list[str]:
     return refs
 
 
-async def load_payloads(*refs: str) -> dict[str, bytes]:
-    """The content of references made by :func:`store_payloads` in this workflow (an
-    unknown reference is left out of the result)."""
+async def load_payloads(*refs: str, workflow_id: str | None = None) -> dict[str, bytes]:
+    """The content of references made by :func:`store_payloads` in this workflow, or in
+    ``workflow_id`` (a parent handing its state to a child, say); an unknown reference is
+    left out of the result."""
     context = current()
     if context.payload_store is None:
         raise NotInActivityError("this activity runs without a payload store")
-    return await context.payload_store.get_payloads(context.info.workflow_id, list(refs))
+    return await context.payload_store.get_payloads(workflow_id or context.info.workflow_id,
+                                                    list(refs))
 
 
 def publish(event: Any, *, workflow_id: str | None = None) -> None:

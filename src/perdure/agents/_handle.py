@@ -11,6 +11,7 @@ import msgspec
 from perdure import Client, Worker, WorkflowHandle
 from perdure.agents._agent import Agent, register
 from perdure.agents._messages import Usage
+from perdure.agents._sandbox import sandbox_merge
 from perdure.agents._workflow import (
     AgentResult,
     AgentRun,
@@ -145,4 +146,5 @@ class AgentWorker(Worker):
                         tools.setdefault(item.name, activity_fn)
         super().__init__(client, task_queue=task_queue,
                          workflows=[AgentWorkflow, *workflows],
-                         activities=[model_call, *tools.values(), *activities], **kwargs)
+                         activities=[model_call, sandbox_merge, *tools.values(), *activities],
+                         **kwargs)

@@ -46,6 +46,9 @@ class Tool:
     requires_approval: bool
     activity: Callable[..., Any]
     """The activity that runs the tool: takes the model's arguments (a JSON object)."""
+    sandbox: bool = False
+    """A sandbox tool (see :class:`LocalSandboxes`): its activity also takes the run's
+    :class:`SandboxState` and answers with the workspace's checkpoint."""
 
     @property
     def spec(self) -> ToolSpec:

@@ -25,6 +25,7 @@ from perdure import (
 )
 from perdure.agents._agent import ASK_HUMAN, Agent, registered_agent
 from perdure.agents._messages import Message, ModelRequest, ModelResponse, ToolCall, Usage
+from perdure.agents._sandbox import SANDBOX_MERGE, SandboxState, SandboxToolResult
 from perdure.agents._tools import ACTIVITY_PREFIX, DEFAULT_TOOL_RETRY, Tool
 
 __all__ = ["AGENT_WORKFLOW", "AgentResult", "AgentRun", "AgentSpec", "AgentWorkflow", "ModelCall",
@@ -56,6 +57,7 @@ class AgentSpec(msgspec.Struct, omit_defaults=True):
     summarize_at: float = 0.8
     token_budget: int | None = None
     cost_budget: float | None = None
+    sandbox_tools: list[str] = msgspec.field(default_factory=list)
 
     @classmethod
     def of(cls, agent: Agent, *, token_budget: int | None = None,
@@ -72,6 +74,7 @@ class AgentSpec(msgspec.Struct, omit_defaults=True):
             context_window=agent.context_window, summarize_at=agent.summarize_at,
             token_budget=token_budget if token_budget is not None else agent.token_budget,
             cost_budget=cost_budget if cost_budget is not None else agent.cost_budget,
+            sandbox_tools=[t.name for t in tools if t.sandbox],
         )
 
 
@@ -90,6 +93,9 @@ class AgentRun(msgspec.Struct, omit_defaults=True):
     turns: int = 0
     usage: Usage | None = None
     """Continuing: turns and usage of the runs before, counted against the limits."""
+    sandbox: SandboxState | None = None
+    """The workspace to start from: a parent's (for a sub-agent), or this run's own so
+    far (continuing). None: an empty one."""
 
 
 class AgentResult(msgspec.Struct, omit_defaults=True):
@@ -99,6 +105,8 @@ class AgentResult(msgspec.Struct, omit_defaults=True):
     output: Any
     usage: Usage
     turns: int
+    sandbox: SandboxState | None = None
+    """The run's workspace at the end (None: it never had a file)."""
 
 
 class ModelCall(msgspec.Struct, omit_defaults=True):
@@ -329,6 +337,11 @@ class AgentWorkflow:
         self.decisions: dict[str, tuple[bool, str]] = {}
         self.early_answers: list[str] = []
         self.spec: AgentSpec | None = None
+        self.sandbox = SandboxState(key="")
+        """The run's workspace: the checkpoint its files are at (see ``_sandbox``)."""
+        self.sandbox_lock = asyncio.Lock()
+        """Sandbox calls of one run go one at a time (in the order the model made them):
+        each starts from the checkpoint the previous one left."""
 
     # ------------------------------------------------------------ the loop
     @workflow.run
@@ -358,6 +371,8 @@ class AgentWorkflow:
                                              Message.user(request.task)]
         self.turns = request.turns
         self.usage = request.usage or Usage()
+        here = workflow.info().workflow_id
+        self.sandbox = request.sandbox or SandboxState(key=here, owner=here)
         schema = _output_schema(agent.output_type)
         last_input = 0
         while True:
@@ -406,7 +421,7 @@ class AgentWorkflow:
                     self._event("done", turns=self.turns,
                                 usage=msgspec.to_builtins(self.usage))
                     return AgentResult(agent=agent.name, output=output, usage=self.usage,
-                                       turns=self.turns)
+                                       turns=self.turns, sandbox=self._sandbox_or_none())
                 self.new.append(Message.user(
                     f"Your final answer did not validate: {problem}. Answer again with "
                     f"JSON matching this schema: {json.dumps(schema)}"))
@@ -443,7 +458,13 @@ class AgentWorkflow:
         self._event("continuing", turns=self.turns)
         workflow.continue_as_new(msgspec.structs.replace(
             request, conversation=conversation, pending=pending, turns=self.turns,
-            usage=self.usage, stream_to=self.stream_to, spec=self.spec))
+            usage=self.usage, stream_to=self.stream_to, spec=self.spec,
+            sandbox=self._sandbox_or_none()))
+
+    def _sandbox_or_none(self) -> SandboxState | None:
+        """The workspace's state, if it ever held a file (runs that never touch a
+        sandbox keep their histories as they were)."""
+        return self.sandbox if self.sandbox.checkpoint is not None else None
 
     def _check_limits(self, agent: Agent, spec: AgentSpec) -> None:
         reason = ""
@@ -504,6 +525,8 @@ class AgentWorkflow:
                                     + (f": {reason}" if reason else ""), is_error=True)
         found = next((t for t in agent.tools if t.name == call.name and isinstance(t, Tool)),
                      None)
+        if call.name in spec.sandbox_tools:
+            return await self._sandbox_call(call, found)
         try:
             result = await workflow.execute_activity(
                 ACTIVITY_PREFIX + call.name, call.arguments,
@@ -515,6 +538,40 @@ class AgentWorkflow:
         except ActivityError as exc:
             return Message.tool(call, f"error: {_why(exc)}", is_error=True)
         return Message.tool(call, _text(result))
+
+    async def _sandbox_call(self, call: ToolCall, found: Tool | None) -> Message:
+        async with self.sandbox_lock:
+            state = self.sandbox
+            try:
+                result: SandboxToolResult = await workflow.execute_activity(
+                    ACTIVITY_PREFIX + call.name, call.arguments, state,
+                    result_type=SandboxToolResult,
+                    start_to_close_timeout=(found.start_to_close_timeout if found is not None
+                                            else DEFAULT_TOOL_TIMEOUT),
+                    retry_policy=(found.retry_policy if found is not None
+                                  else DEFAULT_TOOL_RETRY),
+                    heartbeat_timeout=found.heartbeat_timeout if found is not None else None,
+                )
+            except ActivityError as exc:
+                return Message.tool(call, f"error: {_why(exc)}", is_error=True)
+            if result.changed:
+                self.sandbox = SandboxState(key=state.key, checkpoint=result.checkpoint,
+                                            owner=workflow.info().workflow_id)
+        return Message.tool(call, result.output)
+
+    async def _merge_sandbox(self, base: SandboxState, theirs: SandboxState | None) -> str:
+        """Take a finished sub-agent's workspace changes into this run's; what changed."""
+        if theirs is None or theirs.checkpoint == base.checkpoint:
+            return ""
+        async with self.sandbox_lock:
+            merged: SandboxToolResult = await workflow.execute_activity(
+                SANDBOX_MERGE, base, self.sandbox, theirs, result_type=SandboxToolResult,
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=DEFAULT_TOOL_RETRY,
+            )
+            self.sandbox = SandboxState(key=self.sandbox.key, checkpoint=merged.checkpoint,
+                                        owner=workflow.info().workflow_id)
+        return merged.output
 
     async def _ask_human(self, spec: AgentSpec, call: ToolCall) -> Message:
         question = str(call.arguments.get("question", "")).strip() or "(no question given)"
@@ -577,10 +634,16 @@ class AgentWorkflow:
             ),
         )
         info = workflow.info()
+        child_id = f"{info.workflow_id}/{sub.name}/{call.id}"
+        # the sub-agent works in a workspace of its own, starting from this one's files
+        base = self.sandbox
+        if base.checkpoint is not None:
+            child.sandbox = SandboxState(key=child_id, checkpoint=base.checkpoint,
+                                         owner=base.owner)
         self._event("subagent_start", subagent=sub.name, id=call.id, task=task)
         try:
             result: AgentResult = await workflow.execute_child_workflow(
-                AGENT_WORKFLOW, child, id=f"{info.workflow_id}/{sub.name}/{call.id}",
+                AGENT_WORKFLOW, child, id=child_id,
                 result_type=AgentResult, execution_timeout=sub.subagent_timeout
                 or agent.subagent_timeout,
                 search_attributes={"agent": sub.name},
@@ -593,10 +656,16 @@ class AgentWorkflow:
                         error=_why(exc), usage=msgspec.to_builtins(spent))
             return Message.tool(call, f"error: the {sub.name} agent failed: {_why(exc)}",
                                 is_error=True)
+        self.usage = self.usage + result.usage  # a tree's usage adds up at its root
+        try:
+            merged = await self._merge_sandbox(base, result.sandbox)
+        except ActivityError as exc:
+            merged = f"its files could not be taken over: {_why(exc)}"
         self._event("subagent_end", subagent=sub.name, id=call.id, ok=True,
                     usage=msgspec.to_builtins(result.usage))
-        self.usage = self.usage + result.usage  # a tree's usage adds up at its root
-        return Message.tool(call, _text(result.output))
+        output = _text(result.output)
+        return Message.tool(call, f"{output}\n\n(project files: {merged})" if merged
+                            else output)
 
     # ------------------------------------------------------------ the human's side
     @workflow.signal
