@@ -8,11 +8,14 @@ same code runs against a real model. It:
 
 1. starts a worker process on an embedded SQLite file, and the lead agent;
 2. follows the agent tree's stream live: tool calls, sub-agents, questions, tokens;
-3. SIGKILLs the worker while the sub-agents are writing code, as an OOM killer would;
-4. answers the lead's question while no worker runs at all;
-5. starts a fresh worker, which replays the histories and finishes the build.
+3. answers the lead's question while no worker runs at all;
+4. SIGKILLs the worker while a sub-agent's command runs in its sandbox, and wipes every
+   sandbox directory, as an OOM killer taking the machine down would;
+5. starts a fresh worker, which replays the histories, restores each sandbox from its
+   last recorded checkpoint and finishes the build.
 
-Every model call and tool run is an activity: none that finished runs again.
+Every model call and tool run is an activity: none that finished runs again. The agents'
+files live in sandboxes (``LocalSandboxes``) whose checkpoints are in the database.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 from perdure import Client, WorkerOptions
 from perdure.agents import (
@@ -32,47 +34,18 @@ from perdure.agents import (
     AgentHandle,
     AgentWorker,
     EventPrinter,
+    LocalSandboxes,
     ModelRequest,
     ScriptedModel,
     ask_human,
-    tool,
 )
 
 DB_PATH = os.path.abspath(os.environ.get("PERDURE_DEMO_DB", "perdure-agent-demo.db"))
 URL = f"sqlite:///{DB_PATH}"
-SANDBOX = os.path.join(tempfile.gettempdir(), "perdure-kanban-sandbox")
+SANDBOXES = LocalSandboxes(os.path.join(tempfile.gettempdir(), "perdure-kanban-sandboxes"))
+"""Each agent run's project workspace: a directory here, its checkpoints in the database."""
+TOOLS = SANDBOXES.tools()  # write_file, read_file, list_files, run_command
 call = ScriptedModel.call
-
-
-# ---------------------------------------------------------------- tools (activities)
-@tool
-def write_file(path: str, content: str) -> str:
-    """Write a file in the project sandbox."""
-    time.sleep(0.4)  # stands in for real work (a plain def tool runs in a thread)
-    full = os.path.join(SANDBOX, path)
-    os.makedirs(os.path.dirname(full), exist_ok=True)
-    with open(full, "w") as f:
-        f.write(content)
-    return f"wrote {path} ({len(content)} bytes)"
-
-
-@tool
-def run_tests() -> str:
-    """Compile every Python file of the project and check the board page exists."""
-    problems = []
-    for root, _, files in os.walk(SANDBOX):
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.join(root, name)
-                with open(path) as f:
-                    source = f.read()
-                try:
-                    compile(source, path, "exec")
-                except SyntaxError as exc:
-                    problems.append(f"{name}: {exc}")
-    if not os.path.exists(os.path.join(SANDBOX, "web", "board.html")):
-        problems.append("web/board.html is missing")
-    return "all checks pass" if not problems else "; ".join(problems)
 
 
 # ---------------------------------------------------------------- agents (scripted models)
@@ -119,16 +92,18 @@ def add_card(title: str) -> dict[str, str]:
 
 backend = Agent(
     name="backend", instructions="You write the Python backend.",
-    description="Writes the backend (data model and API).", tools=[write_file],
+    description="Writes the backend (data model and API).", tools=TOOLS,
     model=ScriptedModel([
         [call("write_file", path="backend/models.py", content=MODELS_PY),
          call("write_file", path="backend/api.py", content=API_PY)],
+        call("run_command", command="sleep 1 && cd backend && python3 -c 'import api' "
+                                    "&& echo backend imports cleanly"),
         "Backend ready: models.py (Board, Card) and api.py (add_card).",
     ]),
 )
 frontend = Agent(
     name="frontend", instructions="You write the web frontend.",
-    description="Writes the web frontend (the board page).", tools=[write_file],
+    description="Writes the web frontend (the board page).", tools=TOOLS,
     model=ScriptedModel([
         [call("write_file", path="web/board.html",
               content="<main id='board'><section>To do</section><section>Doing</section>"
@@ -139,18 +114,21 @@ frontend = Agent(
         "Frontend ready: board.html with three columns, board.js for drag and drop.",
     ]),
 )
+CHECKS = ("(cd backend && python3 -c 'import api, models') && test -f web/board.html "
+          "&& echo all checks pass")
+
 lead = Agent(
     name="lead", instructions="You lead a small team that builds web apps.",
-    tools=[ask_human, write_file, run_tests], subagents=[backend, frontend], max_turns=20,
+    tools=[ask_human, *TOOLS], subagents=[backend, frontend], max_turns=20,
     model=ScriptedModel([
         call("ask_human", id="db", question="Which database should the board use?"),
         lambda r: [call("backend", task=f"Build the backend. Database: {_results(r)[0]}."),
                    call("frontend", task="Build a board page with three columns.")],
         lambda r: [call("write_file", path="README.md",
                         content="# Kanban\n\n" + "\n".join(f"- {x}" for x in _results(r))),
-                   call("run_tests")],
+                   call("run_command", command=CHECKS)],
         lambda r: "The Kanban app is built: backend (models, API), frontend (board page), "
-                  f"README. Tests: {next(x for x in _results(r) if 'check' in x)}.",
+                  f"README. Tests: {next(x for x in _results(r) if 'check' in x).splitlines()[-1]}.",
     ]),
 )
 
@@ -180,16 +158,19 @@ def _fresh_start() -> None:
     for path in (DB_PATH, DB_PATH + "-wal", DB_PATH + "-shm"):
         if os.path.exists(path):
             os.remove(path)
-    shutil.rmtree(SANDBOX, ignore_errors=True)
+    shutil.rmtree(SANDBOXES.root, ignore_errors=True)
 
 
 def _written(path: str) -> bool:
-    return os.path.exists(os.path.join(SANDBOX, path))
+    """Whether some agent's workspace holds ``path`` yet."""
+    root = SANDBOXES.root
+    return root.is_dir() and any((d / path).exists() for d in root.iterdir())
 
 
-def _files() -> list[str]:
-    return sorted(os.path.relpath(os.path.join(r, f), SANDBOX)
-                  for r, _, fs in os.walk(SANDBOX) for f in fs)
+def _files(workspace: str) -> list[str]:
+    top = SANDBOXES.workspace(workspace)
+    return sorted(os.path.relpath(os.path.join(r, f), top)
+                  for r, _, fs in os.walk(top) for f in fs)
 
 
 async def main() -> None:
@@ -212,13 +193,17 @@ async def main() -> None:
     await handle.answer("SQLite")
     worker = spawn_worker()
 
-    # the sub-agents start writing code: kill the worker again, mid-tool
-    while not _written("backend/models.py"):
+    # the backend's command runs: kill the worker mid-command, and lose every sandbox
+    while not _written("backend/api.py"):
         await asyncio.sleep(0.05)
-    print("\n== SIGKILL the worker while the sub-agents are writing files", flush=True)
+    await asyncio.sleep(0.3)
+    print("\n== SIGKILL the worker while the backend's command runs, and wipe every "
+          "sandbox (the machine is gone)", flush=True)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    print("== start a fresh worker: it replays the histories and carries on\n", flush=True)
+    shutil.rmtree(SANDBOXES.root, ignore_errors=True)
+    print("== start a fresh worker: it replays the histories, restores the sandboxes from "
+          "their checkpoints and carries on\n", flush=True)
     worker = spawn_worker()
 
     run = await handle.run_result(timeout=120)
@@ -228,7 +213,8 @@ async def main() -> None:
     print("\n== result:", run.output)
     print(f"== {run.turns} turns of the lead; {run.usage.model_calls} model calls in the "
           f"tree, {run.usage.input_tokens} input / {run.usage.output_tokens} output tokens")
-    print(f"== files in {SANDBOX}: {', '.join(_files())}")
+    print(f"== the lead's workspace ({SANDBOXES.workspace('build-kanban')}): "
+          f"{', '.join(_files('build-kanban'))}")
     children = await client.list_workflows(parent_workflow_id="build-kanban")
     print("== sub-agents:", ", ".join(f"{c.memo.get('agent')} ({c.status.value})"
                                       for c in children))

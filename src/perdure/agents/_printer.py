@@ -62,6 +62,9 @@ class EventPrinter:
             self._line(f"[{agent}] done after {e.get('turns')} turns "
                        f"({usage.get('input_tokens', 0)} in / "
                        f"{usage.get('output_tokens', 0)} out tokens)")
+        elif kind == "sandbox_restored":
+            self._line(f"[{agent}] sandbox restored from its checkpoint "
+                       f"({e.get('files')} files): it was missing or ahead of history")
         elif kind == "stopped":
             self._line(f"[{agent}] stopped: {e.get('reason')}")
         self.out.flush()

@@ -55,6 +55,9 @@ class SandboxState(msgspec.Struct, frozen=True, omit_defaults=True):
     key: str
     checkpoint: str | None = None
     owner: str = ""
+    agent: str = ""
+    stream_to: str = ""
+    """Whose stream hears of restores (the agent tree's root), and as which agent."""
 
 
 class SandboxToolResult(msgspec.Struct, omit_defaults=True):
@@ -335,8 +338,9 @@ class LocalSandboxes:
         # hash the restored files now: the next checkpoint then reads only changed ones
         await asyncio.to_thread(ws.scan, index, self.limits.max_workspace_bytes)
         await asyncio.to_thread(ws.write_index, index)
-        activity.publish({"type": "sandbox_restored", "checkpoint": state.checkpoint,
-                          "files": len(files)})
+        activity.publish({"type": "sandbox_restored", "agent": state.agent,
+                          "checkpoint": state.checkpoint, "files": len(files)},
+                         workflow_id=state.stream_to or None)
         return ws, index
 
     async def _checkpoint(self, ws: _Workspace, index: _IndexFile,
@@ -471,7 +475,8 @@ class LocalSandboxes:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(ws.dir),
-               "LANG": "C.UTF-8", "PWD": str(ws.dir), "TMPDIR": str(ws.meta)}
+               "LANG": "C.UTF-8", "PWD": str(ws.dir), "TMPDIR": str(ws.meta),
+               "PYTHONDONTWRITEBYTECODE": "1"}  # no __pycache__ in every checkpoint
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command, cwd=ws.dir, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

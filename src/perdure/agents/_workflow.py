@@ -372,7 +372,9 @@ class AgentWorkflow:
         self.turns = request.turns
         self.usage = request.usage or Usage()
         here = workflow.info().workflow_id
-        self.sandbox = request.sandbox or SandboxState(key=here, owner=here)
+        self.sandbox = msgspec.structs.replace(
+            request.sandbox or SandboxState(key=here, owner=here),
+            agent=agent.name, stream_to=self.stream_to)
         schema = _output_schema(agent.output_type)
         last_input = 0
         while True:
@@ -555,8 +557,8 @@ class AgentWorkflow:
             except ActivityError as exc:
                 return Message.tool(call, f"error: {_why(exc)}", is_error=True)
             if result.changed:
-                self.sandbox = SandboxState(key=state.key, checkpoint=result.checkpoint,
-                                            owner=workflow.info().workflow_id)
+                self.sandbox = msgspec.structs.replace(
+                    state, checkpoint=result.checkpoint, owner=workflow.info().workflow_id)
         return Message.tool(call, result.output)
 
     async def _merge_sandbox(self, base: SandboxState, theirs: SandboxState | None) -> str:
@@ -569,8 +571,8 @@ class AgentWorkflow:
                 start_to_close_timeout=timedelta(minutes=5),
                 retry_policy=DEFAULT_TOOL_RETRY,
             )
-            self.sandbox = SandboxState(key=self.sandbox.key, checkpoint=merged.checkpoint,
-                                        owner=workflow.info().workflow_id)
+            self.sandbox = msgspec.structs.replace(
+                self.sandbox, checkpoint=merged.checkpoint, owner=workflow.info().workflow_id)
         return merged.output
 
     async def _ask_human(self, spec: AgentSpec, call: ToolCall) -> Message:
@@ -639,7 +641,7 @@ class AgentWorkflow:
         base = self.sandbox
         if base.checkpoint is not None:
             child.sandbox = SandboxState(key=child_id, checkpoint=base.checkpoint,
-                                         owner=base.owner)
+                                         owner=base.owner, stream_to=self.stream_to)
         self._event("subagent_start", subagent=sub.name, id=call.id, task=task)
         try:
             result: AgentResult = await workflow.execute_child_workflow(
