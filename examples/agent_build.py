@@ -42,7 +42,8 @@ from perdure.agents import (
 
 DB_PATH = os.path.abspath(os.environ.get("PERDURE_DEMO_DB", "perdure-agent-demo.db"))
 URL = f"sqlite:///{DB_PATH}"
-SANDBOXES = LocalSandboxes(os.path.join(tempfile.gettempdir(), "perdure-kanban-sandboxes"))
+SANDBOXES = LocalSandboxes(os.environ.get("PERDURE_DEMO_SANDBOXES") or os.path.join(
+    tempfile.gettempdir(), "perdure-kanban-sandboxes"))
 """Each agent run's project workspace: a directory here, its checkpoints in the database."""
 TOOLS = SANDBOXES.tools()  # write_file, read_file, list_files, run_command
 call = ScriptedModel.call
