@@ -3,6 +3,8 @@ worker, with commands held to their limits, and sub-agents' changes merged back.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from perdure import Worker, workflow
+from perdure import Worker, WorkflowFailureError, workflow
 from perdure.agents import (
     Agent,
     AgentWorker,
@@ -222,3 +224,32 @@ async def test_sub_agents_start_from_the_leads_files_and_their_changes_are_merge
                                     "shared.txt (" + str(len(shared)) + " bytes)",
                                     "ui.js (12 bytes)"]
     assert shared in ("backend was here\n", "frontend was here\n")
+
+
+async def test_cancelling_the_agent_kills_its_running_command(
+    real_env: WorkflowEnvironment, sandboxes: LocalSandboxes,
+) -> None:
+    model = ScriptedModel([call("run_command", command="echo $$ > pid.txt; exec sleep 60"),
+                           "never"])
+    sleeper = Agent(name="sleeper", instructions="Sleep.", model=model,
+                    tools=sandboxes.tools())
+    pid_file = sandboxes.workspace("sleep-1") / "pid.txt"
+    async with AgentWorker(real_env.client, agents=[sleeper]):
+        handle = await real_env.client.start_agent(sleeper, "sleep", id="sleep-1")
+        for _ in range(500):
+            if pid_file.exists() and pid_file.read_text().strip():
+                break
+            await asyncio.sleep(0.02)
+        pid = int(pid_file.read_text())
+        os.kill(pid, 0)  # running
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result(timeout=30)
+        for _ in range(500):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"the command (pid {pid}) outlived its cancelled agent")
