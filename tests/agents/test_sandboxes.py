@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from perdure import Worker, WorkflowFailureError, workflow
+from perdure import RetryPolicy, Worker, WorkflowFailureError, workflow
 from perdure.agents import (
     Agent,
     AgentWorker,
@@ -145,6 +145,40 @@ async def test_an_attempt_starts_from_its_recorded_checkpoint_not_from_what_a_lo
             SandboxRetry.run, "retry-1", id="retry-1", task_queue="sb")
     # the second run started from the empty workspace again: one line, same checkpoint
     assert result == ["True", "line\n"]
+
+
+@workflow.defn
+class SandboxTimeout:
+    """A command whose first attempt changes the workspace, then times out (it dies
+    before its checkpoint); the second attempt reports what it finds."""
+
+    @workflow.run
+    async def run(self, key: str, flag: str) -> str:
+        here = workflow.info().workflow_id
+        start = SandboxState(key=key, owner=here)
+        first = await workflow.execute_activity(
+            ACTIVITY_PREFIX + "write_file", {"path": "a.txt", "content": "recorded"}, start,
+            start_to_close_timeout=timedelta(seconds=30), result_type=SandboxToolResult)
+        after = SandboxState(key=key, checkpoint=first.checkpoint, owner=here)
+        command = (f"if [ -f {flag} ]; then cat a.txt; ls; else touch {flag}; "
+                   "echo zombie > a.txt; echo junk > junk.txt; sleep 20; fi")
+        result = await workflow.execute_activity(
+            ACTIVITY_PREFIX + "run_command", {"command": command}, after,
+            start_to_close_timeout=timedelta(seconds=2), result_type=SandboxToolResult,
+            retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=100)))
+        return str(result.output)
+
+
+async def test_an_attempt_that_died_mid_change_leaves_nothing_for_the_next(
+    real_env: WorkflowEnvironment, sandboxes: LocalSandboxes, tmp_path: Path,
+) -> None:
+    async with Worker(real_env.client, task_queue="sb", workflows=[SandboxTimeout],
+                      activities=[t.activity for t in sandboxes.tools()]):
+        output = await real_env.client.execute_workflow(
+            SandboxTimeout.run, "timeout-1", str(tmp_path / "attempted"),
+            id="timeout-1", task_queue="sb")
+    # the retry ran on the recorded files: the dead attempt's edits were rolled back
+    assert output == "exit code 0\nrecordeda.txt\n"
 
 
 async def test_a_command_out_of_memory_or_time_is_reported_and_the_agent_goes_on(

@@ -28,6 +28,7 @@ import resource
 import shutil
 import signal
 import stat
+from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ __all__ = ["LocalSandboxes", "SandboxLimits", "SandboxState", "SandboxToolResult
            "merge_manifests", "sandbox_merge"]
 
 SANDBOX_MERGE = "perdure.agents.sandbox_merge"
-_MARKER, _INDEX, _LOCK = ".checkpoint", ".index", ".lock"
+_INDEX, _LOCK, _DIRTY = ".index", ".lock", ".dirty"
 _SYMLINK = stat.S_IFLNK
 _CHUNK_BYTES = 8 * 1024 * 1024
 """Payloads stored per store call at most (about): one transaction stays small."""
@@ -121,15 +122,33 @@ def merge_manifests(base: dict[str, tuple[str, int]], ours: dict[str, tuple[str,
     return merged, conflicts
 
 
+_manifests: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
+"""Manifests by reference, most recent last (a reference names its content: never stale).
+Callers must not change what they get."""
+_CACHED_MANIFESTS = 64
+
+
+def _remember_manifest(ref: str, files: dict[str, tuple[str, int]]) -> None:
+    _manifests[ref] = files
+    _manifests.move_to_end(ref)
+    while len(_manifests) > _CACHED_MANIFESTS:
+        _manifests.popitem(last=False)
+
+
 async def _load_manifest(ref: str | None, owner: str) -> dict[str, tuple[str, int]]:
     if ref is None:
         return {}
+    cached = _manifests.get(ref)
+    if cached is not None:
+        return cached
     data = (await activity.load_payloads(ref, workflow_id=owner or None)).get(ref)
     if data is None:
         raise ApplicationError(f"sandbox checkpoint {ref} is missing from the payload store "
                                f"of {owner!r} (was that workflow pruned?)",
                                type="SandboxCheckpointMissing", non_retryable=True)
-    return {path: (h, mode) for path, (h, mode) in _manifest_decoder.decode(data).files.items()}
+    files = {path: (h, mode) for path, (h, mode) in _manifest_decoder.decode(data).files.items()}
+    _remember_manifest(ref, files)
+    return files
 
 
 async def _copy_contents(hashes: list[str], owner: str) -> None:
@@ -171,6 +190,7 @@ async def sandbox_merge(base: SandboxState, ours: SandboxState,
     if not merged:
         return SandboxToolResult(output=note, checkpoint=None, changed=True)
     (ref,) = await activity.store_payloads(_encode_manifest(merged))
+    _remember_manifest(ref, merged)
     return SandboxToolResult(output=note, checkpoint=ref, changed=True)
 
 
@@ -201,6 +221,45 @@ class _Workspace:
         tmp = self.meta / (_INDEX + ".tmp")
         tmp.write_bytes(msgspec.json.encode(index))
         os.replace(tmp, self.meta / _INDEX)
+
+    def is_dirty(self) -> bool:
+        return (self.meta / _DIRTY).exists()
+
+    def set_dirty(self, dirty: bool) -> None:
+        """Mark the workspace as being changed: an attempt that dies before its checkpoint
+        leaves the mark, and the next attempt restores instead of trusting the files."""
+        if dirty:
+            (self.meta / _DIRTY).touch()
+        else:
+            (self.meta / _DIRTY).unlink(missing_ok=True)
+
+    def update(self, index: _IndexFile, old: dict[str, tuple[str, int]],
+               paths: list[str]) -> tuple[dict[str, tuple[str, int]], dict[str, bytes]]:
+        """Like :meth:`scan`, for a change known to touch only ``paths``."""
+        files = dict(old)
+        fresh: dict[str, bytes] = {}
+        entries = dict(index.entries)
+        for rel in paths:
+            full = self.dir / rel
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                files.pop(rel, None)
+                entries.pop(rel, None)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                data = os.readlink(full).encode()
+                mode = _SYMLINK
+            else:
+                data = full.read_bytes()
+                mode = stat.S_IMODE(st.st_mode)
+            digest = hashlib.sha256(data).hexdigest()
+            fresh[digest] = data
+            files[rel] = (digest, mode)
+            if mode != _SYMLINK:
+                entries[rel] = (st.st_mtime_ns, st.st_size, digest, mode)
+        index.entries = entries
+        return files, fresh
 
     def resolve(self, path: str) -> Path:
         """``path`` inside the workspace, or a tool error naming it."""
@@ -320,7 +379,8 @@ class LocalSandboxes:
         """The workspace, at the checkpoint ``state`` names (restored if it is not)."""
         ws = _Workspace(self.root, state.key)
         index = await asyncio.to_thread(ws.read_index)
-        if index.checkpoint == (state.checkpoint or "") and ws.dir.is_dir():
+        if index.checkpoint == (state.checkpoint or "") and ws.dir.is_dir() \
+                and not ws.is_dirty():
             return ws, index
         files = await _load_manifest(state.checkpoint, state.owner)
         wanted = sorted({h for h, _ in files.values()})
@@ -333,25 +393,32 @@ class LocalSandboxes:
             raise ApplicationError(f"sandbox file {missing[0]} is missing from the payload "
                                    f"store of {state.owner!r}",
                                    type="SandboxCheckpointMissing", non_retryable=True)
+        await asyncio.to_thread(ws.set_dirty, True)  # until the index says what it holds
         await asyncio.to_thread(ws.restore, files, contents)
         index = _IndexFile(checkpoint=state.checkpoint or "", stored_for=state.owner)
         # hash the restored files now: the next checkpoint then reads only changed ones
         await asyncio.to_thread(ws.scan, index, self.limits.max_workspace_bytes)
         await asyncio.to_thread(ws.write_index, index)
+        await asyncio.to_thread(ws.set_dirty, False)
         activity.publish({"type": "sandbox_restored", "agent": state.agent,
                           "checkpoint": state.checkpoint, "files": len(files)},
                          workflow_id=state.stream_to or None)
         return ws, index
 
-    async def _checkpoint(self, ws: _Workspace, index: _IndexFile,
-                          state: SandboxState) -> str | None:
-        """Store the workspace as it is now; its checkpoint (None: empty)."""
+    async def _checkpoint(self, ws: _Workspace, index: _IndexFile, state: SandboxState,
+                          changed: list[str] | None) -> str | None:
+        """Store the workspace as it is now (``changed``: the only paths that may have
+        changed; None: any); its checkpoint (None: empty)."""
         here = activity.info().workflow_id
         old_files = await _load_manifest(state.checkpoint, state.owner) \
             if state.checkpoint else {}
-        files, fresh = await asyncio.to_thread(ws.scan, index,
-                                               self.limits.max_workspace_bytes)
+        if changed is not None:
+            files, fresh = await asyncio.to_thread(ws.update, index, old_files, changed)
+        else:
+            files, fresh = await asyncio.to_thread(ws.scan, index,
+                                                   self.limits.max_workspace_bytes)
         if files == old_files and index.stored_for == here:
+            await asyncio.to_thread(ws.set_dirty, False)
             return state.checkpoint
         known = {h for h, _ in old_files.values()} if index.stored_for == here else set()
         needed = sorted({h for h, _ in files.values()} - known)
@@ -372,8 +439,10 @@ class LocalSandboxes:
         checkpoint = None
         if files:
             (checkpoint,) = await activity.store_payloads(_encode_manifest(files))
+            _remember_manifest(checkpoint, files)
         index.checkpoint, index.stored_for = checkpoint or "", here
         await asyncio.to_thread(ws.write_index, index)
+        await asyncio.to_thread(ws.set_dirty, False)
         return checkpoint
 
     # ------------------------------------------------------------ the tools
@@ -404,10 +473,12 @@ class LocalSandboxes:
             lock = await asyncio.to_thread(_acquire, ws)
             try:
                 ws, index = await self._prepare(sandbox)
-                output = await fn(ws, **kwargs)
                 if not mutates:
+                    output = await fn(ws, **kwargs)
                     return SandboxToolResult(output=_cut(output, limits.max_output_chars))
-                checkpoint = await self._checkpoint(ws, index, sandbox)
+                await asyncio.to_thread(ws.set_dirty, True)
+                output, changed = await fn(ws, **kwargs)
+                checkpoint = await self._checkpoint(ws, index, sandbox, changed)
             finally:
                 await asyncio.to_thread(_release, lock)
             return SandboxToolResult(output=_cut(output, limits.max_output_chars),
@@ -427,7 +498,8 @@ class LocalSandboxes:
             sandbox=True,
         )
 
-    async def _write_file(self, ws: _Workspace, path: str, content: str) -> str:
+    async def _write_file(self, ws: _Workspace, path: str,
+                          content: str) -> tuple[str, list[str] | None]:
         target = ws.resolve(path)
 
         def write() -> None:
@@ -435,7 +507,8 @@ class LocalSandboxes:
             target.write_text(content)
 
         await asyncio.to_thread(write)
-        return f"wrote {path} ({len(content.encode())} bytes)"
+        rel = target.relative_to(ws.dir.resolve()).as_posix()
+        return f"wrote {path} ({len(content.encode())} bytes)", [rel]
 
     async def _read_file(self, ws: _Workspace, path: str) -> str:
         target = ws.resolve(path)
@@ -462,7 +535,7 @@ class LocalSandboxes:
         return "\n".join(lines) if lines else "(no files)"
 
     async def _run_command(self, ws: _Workspace, command: str,
-                           timeout_seconds: float | None = None) -> str:
+                           timeout_seconds: float | None = None) -> tuple[str, None]:
         limits = self.limits
         timeout = limits.command_timeout.total_seconds()
         if timeout_seconds is not None:
@@ -529,7 +602,7 @@ class LocalSandboxes:
                      f"{limits.memory_mb} MB)")
         elif code == -signal.SIGXCPU:
             head += f" (it used up its {limits.cpu_seconds} s of CPU time)"
-        return f"{head}\n{output}" if output else head
+        return (f"{head}\n{output}" if output else head), None  # it may change anything
 
 
 def _looks_out_of_memory(code: int, output: str) -> bool:

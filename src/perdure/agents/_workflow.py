@@ -641,7 +641,7 @@ class AgentWorkflow:
         base = self.sandbox
         if base.checkpoint is not None:
             child.sandbox = SandboxState(key=child_id, checkpoint=base.checkpoint,
-                                         owner=base.owner, stream_to=self.stream_to)
+                                         owner=base.owner, stream_to=self.stream_to or "")
         self._event("subagent_start", subagent=sub.name, id=call.id, task=task)
         try:
             result: AgentResult = await workflow.execute_child_workflow(
