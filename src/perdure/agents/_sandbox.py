@@ -156,15 +156,29 @@ async def _copy_contents(hashes: list[str], owner: str) -> None:
     here = activity.info().workflow_id
     if not hashes or owner in ("", here):
         return
-    for first in range(0, len(hashes), 200):
-        chunk = hashes[first:first + 200]
+    for first in range(0, len(hashes), 50):
+        chunk = hashes[first:first + 50]
         found = await activity.load_payloads(*chunk, workflow_id=owner)
         missing = [h for h in chunk if h not in found]
         if missing:
             raise ApplicationError(f"sandbox file {missing[0]} is missing from the payload "
                                    f"store of {owner!r}", type="SandboxCheckpointMissing",
                                    non_retryable=True)
-        await activity.store_payloads(*(found[h] for h in chunk))
+        await _store_in_chunks([found[h] for h in chunk])
+
+
+async def _store_in_chunks(contents: list[bytes]) -> None:
+    """Store contents in calls of about ``_CHUNK_BYTES``: one transaction stays small."""
+    batch: list[bytes] = []
+    size = 0
+    for data in contents:
+        batch.append(data)
+        size += len(data)
+        if size >= _CHUNK_BYTES:
+            await activity.store_payloads(*batch)
+            batch, size = [], 0
+    if batch:
+        await activity.store_payloads(*batch)
 
 
 @activity.defn(name=SANDBOX_MERGE)
@@ -426,16 +440,7 @@ class LocalSandboxes:
         if missing:  # unchanged files stored under another workflow: read them back here
             contents = await asyncio.to_thread(_read_by_hash, ws, files, set(missing))
             fresh.update(contents)
-        batch: list[bytes] = []
-        size = 0
-        for digest in needed:
-            batch.append(fresh[digest])
-            size += len(fresh[digest])
-            if size >= _CHUNK_BYTES:
-                await activity.store_payloads(*batch)
-                batch, size = [], 0
-        if batch:
-            await activity.store_payloads(*batch)
+        await _store_in_chunks([fresh[digest] for digest in needed])
         checkpoint = None
         if files:
             (checkpoint,) = await activity.store_payloads(_encode_manifest(files))
