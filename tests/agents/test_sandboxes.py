@@ -65,6 +65,23 @@ def test_a_file_both_sides_changed_is_theirs_and_reported() -> None:
     assert merged == {"app.py": ("a3", 0o644)} and conflicts == []
 
 
+def test_a_folder_on_one_side_and_a_file_on_the_other_cannot_both_stay() -> None:
+    base = {"a/x": ("x1", 0o644)}
+    # we add a/y; they replace folder a with a file a: theirs wins, our a/y goes
+    merged, conflicts = merge_manifests(base, {**base, "a/y": ("y1", 0o644)},
+                                        {"a": ("f1", 0o644)})
+    assert merged == {"a": ("f1", 0o644)} and conflicts == ["a/y"]
+    # we replace folder a with a file; they add a/z: their file inside wins (our deletion
+    # of a/x, which they did not touch, stays)
+    merged, conflicts = merge_manifests(base, {"a": ("f2", 0o644)},
+                                        {**base, "a/z": ("z1", 0o644)})
+    assert merged == {"a/z": ("z1", 0o644)} and conflicts == ["a"]
+    # a symlink counts as a file: nothing may sit under it
+    merged, conflicts = merge_manifests({"d/y": ("y1", 0o644)}, {"d/y": ("y1", 0o644),
+                                        "d/w": ("w1", 0o644)}, {"d": ("e", 0o120000)})
+    assert merged == {"d": ("e", 0o120000)} and conflicts == ["d/w"]
+
+
 # ---------------------------------------------------------------- on a real store
 @pytest.fixture
 def sandboxes(tmp_path: Path) -> LocalSandboxes:
@@ -287,3 +304,28 @@ async def test_cancelling_the_agent_kills_its_running_command(
             await asyncio.sleep(0.02)
         else:
             raise AssertionError(f"the command (pid {pid}) outlived its cancelled agent")
+
+
+async def test_a_sub_agent_that_deletes_everything_deletes_it_for_its_parent_too(
+    real_env: WorkflowEnvironment, sandboxes: LocalSandboxes,
+) -> None:
+    cleaner = Agent(name="cleaner", instructions="Clean.", model=ScriptedModel([
+        call("run_command", command="rm -f *"), "cleaned"]), tools=sandboxes.tools())
+    seen: list[str] = []
+
+    def check(request: ModelRequest) -> Any:
+        return [call("list_files")]
+
+    def finish(request: ModelRequest) -> str:
+        seen.extend(_tool_results(request))
+        return "ok"
+
+    lead = Agent(name="lead", instructions="Lead.", model=ScriptedModel([
+        [call("write_file", path="a.txt", content="a"),
+         call("write_file", path="b.txt", content="b")],
+        call("cleaner", task="remove everything"), check, finish,
+    ]), tools=sandboxes.tools(), subagents=[cleaner])
+    async with AgentWorker(real_env.client, agents=[lead]):
+        handle = await real_env.client.start_agent(lead, "build", id="clean-1")
+        assert await handle.result(timeout=60) == "ok"
+    assert seen == ["(no files)"]

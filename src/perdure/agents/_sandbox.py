@@ -119,7 +119,25 @@ def merge_manifests(base: dict[str, tuple[str, int]], ours: dict[str, tuple[str,
             merged.pop(path, None)
         else:
             merged[path] = after
-    return merged, conflicts
+    # a path cannot be both a file (or symlink) and a folder: where one side made a
+    # folder of what the other has as a file, their side wins there too
+    for path in sorted(merged):
+        if path not in merged:
+            continue
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            ancestor = "/".join(parts[:depth])
+            if ancestor not in merged:
+                continue
+            theirs_changed_path = base.get(path) != theirs.get(path)
+            if theirs_changed_path and base.get(ancestor) == theirs.get(ancestor):
+                del merged[ancestor]  # they filled the folder: our file goes
+                conflicts.append(ancestor)
+            else:
+                del merged[path]  # our file inside their file (or symlink) goes
+                conflicts.append(path)
+                break
+    return merged, sorted(set(conflicts))
 
 
 _manifests: OrderedDict[str, dict[str, tuple[str, int]]] = OrderedDict()
@@ -247,8 +265,8 @@ class _Workspace:
         else:
             (self.meta / _DIRTY).unlink(missing_ok=True)
 
-    def update(self, index: _IndexFile, old: dict[str, tuple[str, int]],
-               paths: list[str]) -> tuple[dict[str, tuple[str, int]], dict[str, bytes]]:
+    def update(self, index: _IndexFile, old: dict[str, tuple[str, int]], paths: list[str],
+               limit: int) -> tuple[dict[str, tuple[str, int]], dict[str, bytes]]:
         """Like :meth:`scan`, for a change known to touch only ``paths``."""
         files = dict(old)
         fresh: dict[str, bytes] = {}
@@ -273,6 +291,11 @@ class _Workspace:
             if mode != _SYMLINK:
                 entries[rel] = (st.st_mtime_ns, st.st_size, digest, mode)
         index.entries = entries
+        if sum(e[1] for e in entries.values()) > limit:
+            raise ApplicationError(
+                f"the sandbox holds more than {limit // (1024 * 1024)} MB; remove build "
+                "outputs or caches it does not need", type="SandboxTooLarge",
+                non_retryable=True)
         return files, fresh
 
     def resolve(self, path: str) -> Path:
@@ -427,7 +450,8 @@ class LocalSandboxes:
         old_files = await _load_manifest(state.checkpoint, state.owner) \
             if state.checkpoint else {}
         if changed is not None:
-            files, fresh = await asyncio.to_thread(ws.update, index, old_files, changed)
+            files, fresh = await asyncio.to_thread(ws.update, index, old_files, changed,
+                                                   self.limits.max_workspace_bytes)
         else:
             files, fresh = await asyncio.to_thread(ws.scan, index,
                                                    self.limits.max_workspace_bytes)
@@ -474,18 +498,25 @@ class LocalSandboxes:
                 raise ApplicationError(str(exc), type="ToolArgumentsError",
                                        non_retryable=True) from None
             ws = _Workspace(self.root, sandbox.key)
-            await asyncio.to_thread(ws.meta.mkdir, parents=True, exist_ok=True)
-            lock = await asyncio.to_thread(_acquire, ws)
+            beating = asyncio.ensure_future(_keep_heartbeating())
             try:
-                ws, index = await self._prepare(sandbox)
-                if not mutates:
-                    output = await fn(ws, **kwargs)
-                    return SandboxToolResult(output=_cut(output, limits.max_output_chars))
-                await asyncio.to_thread(ws.set_dirty, True)
-                output, changed = await fn(ws, **kwargs)
-                checkpoint = await self._checkpoint(ws, index, sandbox, changed)
+                await asyncio.to_thread(ws.meta.mkdir, parents=True, exist_ok=True)
+                lock = await _acquire(ws)
+                try:
+                    # restoring and checkpointing are not interrupted halfway: the lock
+                    # is released only once no thread of theirs still writes
+                    ws, index = await _uninterrupted(self._prepare(sandbox))
+                    if not mutates:
+                        output = await _uninterrupted(fn(ws, **kwargs))
+                        return SandboxToolResult(output=_cut(output, limits.max_output_chars))
+                    await asyncio.to_thread(ws.set_dirty, True)
+                    output, changed = await fn(ws, **kwargs)
+                    checkpoint = await _uninterrupted(
+                        self._checkpoint(ws, index, sandbox, changed))
+                finally:
+                    _release(lock)
             finally:
-                await asyncio.to_thread(_release, lock)
+                beating.cancel()
             return SandboxToolResult(output=_cut(output, limits.max_output_chars),
                                      checkpoint=checkpoint, changed=True)
 
@@ -549,11 +580,16 @@ class LocalSandboxes:
 
         def limit() -> None:  # in the child, before exec
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-            resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds))
+            # SIGXCPU at the limit (reported as such), SIGKILL a little later
+            resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds,
+                                                     limits.cpu_seconds + 5))
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
+        tmp = ws.meta / "tmp"  # emptied around every command: no attempt sees another's
+        await asyncio.to_thread(shutil.rmtree, tmp, True)
+        await asyncio.to_thread(tmp.mkdir)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(ws.dir),
-               "LANG": "C.UTF-8", "PWD": str(ws.dir), "TMPDIR": str(ws.meta),
+               "LANG": "C.UTF-8", "PWD": str(ws.dir), "TMPDIR": str(tmp),
                "PYTHONDONTWRITEBYTECODE": "1"}  # no __pycache__ in every checkpoint
         proc = await asyncio.create_subprocess_exec(
             "/bin/sh", "-c", command, cwd=ws.dir, env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -594,6 +630,7 @@ class LocalSandboxes:
             _kill_group(proc.pid)  # whatever it left running in the background
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(reader, timeout=5)
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
         output = b"".join(chunks).decode(errors="replace")
         code = proc.returncode
         if timed_out:
@@ -602,11 +639,11 @@ class LocalSandboxes:
             head = f"killed by signal {signal.Signals(-code).name}"
         else:
             head = f"exit code {code}"
-        if not timed_out and code and _looks_out_of_memory(code, output):
+        if code == -signal.SIGXCPU:
+            head += f" (it used up its {limits.cpu_seconds} s of CPU time)"
+        elif not timed_out and code and _looks_out_of_memory(code, output):
             head += (f" (it probably ran out of memory: the sandbox allows "
                      f"{limits.memory_mb} MB)")
-        elif code == -signal.SIGXCPU:
-            head += f" (it used up its {limits.cpu_seconds} s of CPU time)"
         return (f"{head}\n{output}" if output else head), None  # it may change anything
 
 
@@ -622,15 +659,44 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _acquire(ws: _Workspace) -> Any:
-    handle = open(ws.meta / _LOCK, "a+b")  # noqa: SIM115 (held across awaits)
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
+async def _acquire(ws: _Workspace) -> Any:
+    """The workspace's lock (one attempt at a time: a stale one may still run); polled,
+    so that waiting for it can be cancelled and holds no thread."""
+    handle = open(ws.meta / _LOCK, "a+b")  # noqa: SIM115, ASYNC230 (held across awaits; local)
+    try:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return handle
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+    except BaseException:
+        handle.close()
+        raise
 
 
 def _release(handle: Any) -> None:
     fcntl.flock(handle, fcntl.LOCK_UN)
     handle.close()
+
+
+async def _keep_heartbeating() -> None:
+    """Heartbeats while a sandbox call waits, restores or checkpoints (a command's own
+    loop beats too): a slow phase is not mistaken for a dead worker."""
+    while True:
+        await asyncio.sleep(5.0)
+        activity.heartbeat()
+
+
+async def _uninterrupted(coro: Any) -> Any:
+    """Run ``coro`` to its end even if cancelled meanwhile (then re-raise the cancel)."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
 
 
 def _read_by_hash(ws: _Workspace, files: dict[str, tuple[str, int]],

@@ -338,6 +338,7 @@ class AgentWorkflow:
         self.early_answers: list[str] = []
         self.spec: AgentSpec | None = None
         self.sandbox = SandboxState(key="")
+        self.sandbox_given = False
         """The run's workspace: the checkpoint its files are at (see ``_sandbox``)."""
         self.sandbox_lock = asyncio.Lock()
         """Sandbox calls of one run go one at a time (in the order the model made them):
@@ -372,9 +373,15 @@ class AgentWorkflow:
         self.turns = request.turns
         self.usage = request.usage or Usage()
         here = workflow.info().workflow_id
-        self.sandbox = msgspec.structs.replace(
-            request.sandbox or SandboxState(key=here, owner=here),
-            agent=agent.name, stream_to=self.stream_to)
+        given = request.sandbox
+        if given is None or given.key != here:
+            # new, or a fork of a run of another id (its payloads were copied here):
+            # a workspace of this id's own
+            given = SandboxState(key=here, checkpoint=given.checkpoint if given else None,
+                                 owner=here)
+        self.sandbox_given = request.sandbox is not None
+        self.sandbox = msgspec.structs.replace(given, agent=agent.name,
+                                               stream_to=self.stream_to)
         schema = _output_schema(agent.output_type)
         last_input = 0
         while True:
@@ -464,9 +471,12 @@ class AgentWorkflow:
             sandbox=self._sandbox_or_none()))
 
     def _sandbox_or_none(self) -> SandboxState | None:
-        """The workspace's state, if it ever held a file (runs that never touch a
-        sandbox keep their histories as they were)."""
-        return self.sandbox if self.sandbox.checkpoint is not None else None
+        """The workspace's state, unless it never held a file (runs that never touch a
+        sandbox keep their histories as they were); an emptied workspace that started
+        with files is a state too (its deletions are merged into a parent)."""
+        if self.sandbox.checkpoint is None and not self.sandbox_given:
+            return None
+        return self.sandbox
 
     def _check_limits(self, agent: Agent, spec: AgentSpec) -> None:
         reason = ""
@@ -562,7 +572,8 @@ class AgentWorkflow:
         return Message.tool(call, result.output)
 
     async def _merge_sandbox(self, base: SandboxState, theirs: SandboxState | None) -> str:
-        """Take a finished sub-agent's workspace changes into this run's; what changed."""
+        """Take a finished sub-agent's workspace changes into this run's; what changed.
+        (``theirs`` None: it never had a file, and started with none.)"""
         if theirs is None or theirs.checkpoint == base.checkpoint:
             return ""
         async with self.sandbox_lock:
