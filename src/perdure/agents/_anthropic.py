@@ -22,7 +22,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from perdure._errors import ApplicationError, ConfigurationError
-from perdure.agents._endpoint import ModelEndpoint, clip
+from perdure.agents._endpoint import (
+    AUTH_ERROR,
+    CONTEXT_OVERFLOW,
+    RATE_LIMITED,
+    REQUEST_ERROR,
+    REQUEST_TOO_LARGE,
+    SERVER_ERROR,
+    ModelEndpoint,
+    clip,
+)
 from perdure.agents._messages import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 if TYPE_CHECKING:
@@ -32,14 +41,6 @@ __all__ = ["AnthropicModel"]
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
-
-# the same error types as OpenAIChatModel: the default model retry policy knows them
-RATE_LIMITED = "ModelRateLimited"
-SERVER_ERROR = "ModelServerError"
-REQUEST_ERROR = "ModelRequestError"
-CONTEXT_OVERFLOW = "ModelContextOverflow"
-REQUEST_TOO_LARGE = "ModelRequestTooLarge"
-AUTH_ERROR = "ModelAuthError"
 
 _CONTEXT_OVERFLOW = re.compile(
     r"prompt is too long|exceeds?\b[^.]*\bcontext|context[ _-]?(length|window|limit)"
@@ -146,35 +147,7 @@ class AnthropicModel(ModelEndpoint):
                    "Accept": "text/event-stream" if self.stream else "application/json"}
         if self._api_key:
             headers["x-api-key"] = self._api_key
-        try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout)) as client:
-                if not self.stream:
-                    response = await client.post(self.url, json=body, headers=headers)
-                    if response.status_code >= 400:
-                        raise self._status_error(response, response.text)
-                    return self._whole(response.text, token_sink)
-                async with client.stream("POST", self.url, json=body,
-                                         headers=headers) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise self._status_error(response, response.text)
-                    if "json" in response.headers.get("content-type", ""):
-                        # a server (or proxy) that does not stream answers all at once
-                        await response.aread()
-                        return self._whole(response.text, token_sink)
-                    return await self._read_stream(response, token_sink)
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise ApplicationError(
-                f"{self._who()}: the base URL cannot be used ({self._redact(str(exc))})",
-                type=REQUEST_ERROR, non_retryable=True) from None
-        except httpx.TimeoutException as exc:
-            raise ApplicationError(
-                f"{self._who()} did not answer within {self.timeout:g}s "
-                f"({type(exc).__name__})", type=SERVER_ERROR) from None
-        except httpx.HTTPError as exc:  # connection refused or lost, bad response framing
-            raise ApplicationError(
-                f"the connection to {self._who()} failed ({type(exc).__name__}: "
-                f"{self._redact(str(exc)) or 'no detail'})", type=SERVER_ERROR) from None
+        return await self._exchange(httpx, self.url, body, headers, token_sink)
 
     # ------------------------------------------------------------ request
     def request_body(self, request: ModelRequest) -> dict[str, Any]:

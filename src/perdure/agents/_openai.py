@@ -20,7 +20,16 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from perdure._errors import ApplicationError, ConfigurationError
-from perdure.agents._endpoint import ModelEndpoint, clip
+from perdure.agents._endpoint import (
+    AUTH_ERROR,
+    CONTEXT_OVERFLOW,
+    RATE_LIMITED,
+    REQUEST_ERROR,
+    REQUEST_TOO_LARGE,
+    SERVER_ERROR,
+    ModelEndpoint,
+    clip,
+)
 from perdure.agents._messages import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 if TYPE_CHECKING:
@@ -30,12 +39,6 @@ __all__ = ["OpenAIChatModel"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
-RATE_LIMITED = "ModelRateLimited"
-SERVER_ERROR = "ModelServerError"
-REQUEST_ERROR = "ModelRequestError"
-CONTEXT_OVERFLOW = "ModelContextOverflow"
-REQUEST_TOO_LARGE = "ModelRequestTooLarge"
-AUTH_ERROR = "ModelAuthError"
 NON_RETRYABLE_TYPES = (REQUEST_ERROR, CONTEXT_OVERFLOW, REQUEST_TOO_LARGE, AUTH_ERROR)
 """The error types this model raises with ``non_retryable=True``."""
 
@@ -122,41 +125,7 @@ class OpenAIChatModel(ModelEndpoint):
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         url = f"{self.base_url}/chat/completions"
-        try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout)) as client:
-                if not self.stream:
-                    response = await client.post(url, json=body, headers=headers)
-                    if response.status_code >= 400:
-                        raise self._status_error(response, response.text)
-                    data = self._decode(response.text)
-                    result = self._parse_response(data)
-                    if token_sink is not None and result.message.content:
-                        token_sink(result.message.content)
-                    return result
-                async with client.stream("POST", url, json=body, headers=headers) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        raise self._status_error(response, response.text)
-                    if "json" in response.headers.get("content-type", ""):
-                        # a server that does not stream answers with the whole completion
-                        await response.aread()
-                        result = self._parse_response(self._decode(response.text))
-                        if token_sink is not None and result.message.content:
-                            token_sink(result.message.content)
-                        return result
-                    return await self._read_stream(response, token_sink)
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
-            raise ApplicationError(
-                f"{self._who()}: the base URL cannot be used ({self._redact(str(exc))})",
-                type=REQUEST_ERROR, non_retryable=True) from None
-        except httpx.TimeoutException as exc:
-            raise ApplicationError(
-                f"{self._who()} did not answer within {self.timeout:g}s "
-                f"({type(exc).__name__})", type=SERVER_ERROR) from None
-        except httpx.HTTPError as exc:  # connection refused or lost, bad response framing
-            raise ApplicationError(
-                f"the connection to {self._who()} failed ({type(exc).__name__}: "
-                f"{self._redact(str(exc)) or 'no detail'})", type=SERVER_ERROR) from None
+        return await self._exchange(httpx, url, body, headers, token_sink)
 
     # ------------------------------------------------------------ request
     def request_body(self, request: ModelRequest) -> dict[str, Any]:
@@ -198,6 +167,13 @@ class OpenAIChatModel(ModelEndpoint):
         if data.get("error"):
             raise self._body_error(data["error"])
         return data
+
+    def _whole(self, text: str, token_sink: Callable[[str], None] | None) -> ModelResponse:
+        """A complete (not streamed) completion."""
+        result = self._parse_response(self._decode(text))
+        if token_sink is not None and result.message.content:
+            token_sink(result.message.content)
+        return result
 
     def _parse_response(self, data: dict[str, Any]) -> ModelResponse:
         choices = data.get("choices") or []
