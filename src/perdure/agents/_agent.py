@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from perdure import RetryPolicy
-from perdure._errors import ConfigurationError
+from perdure import ConfigurationError, RetryPolicy
 from perdure.agents._messages import ToolSpec
 from perdure.agents._models import Model, as_model
 from perdure.agents._tools import Tool

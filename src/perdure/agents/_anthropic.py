@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from perdure._errors import ApplicationError, ConfigurationError
+from perdure import ApplicationError, ConfigurationError
 from perdure.agents._endpoint import (
     AUTH_ERROR,
     CONTEXT_OVERFLOW,

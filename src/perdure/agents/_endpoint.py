@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from perdure._errors import ApplicationError
+from perdure import ApplicationError
 from perdure.agents._messages import ModelResponse
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from perdure._errors import ConfigurationError
+from perdure import ConfigurationError
 from perdure.agents._messages import Message, ModelRequest, ModelResponse, ToolCall, Usage
 
 __all__ = ["Model", "ScriptedModel"]

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from perdure._errors import ApplicationError, ConfigurationError
+from perdure import ApplicationError, ConfigurationError
 from perdure.agents._endpoint import (
     AUTH_ERROR,
     CONTEXT_OVERFLOW,

@@ -11,8 +11,7 @@ from typing import Any
 
 import msgspec
 
-from perdure import ApplicationError, RetryPolicy, activity
-from perdure._errors import ConfigurationError
+from perdure import ApplicationError, ConfigurationError, RetryPolicy, activity
 from perdure.agents._messages import ToolSpec
 
 __all__ = ["Tool", "ToolArgumentsError", "tool"]
