@@ -176,13 +176,23 @@ async def _copy_contents(hashes: list[str], owner: str) -> None:
         return
     for first in range(0, len(hashes), 50):
         chunk = hashes[first:first + 50]
-        found = await activity.load_payloads(*chunk, workflow_id=owner)
-        missing = [h for h in chunk if h not in found]
-        if missing:
-            raise ApplicationError(f"sandbox file {missing[0]} is missing from the payload "
-                                   f"store of {owner!r}", type="SandboxCheckpointMissing",
-                                   non_retryable=True)
+        found = await _load_contents(chunk, owner)
         await _store_in_chunks([found[h] for h in chunk])
+
+
+async def _load_contents(hashes: list[str], owner: str) -> dict[str, bytes]:
+    """The contents ``owner``'s payload store holds for ``hashes``: all of them, or an
+    error naming the first that is missing."""
+    found: dict[str, bytes] = {}
+    for first in range(0, len(hashes), 200):
+        found.update(await activity.load_payloads(*hashes[first:first + 200],
+                                                  workflow_id=owner or None))
+    missing = [h for h in hashes if h not in found]
+    if missing:
+        raise ApplicationError(f"sandbox file {missing[0]} is missing from the payload "
+                               f"store of {owner!r}", type="SandboxCheckpointMissing",
+                               non_retryable=True)
+    return found
 
 
 async def _store_in_chunks(contents: list[bytes]) -> None:
@@ -420,16 +430,7 @@ class LocalSandboxes:
                 and not ws.is_dirty():
             return ws, index
         files = await _load_manifest(state.checkpoint, state.owner)
-        wanted = sorted({h for h, _ in files.values()})
-        contents: dict[str, bytes] = {}
-        for first in range(0, len(wanted), 200):
-            contents.update(await activity.load_payloads(*wanted[first:first + 200],
-                                                         workflow_id=state.owner or None))
-        missing = [h for h in wanted if h not in contents]
-        if missing:
-            raise ApplicationError(f"sandbox file {missing[0]} is missing from the payload "
-                                   f"store of {state.owner!r}",
-                                   type="SandboxCheckpointMissing", non_retryable=True)
+        contents = await _load_contents(sorted({h for h, _ in files.values()}), state.owner)
         await asyncio.to_thread(ws.set_dirty, True)  # until the index says what it holds
         await asyncio.to_thread(ws.restore, files, contents)
         index = _IndexFile(checkpoint=state.checkpoint or "", stored_for=state.owner)

@@ -308,6 +308,16 @@ def _enc_hook(obj: Any) -> Any:
     raise NotImplementedError(type(obj))
 
 
+def _tool_options(found: Tool | None) -> dict[str, Any]:
+    """A tool activity's timeouts and retries: the tool's, or the defaults for a tool the
+    run's spec names that this worker's definition no longer has."""
+    if found is None:
+        return {"start_to_close_timeout": DEFAULT_TOOL_TIMEOUT,
+                "retry_policy": DEFAULT_TOOL_RETRY, "heartbeat_timeout": None}
+    return {"start_to_close_timeout": found.start_to_close_timeout,
+            "retry_policy": found.retry_policy, "heartbeat_timeout": found.heartbeat_timeout}
+
+
 def _why(exc: BaseException) -> str:
     """The innermost meaningful message of an activity or child failure."""
     cause: BaseException | None = exc
@@ -541,12 +551,7 @@ class AgentWorkflow:
             return await self._sandbox_call(call, found)
         try:
             result = await workflow.execute_activity(
-                ACTIVITY_PREFIX + call.name, call.arguments,
-                start_to_close_timeout=(found.start_to_close_timeout if found is not None
-                                        else DEFAULT_TOOL_TIMEOUT),
-                retry_policy=found.retry_policy if found is not None else DEFAULT_TOOL_RETRY,
-                heartbeat_timeout=found.heartbeat_timeout if found is not None else None,
-            )
+                ACTIVITY_PREFIX + call.name, call.arguments, **_tool_options(found))
         except ActivityError as exc:
             return Message.tool(call, f"error: {_why(exc)}", is_error=True)
         return Message.tool(call, _text(result))
@@ -557,13 +562,7 @@ class AgentWorkflow:
             try:
                 result: SandboxToolResult = await workflow.execute_activity(
                     ACTIVITY_PREFIX + call.name, call.arguments, state,
-                    result_type=SandboxToolResult,
-                    start_to_close_timeout=(found.start_to_close_timeout if found is not None
-                                            else DEFAULT_TOOL_TIMEOUT),
-                    retry_policy=(found.retry_policy if found is not None
-                                  else DEFAULT_TOOL_RETRY),
-                    heartbeat_timeout=found.heartbeat_timeout if found is not None else None,
-                )
+                    result_type=SandboxToolResult, **_tool_options(found))
             except ActivityError as exc:
                 return Message.tool(call, f"error: {_why(exc)}", is_error=True)
             if result.changed:
