@@ -1,12 +1,12 @@
 """The client: how applications start and talk to workflows."""
 
-from perdure.client._client import (
-    Client,
+from perdure.client._client import Client
+from perdure.client._handle import WorkflowHandle
+from perdure.client._types import (
     IdConflictPolicy,
     IdReusePolicy,
     StreamEvent,
     WorkflowDescription,
-    WorkflowHandle,
     WorkflowHistory,
     WorkflowPage,
     WorkflowStatus,

@@ -1,0 +1,245 @@
+"""What the client hands out and takes: statuses, policies, descriptions, histories."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from perdure._errors import InvalidArgumentError
+from perdure.history import HistoryEvent, WorkflowStarted, WorkflowTaskCompleted
+from perdure.store._records import RunRecord
+
+__all__ = [
+    "IdConflictPolicy",
+    "IdReusePolicy",
+    "StreamEvent",
+    "WorkflowDescription",
+    "WorkflowHistory",
+    "WorkflowPage",
+    "WorkflowStatus",
+    "decode_page_token",
+    "encode_page_token",
+    "epoch",
+    "seconds",
+]
+
+
+class WorkflowStatus(enum.StrEnum):
+    """Where a workflow run is in its life; the values are stored in the database."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    TERMINATED = "terminated"
+    TIMED_OUT = "timed_out"
+    CONTINUED_AS_NEW = "continued_as_new"
+    """Closed by ``workflow.continue_as_new``: a new run of the same id carries on."""
+    RESET = "reset"
+    """Ended by ``reset()``: a new run, from a prefix of this one's history, carries on."""
+
+
+class IdReusePolicy(enum.StrEnum):
+    """Whether a workflow id may be used again once its last run closed.
+
+    A *running* id is never reused: starting it again raises
+    :class:`WorkflowAlreadyStartedError`.
+    """
+
+    ALLOW_DUPLICATE = "allow_duplicate"
+    ALLOW_DUPLICATE_FAILED_ONLY = "allow_duplicate_failed_only"
+    REJECT_DUPLICATE = "reject_duplicate"
+
+
+class WorkflowPage(list["WorkflowDescription"]):
+    """A page of :meth:`Client.list_workflows`: a list, plus the token of the next page
+    (None on the last)."""
+
+    next_page_token: str | None = None
+
+
+def epoch(when: datetime | float | None) -> float | None:
+    if when is None or isinstance(when, int | float):
+        return when
+    if when.tzinfo is None:
+        raise InvalidArgumentError(
+            f"{when!r} has no time zone; pass an aware datetime (tzinfo=UTC) or epoch seconds"
+        )
+    return when.timestamp()
+
+
+def encode_page_token(key: tuple[float, str, str]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def decode_page_token(token: str) -> tuple[float, str, str]:
+    try:
+        created, workflow_id, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return float(created), str(workflow_id), str(run_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidArgumentError(
+            f"page_token {token!r} is not one that list_workflows returned"
+        ) from exc
+
+
+class IdConflictPolicy(enum.StrEnum):
+    """What a start does when a run with its workflow id is *running*."""
+
+    FAIL = "fail"
+    """Raise :class:`WorkflowAlreadyStartedError` (the default)."""
+    USE_EXISTING = "use_existing"
+    """Return a handle to the running run; start nothing."""
+    TERMINATE_EXISTING = "terminate_existing"
+    """Terminate the running run, then start a new one, in one transaction."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowDescription:
+    """A workflow run's state, from ``handle.describe()`` or ``list_workflows``."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    status: WorkflowStatus
+    start_time: datetime
+    close_time: datetime | None
+    history_length: int
+    execution_timeout: timedelta | None
+    pending_activities: int = 0
+    pending_timers: int = 0
+    pending_events: int = 0
+    """Signals, completions and other inbound events not yet processed by workflow code."""
+    workflow_task_attempt: int | None = None
+    last_workflow_task_failure: str | None = None
+    """Why the last workflow task failed (non-determinism, unknown type, a bug), if it did."""
+    parent_workflow_id: str | None = None
+    """For a child workflow: the workflow id and run id of the parent that started it."""
+    parent_run_id: str | None = None
+    memo: dict[str, Any] = dataclasses.field(default_factory=dict)
+    search_attributes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """As set at start and upserted by the workflow since."""
+    last_build_id: str | None = None
+    """The build id of the worker that ran the last workflow task (the history's
+    ``WorkflowTaskCompleted`` events name the build of each)."""
+
+    @classmethod
+    def from_record(cls, record: RunRecord) -> WorkflowDescription:
+        return cls(
+            workflow_id=record.workflow_id,
+            run_id=record.run_id,
+            workflow_type=record.workflow_type,
+            task_queue=record.task_queue,
+            status=WorkflowStatus(record.status),
+            start_time=datetime.fromtimestamp(record.created_at, tz=UTC),
+            close_time=(
+                datetime.fromtimestamp(record.closed_at, tz=UTC) if record.closed_at else None
+            ),
+            history_length=record.history_length,
+            execution_timeout=(
+                timedelta(seconds=record.execution_timeout) if record.execution_timeout else None
+            ),
+            pending_activities=record.pending_activities,
+            pending_timers=record.pending_timers,
+            pending_events=record.pending_inbox,
+            workflow_task_attempt=record.workflow_task_attempt,
+            last_workflow_task_failure=record.workflow_task_failure,
+            parent_workflow_id=record.parent_workflow_id,
+            parent_run_id=record.parent_run_id,
+            memo=json.loads(record.memo) if record.memo else {},
+            search_attributes=(
+                json.loads(record.search_attributes) if record.search_attributes else {}
+            ),
+            last_build_id=record.build_id,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamEvent:
+    """One event of a workflow's stream: its id (increasing), the publishing run, the
+    event itself (decoded JSON)."""
+
+    id: int
+    run_id: str
+    data: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowHistory:
+    """A run's recorded events, in order (event ``i`` has sequence number ``i + 1``)."""
+
+    workflow_id: str
+    run_id: str
+    events: list[HistoryEvent]
+
+    def to_json(self) -> bytes:
+        """The history as a JSON document (format version 1, see docs/history-format.md)."""
+        return msgspec.json.encode(
+            {"format": "perdure-history", "version": 1, "workflow_id": self.workflow_id,
+             "run_id": self.run_id, "events": self.events}
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str, *, source: str = "the document") -> WorkflowHistory:
+        """Read a history that :meth:`to_json` (or ``perdure workflow export``) wrote."""
+        try:
+            document = msgspec.json.decode(data, type=_HistoryDocument)
+        except msgspec.ValidationError as exc:
+            raise InvalidArgumentError(
+                f"{source} is not a Perdure history export: {exc}"
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidArgumentError(f"{source} is not valid JSON: {exc}") from None
+        if document.format != "perdure-history":
+            raise InvalidArgumentError(
+                f"{source} is a {document.format!r} document, not a 'perdure-history' export"
+            )
+        if document.version != 1:
+            raise InvalidArgumentError(
+                f"{source} is history format version {document.version}; this Perdure reads "
+                "version 1: upgrade Perdure"
+            )
+        return cls(document.workflow_id, document.run_id, document.events)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> WorkflowHistory:
+        """Read an exported history file."""
+        with open(path, "rb") as f:
+            return cls.from_json(f.read(), source=str(path))
+
+    @property
+    def workflow_type(self) -> str:
+        """The workflow type, from the first event."""
+        first = self.events[0] if self.events else None
+        return first.workflow_type if isinstance(first, WorkflowStarted) else ""
+
+    @property
+    def build_ids(self) -> list[str]:
+        """The build ids of the workers that ran this history's workflow tasks, in order."""
+        seen: dict[str, None] = {}
+        for event in self.events:
+            if isinstance(event, WorkflowTaskCompleted) and event.build_id:
+                seen.setdefault(event.build_id)
+        return list(seen)
+
+
+class _HistoryDocument(msgspec.Struct):
+    format: str
+    version: int
+    workflow_id: str
+    run_id: str
+    events: list[HistoryEvent]
+
+
+
+def seconds(value: timedelta | float | None) -> float | None:
+    if value is None:
+        return None
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
