@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -77,6 +78,15 @@ class Boom:
     async def run(self, kind: str) -> str:
         if kind == "application":
             raise ApplicationError("boom", "detail-1", type="X")
+        raise ValueError("plain bug")
+
+
+@workflow.defn(name="Boom", failure_exception_types=[ValueError])
+class BoomFailsOnValueError:
+    """Boom, declaring ValueError a failure of the run rather than a bug."""
+
+    @workflow.run
+    async def run(self, kind: str) -> str:
         raise ValueError("plain bug")
 
 
@@ -289,14 +299,44 @@ async def test_application_error_fails_workflow(env: WorkflowEnvironment) -> Non
     assert types[-1] == "WorkflowFailed"
 
 
-async def test_plain_exception_fails_workflow_with_its_type(env: WorkflowEnvironment) -> None:
+async def test_plain_exception_fails_the_task_not_the_run(env: WorkflowEnvironment) -> None:
+    """A bug (any exception but a failure type) stalls the run with its workflow task
+    failing, visibly, instead of closing it: a deploy that fixes the code resumes it."""
     async with env.worker(task_queue=TQ, workflows=[Boom]):
         handle = await env.client.start_workflow(Boom.run, "bug", id="boom-2", task_queue=TQ)
+        description = await wait_until(lambda: _task_failed(handle, attempts=2),
+                                       what="the workflow task to fail twice")
+    assert description.status == WorkflowStatus.RUNNING
+    failure = description.last_workflow_task_failure or ""
+    assert failure.startswith("ValueError: plain bug")
+    assert "test_client.py" in failure and 'raise ValueError("plain bug")' in failure
+    types = [event_type_name(e) for e in (await handle.fetch_history()).events]
+    assert types == ["WorkflowStarted"]  # nothing of the failed tasks was recorded
+
+
+async def test_failure_exception_types_fail_the_run(env: WorkflowEnvironment) -> None:
+    """Declared per workflow (``failure_exception_types``) or per worker, a type fails
+    the run with its type, as an ApplicationError does."""
+    async with env.worker(task_queue=TQ, workflows=[BoomFailsOnValueError]):
+        handle = await env.client.start_workflow("Boom", "bug", id="boom-3", task_queue=TQ)
         with pytest.raises(WorkflowFailureError) as info:
             await handle.result(timeout=10)
-    assert info.value.cause is not None
     assert getattr(info.value.cause, "type", None) == "ValueError"
     assert "plain bug" in str(info.value.cause)
+    async with env.worker(task_queue=TQ, workflows=[Boom],
+                          workflow_failure_exception_types=[ValueError]):
+        handle = await env.client.start_workflow(Boom.run, "bug", id="boom-4", task_queue=TQ)
+        with pytest.raises(WorkflowFailureError) as info:
+            await handle.result(timeout=10)
+    assert getattr(info.value.cause, "type", None) == "ValueError"
+
+
+async def _task_failed(handle: Any, *, attempts: int) -> Any:
+    description = await handle.describe()
+    if (description.workflow_task_attempt or 0) > attempts - 1 and \
+            description.last_workflow_task_failure:
+        return description
+    return None
 
 
 # ---------------------------------------------------------------- cancel / terminate

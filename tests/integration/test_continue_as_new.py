@@ -8,7 +8,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from perdure import WorkerOptions, WorkflowFailureError, WorkflowStatus, activity, workflow
+from perdure import (
+    ApplicationError,
+    WorkerOptions,
+    WorkflowFailureError,
+    WorkflowStatus,
+    activity,
+    workflow,
+)
 from perdure.history import (
     SignalReceived,
     WorkflowContinuedAsNew,
@@ -83,7 +90,7 @@ class FailsAfterContinuing:
     async def run(self, run_no: int) -> None:
         if run_no < 3:
             workflow.continue_as_new(run_no + 1)
-        raise ValueError(f"run {run_no} failed")
+        raise ApplicationError(f"run {run_no} failed")
 
 
 @workflow.defn

@@ -50,7 +50,7 @@ from perdure.workflow._definition import (
     get_workflow_definition,
     handler_name,
 )
-from perdure.workflow._instance import WorkflowInstance
+from perdure.workflow._query import query_instance
 
 if TYPE_CHECKING:
     from perdure.client._client import Client
@@ -215,11 +215,18 @@ class WorkflowHandle(Generic[T]):
                     f"query {name!r} belongs to workflow {definition.name!r}, but "
                     f"{self.workflow_id!r} is a {record.workflow_type!r}"
                 )
-            rows = await self._store.get_history(record.workflow_id, record.run_id)
-            instance = WorkflowInstance(definition, workflow_id=record.workflow_id,
-                                        run_id=record.run_id, converter=converter)
+            # the history and the inbox at one instant: every acknowledged signal,
+            # update and result counts, whether or not a workflow task ran it yet
+            snapshot = await self._store.read_snapshot(record.workflow_id, record.run_id,
+                                                       history=True)
+            instance = query_instance(
+                definition, workflow_id=record.workflow_id, run_id=record.run_id,
+                converter=converter,
+                history=[decode_event(data) for data in snapshot.history or ()],
+                pending=[decode_event(data) for _, data in snapshot.inbox],
+                now=self._store.clock.now(),
+            )
             try:
-                instance.replay_for_query([decode_event(data) for _, _, data in rows])
                 replayed = instance.query(name, args_data)
             finally:
                 instance.close()  # a throwaway: its coroutines close now, not at some GC

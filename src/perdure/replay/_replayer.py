@@ -91,7 +91,11 @@ class Replayer:
     """
 
     def __init__(self, workflows: Sequence[type], *,
-                 converter: PayloadConverter | None = None) -> None:
+                 converter: PayloadConverter | None = None,
+                 workflow_failure_exception_types: Sequence[type[BaseException]] = (),
+                 ) -> None:
+        self.workflow_failure_exception_types = tuple(workflow_failure_exception_types)
+        """As the workers' (``WorkerOptions``): which exceptions fail a run."""
         self.workflows: dict[str, WorkflowDefinition] = {}
         for cls in workflows:
             definition = get_workflow_definition(cls)
@@ -130,8 +134,10 @@ class Replayer:
                 "or filter the histories by type"
             )
             return result
-        instance = WorkflowInstance(definition, workflow_id=history.workflow_id,
-                                    run_id=history.run_id, converter=self.converter)
+        instance = WorkflowInstance(
+            definition, workflow_id=history.workflow_id, run_id=history.run_id,
+            converter=self.converter,
+            failure_exception_types=self.workflow_failure_exception_types)
         try:
             instance.replay(history.events)
         except Exception as exc:

@@ -20,6 +20,7 @@ from perdure.store._records import (
     QueryTaskClaim,
     ResetRecord,
     RunRecord,
+    RunSnapshot,
     StartWorkflowRecord,
     WorkflowTaskClaim,
     WorkflowTaskCompletion,
@@ -313,6 +314,12 @@ class WorkflowStore:
     async def get_history(
         self, workflow_id: str, run_id: str, *, after: int = 0
     ) -> list[tuple[int, str, bytes]]:
+        raise NotImplementedError
+
+    async def read_snapshot(self, workflow_id: str, run_id: str, *,
+                            history: bool) -> RunSnapshot:
+        """The run's inbox (and, with ``history``, its history) at one instant: what a
+        query must see (every acknowledged inbound event, once)."""
         raise NotImplementedError
 
     async def list_runs(

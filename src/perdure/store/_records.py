@@ -17,6 +17,7 @@ __all__ = [
     "QueryTaskClaim",
     "ResetRecord",
     "RunRecord",
+    "RunSnapshot",
     "StartWorkflowRecord",
     "UpdateOutcome",
     "WorkflowTaskClaim",
@@ -87,6 +88,19 @@ class RunRecord:
     search_attributes: bytes | None = None
     build_id: str | None = None
     """The build of the worker that ran the last workflow task."""
+
+
+@dataclasses.dataclass
+class RunSnapshot:
+    """A run as a query sees it: its history (when asked for) and the inbound events
+    waiting in its inbox, read at one instant, so that nothing is missed or seen twice
+    while a workflow task moves events from the inbox into the history."""
+
+    history_length: int
+    inbox: list[tuple[int, bytes]]
+    """(id, event) rows, in order."""
+    history: list[bytes] | None = None
+    """Every event of the history, in order, when asked for."""
 
 
 @dataclasses.dataclass

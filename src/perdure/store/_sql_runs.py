@@ -48,6 +48,7 @@ from perdure.store._records import (
     ActivityOutcome,
     ResetRecord,
     RunRecord,
+    RunSnapshot,
     StartWorkflowRecord,
     WorkflowTaskClaim,
     WorkflowTaskCompletion,
@@ -778,6 +779,36 @@ class SqlRunStore(WorkflowStore):
                 (workflow_id, run_id, after),
             ).fetchall()
             return [(int(seq), str(kind), bytes(data)) for seq, kind, data in rows]
+
+        return await self._run(op)
+
+    async def read_snapshot(self, workflow_id: str, run_id: str, *,
+                            history: bool) -> RunSnapshot:
+        # ONE statement: under READ COMMITTED (PostgreSQL) each statement sees its own
+        # snapshot, and a workflow task committing between two reads would move inbox
+        # rows into the history unseen (or, read the other way round, seen twice)
+        if history:
+            sql = ("SELECT 0, seq, data FROM history_events WHERE workflow_id = ? AND run_id = ? "
+                   "UNION ALL SELECT 1, id, data FROM inbox WHERE workflow_id = ? "
+                   "AND run_id = ? ORDER BY 1, 2")
+            params: tuple[Any, ...] = (workflow_id, run_id, workflow_id, run_id)
+        else:
+            sql = ("SELECT r.history_length, i.id, i.data FROM workflow_runs r LEFT JOIN inbox i "
+                   "ON i.workflow_id = r.workflow_id AND i.run_id = r.run_id "
+                   "WHERE r.workflow_id = ? AND r.run_id = ? ORDER BY i.id")
+            params = (workflow_id, run_id)
+
+        def op(conn: Conn, notes: StoreNotes) -> RunSnapshot:
+            rows = conn.execute(sql, params).fetchall()
+            if history:
+                events = [bytes(data) for source, _, data in rows if source == 0]
+                inbox = [(int(key), bytes(data)) for source, key, data in rows if source == 1]
+                return RunSnapshot(len(events), inbox, events)
+            if not rows:
+                raise WorkflowNotFoundError(
+                    f"no workflow with id {workflow_id!r} and run {run_id}")
+            return RunSnapshot(int(rows[0][0]), [(int(key), bytes(data))
+                                                 for _, key, data in rows if key is not None])
 
         return await self._run(op)
 

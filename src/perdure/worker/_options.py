@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 __all__ = ["WorkerOptions"]
 
@@ -48,3 +49,10 @@ class WorkerOptions:
     task is retried), ``"warn"`` logs a warning once per call site and lets the call
     through, ``"off"`` does not check. The check makes activations about twice as slow
     (some 13 µs more per activation of a realistic workflow; see ``benchmarks/README.md``)."""
+    workflow_failure_exception_types: Sequence[type[BaseException]] = ()
+    """Exception types that fail a run when they escape workflow code, for every workflow
+    this worker runs (Temporal's ``workflow_failure_exception_types``), besides
+    ``ApplicationError`` and the other failures and each workflow's own
+    ``@workflow.defn(failure_exception_types=...)``. Any other exception fails the
+    workflow task, which is retried until a deploy fixes the code. Pass ``Exception``
+    to fail runs on any exception."""

@@ -17,6 +17,7 @@ import math
 import os
 import socket
 import sys
+import traceback
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from perdure._errors import ConfigurationError
+from perdure._errors import ConfigurationError, NondeterminismError
 from perdure.activity._definition import ActivityDefinition, get_activity_definition
 from perdure.engine import (
     activity_timed_out_outcome,
@@ -50,6 +51,7 @@ from perdure.worker._options import WorkerOptions
 from perdure.workflow._definition import WorkflowDefinition, get_workflow_definition
 from perdure.workflow._guard import GUARD_MODES
 from perdure.workflow._instance import WorkflowInstance
+from perdure.workflow._query import query_instance
 
 if TYPE_CHECKING:
     from perdure.client._client import Client
@@ -57,6 +59,10 @@ if TYPE_CHECKING:
 __all__ = ["Worker", "WorkerOptions"]
 
 _log = logging.getLogger("perdure.worker")
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUERY_WAIT_FOR_TASK = 1.0
+"""Seconds a query on a run cached here waits for the workflow task that takes the run's
+pending events, before it answers from a throwaway replay instead."""
 _failure_decoder = msgspec.json.Decoder(Failure)
 
 
@@ -99,6 +105,7 @@ class Worker(ActivityRunner):
         build_id: str | None = None,
         identity: str | None = None,
         activity_executor: concurrent.futures.Executor | None = None,
+        workflow_failure_exception_types: Sequence[type[BaseException]] = (),
     ) -> None:
         self.client = client
         self.store = client.store
@@ -108,6 +115,10 @@ class Worker(ActivityRunner):
         if not self.task_queues:
             raise ConfigurationError("a Worker needs at least one task queue")
         self.options = options or WorkerOptions()
+        if workflow_failure_exception_types:  # Temporal's spelling, on the Worker itself
+            self.options = dataclasses.replace(self.options, workflow_failure_exception_types=(
+                *self.options.workflow_failure_exception_types,
+                *workflow_failure_exception_types))
         if self.options.determinism_guard not in GUARD_MODES:
             raise ConfigurationError(
                 f"WorkerOptions.determinism_guard must be one of {', '.join(GUARD_MODES)}, "
@@ -281,9 +292,7 @@ class Worker(ActivityRunner):
             return None
         reserved: list[ActivityScheduled] = []
         try:
-            instance = WorkflowInstance(definition, workflow_id=workflow_id, run_id=run_id,
-                                        converter=self.converter,
-                                        determinism_guard=self.options.determinism_guard)
+            instance = self._new_instance(definition, workflow_id, run_id)
             instance.stored_size = len(started_event)
             instance.history_limits = (self.options.history_warning_events,
                                        self.options.history_warning_bytes)
@@ -389,10 +398,7 @@ class Worker(ActivityRunner):
         if rows is None or len(rows) != claim.history_length:
             rows = await self.store.get_history(claim.workflow_id, claim.run_id)
         events = [decode_event(data) for _, _, data in rows]
-        instance = WorkflowInstance(
-            definition, workflow_id=claim.workflow_id, run_id=claim.run_id,
-            converter=self.converter, determinism_guard=self.options.determinism_guard,
-        )
+        instance = self._new_instance(definition, claim.workflow_id, claim.run_id)
         instance.stored_size = sum(len(data) for _, _, data in rows)
         instance.history_limits = (self.options.history_warning_events,
                                    self.options.history_warning_bytes)
@@ -403,6 +409,14 @@ class Worker(ActivityRunner):
         if len(events) > len(tail):
             self.stats["replays"] += 1  # not for a first task (only inbound events)
         return instance, [event for _, event in tail]
+
+    def _new_instance(self, definition: WorkflowDefinition, workflow_id: str,
+                      run_id: str) -> WorkflowInstance:
+        return WorkflowInstance(
+            definition, workflow_id=workflow_id, run_id=run_id, converter=self.converter,
+            determinism_guard=self.options.determinism_guard,
+            failure_exception_types=self.options.workflow_failure_exception_types,
+        )
 
     async def _process_workflow_task(self, claim: WorkflowTaskClaim) -> None:
         while True:
@@ -642,10 +656,12 @@ class Worker(ActivityRunner):
         self.stats["task_failures"] += 1
         delay = min(0.5 * 2 ** (claim.attempt - 1), 60.0)
         _log.error(
-            "workflow task for %s (run %s, attempt %d) failed; retrying in %.1fs: %s",
+            "workflow task for %s (run %s, attempt %d) failed; retrying in %.1fs (the run "
+            "stays running: a deploy that fixes the code resumes it): %s",
             claim.workflow_id, claim.run_id, claim.attempt, delay, exc,
+            exc_info=exc if claim.attempt == 1 else None,
         )
-        message = f"{type(exc).__name__}: {exc}"
+        message = task_failure_text(exc)
         await self.store.fail_workflow_task(
             claim.workflow_id, claim.run_id, self.identity, message, self.clock.now() + delay
         )
@@ -701,34 +717,66 @@ class Worker(ActivityRunner):
 
     async def _answer_query(self, claim: QueryTaskClaim) -> None:
         try:
-            run = await self.store.get_run(claim.workflow_id, claim.run_id)
-            instance = self._cache.get(claim.run_id)
-            if (
-                instance is None
-                or instance.history_length != run.history_length
-                or self._activation_running(claim.run_id)  # mid-activation: uncommitted
-            ):
-                definition = self.workflows.get(run.workflow_type)
-                if definition is None:
-                    raise ConfigurationError(
-                        f"workflow type {run.workflow_type!r} is not registered on worker "
-                        f"{self.identity}"
-                    )
-                rows = await self.store.get_history(claim.workflow_id, claim.run_id)
-                instance = WorkflowInstance(definition, workflow_id=claim.workflow_id,
-                                            run_id=claim.run_id, converter=self.converter,
-                                            determinism_guard=self.options.determinism_guard)
-                instance.replay_for_query([decode_event(data) for _, _, data in rows])
-                try:
-                    answer = instance.query(claim.name, claim.args)
-                finally:
-                    instance.close()
-            else:
-                answer = instance.query(claim.name, claim.args)
+            answer = await self._query_answer(claim)
         except Exception as exc:
             await self.store.answer_query(claim.id, None, f"{type(exc).__name__}: {exc}")
             return
         await self.store.answer_query(claim.id, answer, None)
+
+    async def _query_answer(self, claim: QueryTaskClaim) -> bytes:
+        """Answer from the state that holds every event acknowledged before the query.
+
+        The cached instance does, once its run's inbox is empty. While events wait and
+        the run is cached here, its workflow task (about to run here) is given a moment
+        to take them, as Temporal holds a query behind a workflow task in flight; past
+        that, or when the run is not cached here, a throwaway instance replays the
+        history and applies the inbox (see :func:`query_instance`)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + QUERY_WAIT_FOR_TASK
+        delay = 0.002
+        while True:
+            snapshot = await self.store.read_snapshot(claim.workflow_id, claim.run_id,
+                                                      history=False)
+            instance = self._cache.get(claim.run_id)
+            if instance is None or loop.time() >= give_up:
+                break
+            if (not snapshot.inbox and instance.history_length == snapshot.history_length
+                    and not self._activation_running(claim.run_id)):
+                return instance.query(claim.name, claim.args)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        run = await self.store.get_run(claim.workflow_id, claim.run_id)
+        definition = self.workflows.get(run.workflow_type)
+        if definition is None:
+            raise ConfigurationError(
+                f"workflow type {run.workflow_type!r} is not registered on worker "
+                f"{self.identity}"
+            )
+        snapshot = await self.store.read_snapshot(claim.workflow_id, claim.run_id,
+                                                  history=True)
+        throwaway = query_instance(
+            definition, workflow_id=claim.workflow_id, run_id=claim.run_id,
+            converter=self.converter,
+            history=[decode_event(data) for data in snapshot.history or ()],
+            pending=[decode_event(data) for _, data in snapshot.inbox],
+            now=self.clock.now(), determinism_guard=self.options.determinism_guard,
+        )
+        try:
+            return throwaway.query(claim.name, claim.args)
+        finally:
+            throwaway.close()
+
+
+def task_failure_text(exc: BaseException) -> str:
+    """What ``describe().last_workflow_task_failure`` shows: the error, then where in the
+    workflow's code it was raised (the innermost frames, at most about 4,000 characters)."""
+    head = f"{type(exc).__name__}: {exc}"
+    if exc.__traceback__ is None or isinstance(exc, NondeterminismError):
+        return head  # a mismatch already names the line of workflow code
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if not f.filename.startswith(_PACKAGE_DIR)]
+    lines = traceback.format_list((own or frames)[-6:])
+    return (head + "\nTraceback (innermost last):\n" + "".join(lines))[:4000]
 
 
 def _make_timeout_decider(now: Callable[[], float]) -> Callable[[int, str, bytes | None], Any]:

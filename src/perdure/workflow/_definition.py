@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
 from perdure._converter import parameter_hints, return_hint
@@ -61,8 +61,10 @@ class WorkflowDefinition:
     queries: dict[str, HandlerDefinition]
     dynamic_signals: bool = False
     updates: dict[str, HandlerDefinition] = dataclasses.field(default_factory=dict)
-    """Handlers may be added at run time (``workflow.set_signal_handler``): clients
-    then accept any signal name for this type."""
+    failure_exception_types: tuple[type[BaseException], ...] = ()
+    """Exception types that fail a run of this workflow when its code lets them escape
+    (besides ``ApplicationError`` and the other failures); any other exception fails
+    only the workflow task, which is retried."""
 
 
 def run(fn: F) -> F:
@@ -169,11 +171,15 @@ def defn(cls: C) -> C: ...
 
 
 @overload
-def defn(*, name: str | None = None, dynamic_signals: bool = False) -> Callable[[C], C]: ...
+def defn(
+    *, name: str | None = None, dynamic_signals: bool = False,
+    failure_exception_types: Sequence[type[BaseException]] = (),
+) -> Callable[[C], C]: ...
 
 
 def defn(
-    cls: C | None = None, *, name: str | None = None, dynamic_signals: bool = False
+    cls: C | None = None, *, name: str | None = None, dynamic_signals: bool = False,
+    failure_exception_types: Sequence[type[BaseException]] = (),
 ) -> C | Callable[[C], C]:
     """Mark a class as a workflow definition.
 
@@ -181,7 +187,17 @@ def defn(
     keep it stable once workflows of this type are running. ``dynamic_signals``
     declares that the workflow registers signal handlers at run time, so clients
     must not reject signal names the class does not declare.
+
+    An exception escaping the workflow's code fails the *run* only if it is an
+    ``ApplicationError`` (or another Perdure failure, such as an ``ActivityError`` the
+    code did not catch) or one of ``failure_exception_types``; any other exception is
+    treated as a bug: it fails the workflow *task*, which is retried with back-off and
+    shown by ``describe()``, until a deploy that fixes the code lets the run go on.
     """
+    for exc_type in failure_exception_types:
+        if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+            raise ConfigurationError(
+                f"failure_exception_types must be exception classes, not {exc_type!r}")
 
     def decorate(c: C) -> C:
         run_method = None
@@ -240,6 +256,7 @@ def defn(
             queries=queries,
             dynamic_signals=dynamic_signals,
             updates=updates,
+            failure_exception_types=tuple(failure_exception_types),
         )
         setattr(c, _DEFN, definition)
         for method in [run_method, *(h.method for h in signals.values()),

@@ -29,6 +29,7 @@ from perdure._errors import (
     ActivityError,
     CancelledFailure,
     ChildWorkflowError,
+    FailureError,
     NondeterminismError,
     PayloadError,
     QueryRejectedError,
@@ -83,11 +84,30 @@ from perdure.workflow._definition import HandlerDefinition, WorkflowDefinition
 from perdure.workflow._guard import DeterminismGuard
 from perdure.workflow._loop import DurableTimerHandle, WorkflowEventLoop
 
-__all__ = ["Activation", "ContinueAsNew", "PendingChild", "WorkflowInfo", "WorkflowInstance", "split_activations"]
+__all__ = [
+    "RUN_FAILURE_TYPES",
+    "Activation",
+    "ContinueAsNew",
+    "PendingChild",
+    "WorkflowInfo",
+    "WorkflowInstance",
+    "split_activations",
+]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
 _log = logging.getLogger("perdure.workflow")
+
+RUN_FAILURE_TYPES: tuple[type[BaseException], ...] = (
+    FailureError, WorkflowAlreadyStartedError, WorkflowNotFoundError)
+"""Exceptions that fail a run when workflow code lets them escape, as in Temporal: the
+failures (``ApplicationError``, and the ``ActivityError``, ``ChildWorkflowError``,
+``TimeoutFailure``... that the engine raises into workflow code), and the outcomes of a
+child start or an external signal that found no workflow. Anything else (``KeyError``,
+``AttributeError``, a ``TypeError`` from a typo) fails only the workflow task: it is
+retried with back-off, shown by ``describe()``, and a deploy that fixes the code resumes
+the run. Add types per workflow (``@workflow.defn(failure_exception_types=...)``) or per
+worker (``WorkerOptions(workflow_failure_exception_types=...)``)."""
 _LOOP_STEP_CODE = WorkflowEventLoop.step.__code__
 
 
@@ -326,8 +346,17 @@ class WorkflowInstance:
         run_id: str,
         converter: PayloadConverter | None = None,
         determinism_guard: str = "raise",
+        failure_exception_types: Sequence[type[BaseException]] = (),
     ) -> None:
         self.definition = definition
+        self.failure_exception_types: tuple[type[BaseException], ...] = (
+            *RUN_FAILURE_TYPES, *definition.failure_exception_types, *failure_exception_types)
+        """Exceptions that fail the run when they escape workflow code; any other fails
+        only the workflow task, which is retried (a fixed deploy resumes the run)."""
+        self._recorded_failure = False
+        """While replaying an activation: whether its recorded commands fail the run."""
+        self._recorded_update_failures: set[str] = set()
+        """While replaying an activation: updates its recorded commands failed."""
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.converter = converter or PayloadConverter()
@@ -413,11 +442,18 @@ class WorkflowInstance:
             self._recorded_patches = {
                 _patch_id(event) for _, event in activation.commands if _is_patch(event)
             }
+            self._recorded_failure = any(isinstance(e, WorkflowFailed)
+                                         for _, e in activation.commands)
+            self._recorded_update_failures = {
+                e.update_id for _, e in activation.commands
+                if isinstance(e, UpdateCompleted) and e.failure is not None}
             try:
                 produced = self.activate(
                     [e for _, e in activation.inbound], wtc.time, replaying=True
                 )
             finally:
+                self._recorded_failure = False
+                self._recorded_update_failures = set()
                 self._recorded_patches = set()
                 self._capture_locations = False
                 sys.set_coroutine_origin_tracking_depth(tracking)
@@ -428,14 +464,19 @@ class WorkflowInstance:
         self.replaying = False
         return tail
 
-    def replay_for_query(self, events: Sequence[HistoryEvent]) -> None:
-        """Replay, then run any unprocessed inbound tail (a run whose first task is
-        still pending answers from its initial state). The instance is throwaway."""
+    def replay_for_query(self, events: Sequence[HistoryEvent],
+                         pending: Sequence[HistoryEvent] = (), now: float = 0.0) -> None:
+        """Replay, then apply what no workflow task has processed yet, as the next one
+        will: the history's inbound tail (a run whose first task is still pending) and
+        the ``pending`` events waiting in the run's inbox (acknowledged signals, updates,
+        results), at time ``now``. The instance is throwaway: nothing it does is kept."""
         tail = self.replay(events)
-        if tail:
-            started = tail[0][1]
-            now = started.started_at if isinstance(started, WorkflowStarted) else self.now_timestamp
-            self.activate([e for _, e in tail], now, replaying=True)
+        inbound = [e for _, e in tail] + list(pending)
+        if inbound:
+            first = inbound[0]
+            if isinstance(first, WorkflowStarted):
+                now = max(now, first.started_at)
+            self.activate(inbound, max(now, self.now_timestamp), replaying=True)
 
     def _check(self, activation: Activation, produced: list[HistoryEvent]) -> None:
         recorded = activation.commands
@@ -765,7 +806,7 @@ class WorkflowInstance:
             try:
                 value = method(*values)
             except Exception as exc:
-                self._finish_update(event.update_id, None, exc)
+                self._update_raised(event.update_id, exc)
             else:
                 self._finish_update(event.update_id, value, None)
             return
@@ -780,11 +821,21 @@ class WorkflowInstance:
             if isinstance(exc, NondeterminismError | ContinueAsNew):
                 self._fail_from_handler(exc)
             elif exc is not None:
-                self._finish_update(event.update_id, None, exc)
+                self._update_raised(event.update_id, exc)
             else:
                 self._finish_update(event.update_id, task.result(), None)
 
         task.add_done_callback(done)
+
+    def _update_raised(self, update_id: str, exc: BaseException) -> None:
+        """As Temporal: a failure type (an ``ApplicationError``...) fails the update and
+        its caller sees it; any other exception is a bug that fails the workflow task, so
+        that a fixed deploy runs the update again."""
+        if isinstance(exc, self.failure_exception_types) or (
+                self.replaying and update_id in self._recorded_update_failures):
+            self._finish_update(update_id, None, exc)
+        else:
+            self._fail_task(exc)
 
     def _finish_update(self, update_id: str, value: Any, error: BaseException | None) -> None:
         if self.completed:
@@ -893,15 +944,29 @@ class WorkflowInstance:
             self._fail_from_handler(exc)
 
     def _fail_from_handler(self, exc: BaseException) -> None:
-        if isinstance(exc, NondeterminismError):
-            self._task_failure = exc
-            return
         if isinstance(exc, ContinueAsNew):
             if not self.completed:
                 self._complete(exc.command)
             return
-        if not self.completed:
+        if not self._fails_run(exc):
+            self._fail_task(exc)
+        elif not self.completed:
             self._complete(WorkflowFailed(failure=failure_from_exception(exc)))
+
+    def _fails_run(self, exc: BaseException) -> bool:
+        """Whether ``exc``, escaping workflow code, fails the run (a failure type), rather
+        than the workflow task (a bug, to be fixed by a deploy). A history whose recorded
+        activation failed the run (an older Perdure failed runs on any exception) replays
+        as recorded."""
+        if isinstance(exc, NondeterminismError):
+            return False
+        return isinstance(exc, self.failure_exception_types) or (
+            self.replaying and self._recorded_failure)
+
+    def _fail_task(self, exc: BaseException) -> None:
+        """Fail this activation (the first failure wins): the worker retries the task."""
+        if self._task_failure is None:
+            self._task_failure = exc
 
     def set_signal_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
         """Register (or remove) a handler at run time; buffered signals are delivered."""
@@ -935,17 +1000,21 @@ class WorkflowInstance:
                     task.result(), what=f"result of workflow {self.definition.name!r}"
                 )
             except PayloadError as error:
-                self._complete(WorkflowFailed(failure=failure_from_exception(error)))
+                # the code's result cannot be stored: a bug that a deploy can fix
+                if self._fails_run(error):
+                    self._complete(WorkflowFailed(failure=failure_from_exception(error)))
+                else:
+                    self._fail_task(error)
                 return
             self._complete(WorkflowCompleted(result=msgspec.Raw(result)))
-        elif isinstance(exc, NondeterminismError):
-            self._task_failure = exc
         elif isinstance(exc, ContinueAsNew):
             self._complete(exc.command)
         elif isinstance(exc, asyncio.CancelledError) and self._cancel_requested:
             self._complete(WorkflowCanceled())
-        else:
+        elif self._fails_run(exc):
             self._complete(WorkflowFailed(failure=failure_from_exception(exc)))
+        else:
+            self._fail_task(exc)
 
     def _complete(self, command: HistoryEvent) -> None:
         self._emit(command)
