@@ -16,7 +16,8 @@ EXPECTED_TOP_LEVEL = {
     "UpdateRejectedError", "Worker", "WorkerOptions",
     "WorkflowAlreadyStartedError", "WorkflowDescription", "WorkflowFailureError",
     "WorkflowHandle", "WorkflowHistory", "WorkflowPage", "WorkflowNotFoundError", "WorkflowStatus",
-    "activity", "workflow",
+    "WorkflowExecutionStatus", "WorkflowUpdateHandle", "WorkflowUpdateStage",
+    "WithStartWorkflowOperation", "activity", "exceptions", "workflow",
 }
 
 
@@ -34,7 +35,8 @@ def test_workflow_exports() -> None:
         "is_replaying", "logger", "now", "patched", "publish", "query", "random", "run", "set_signal_handler",
         "signal", "sleep", "start_activity", "start_child_workflow", "update",
         "update_validator", "upsert_memo", "upsert_search_attributes", "uuid4",
-        "wait_condition",
+        "wait_condition", "all_handlers_finished", "execute_local_activity", "init",
+        "start_local_activity", "unsafe", "wait",
     }
 
 

@@ -11,7 +11,7 @@ Layout (dependencies point down; see DESIGN.md):
 - ``perdure.testing``   a test environment with time skipping
 """
 
-from perdure import activity, workflow
+from perdure import activity, exceptions, workflow
 from perdure._converter import PayloadConverter
 from perdure._errors import (
     ActivityError,
@@ -52,11 +52,15 @@ from perdure.client import (
     IdConflictPolicy,
     IdReusePolicy,
     StreamEvent,
+    WithStartWorkflowOperation,
     WorkflowDescription,
+    WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowHistory,
     WorkflowPage,
     WorkflowStatus,
+    WorkflowUpdateHandle,
+    WorkflowUpdateStage,
 )
 from perdure.worker import Worker, WorkerOptions
 
@@ -97,16 +101,21 @@ __all__ = [
     "UnknownWorkflowTypeError",
     "UpdateFailedError",
     "UpdateRejectedError",
+    "WithStartWorkflowOperation",
     "Worker",
     "WorkerOptions",
     "WorkflowAlreadyStartedError",
     "WorkflowDescription",
+    "WorkflowExecutionStatus",
     "WorkflowFailureError",
     "WorkflowHandle",
     "WorkflowHistory",
     "WorkflowNotFoundError",
     "WorkflowPage",
     "WorkflowStatus",
+    "WorkflowUpdateHandle",
+    "WorkflowUpdateStage",
     "activity",
+    "exceptions",
     "workflow",
 ]

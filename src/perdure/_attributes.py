@@ -19,8 +19,8 @@ _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 def check_search_attributes(
     attributes: Mapping[str, Any] | None, *, removals: bool = False
 ) -> dict[str, Any] | None:
-    """Search attributes as stored: names like identifiers, values str, int, float or bool
-    (``None`` removes a key when upserting)."""
+    """Search attributes as stored: names like identifiers, values str, int, float, bool
+    or a list of str (Temporal's keyword list; ``None`` removes a key when upserting)."""
     if attributes is None:
         return None
     if not isinstance(attributes, Mapping):
@@ -37,12 +37,15 @@ def check_search_attributes(
         if value is None and removals:
             checked[key] = None
             continue
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            checked[key] = list(value)  # a keyword list: a filter on one value matches it
+            continue
         if not isinstance(value, str | int | float | bool) or (
             isinstance(value, float) and not math.isfinite(value)
         ):
             raise InvalidArgumentError(
                 f"search attribute {key!r} has a {type(value).__name__} value ({value!r}); "
-                "values must be str, int, float or bool"
+                "values must be str, int, float, bool or a list of str (a keyword list)"
                 + (" (None removes it)" if removals else "")
                 + "; keep anything richer in the memo"
             )

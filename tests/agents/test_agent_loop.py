@@ -248,7 +248,7 @@ async def test_cancelling_the_lead_stops_the_whole_tree(real_env: WorkflowEnviro
     for child in await real_env.client.list_workflows(parent_workflow_id="boss-1"):
         described = await real_env.client.get_workflow_handle(child.workflow_id).describe()
         assert described.status == WorkflowStatus.CANCELED
-        assert described.pending_activities == 0
+        assert described.pending_activities == []
 
 
 def test_one_tool_name_for_two_functions_is_refused() -> None:

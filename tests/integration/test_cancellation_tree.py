@@ -332,7 +332,7 @@ async def _busy(client: Client, ids: list[str]) -> list[str]:
         d = await client.get_workflow_handle(workflow_id).describe()
         if (d.status == WorkflowStatus.RUNNING or d.pending_activities or d.pending_timers
                 or d.pending_events):
-            busy.append(f"{workflow_id}: {d.status} activities={d.pending_activities} "
+            busy.append(f"{workflow_id}: {d.status} activities={len(d.pending_activities)} "
                         f"timers={d.pending_timers} events={d.pending_events}")
     return busy
 

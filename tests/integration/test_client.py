@@ -413,7 +413,7 @@ async def test_terminate(env: WorkflowEnvironment) -> None:
     description = await handle.describe()
     assert description.status == WorkflowStatus.TERMINATED
     assert description.pending_timers == 0
-    assert description.pending_activities == 0
+    assert description.pending_activities == []
     types = [event_type_name(e) for e in (await handle.fetch_history()).events]
     assert types[-1] == "WorkflowTerminated"
     assert "TimerFired" not in types and "ActivityScheduled" not in types
@@ -440,7 +440,7 @@ async def test_describe_pending_work(env: WorkflowEnvironment) -> None:
         assert description.workflow_type == "Busy"
         assert description.task_queue == TQ
         assert description.status == WorkflowStatus.RUNNING
-        assert description.pending_activities == 1
+        assert len(description.pending_activities) == 1
         assert description.pending_timers == 1
         assert description.execution_timeout == timedelta(days=1)
         assert description.close_time is None
@@ -452,7 +452,7 @@ async def test_describe_pending_work(env: WorkflowEnvironment) -> None:
         assert await handle.result(timeout=10) == "done"
     description = await handle.describe()
     assert description.status == WorkflowStatus.COMPLETED
-    assert description.pending_activities == 0
+    assert description.pending_activities == []
     assert description.pending_timers == 0
     assert description.close_time is not None
     assert description.close_time >= description.start_time + timedelta(hours=2)

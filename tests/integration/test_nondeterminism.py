@@ -71,7 +71,7 @@ async def test_incompatible_deploy_fails_the_task_not_the_workflow(
         handle = await client.start_workflow(PipelineV1.run, id="pipe", task_queue="nd")
 
         async def waiting() -> bool:
-            return (await handle.describe()).pending_activities == 0 and (
+            return (await handle.describe()).pending_activities == [] and (
                 await handle.describe()
             ).history_length >= 5
 

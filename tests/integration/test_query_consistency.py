@@ -138,7 +138,7 @@ async def test_a_signal_that_cannot_be_applied_leaves_queries_answering(
 
 
 async def _pending_activities(handle: object) -> bool:
-    return (await handle.describe()).pending_activities > 0  # type: ignore[attr-defined]
+    return bool((await handle.describe()).pending_activities)  # type: ignore[attr-defined]
 
 
 async def _pending_events(handle: object) -> bool:

@@ -134,7 +134,7 @@ async def test_child_attributes(env: WorkflowEnvironment) -> None:
 
 
 @pytest.mark.parametrize("attributes, message", [
-    ({"nested": {"a": 1}}, "values must be str, int, float or bool"),
+    ({"nested": {"a": 1}}, "values must be str, int, float, bool or a list of str"),
     ({"bad key!": 1}, "is not allowed"),
     ({"list": [1, 2]}, "values must be"),
     ({"nan": float("nan")}, "values must be"),
@@ -154,3 +154,39 @@ async def test_bad_memo_is_refused(env: WorkflowEnvironment) -> None:
     with pytest.raises(InvalidArgumentError, match="not JSON-serializable"):
         await env.client.start_workflow(Build.run, "x", id="bad-memo", task_queue=TQ,
                                         memo={"when": object()})
+
+
+@workflow.defn
+class Tagged:
+    @workflow.run
+    async def run(self) -> list[str]:
+        workflow.upsert_search_attributes({"tools": ["git", "npm", "pytest"]})
+        return list(workflow.info().search_attributes["tools"])
+
+
+async def test_keyword_lists_match_any_of_their_values(env: WorkflowEnvironment) -> None:
+    """A list of strings (Temporal's keyword list): a filter on one value matches each run
+    whose list holds it; a list filter needs every item."""
+    first = await env.client.start_workflow(
+        Build.run, "ada", id="tags-1", task_queue=TQ,
+        search_attributes={"labels": ["agent", "urgent"], "team": "agents"})
+    await env.client.start_workflow(
+        Build.run, "bob", id="tags-2", task_queue=TQ, search_attributes={"labels": ["agent"]})
+    await env.client.start_workflow(
+        Build.run, "cy", id="tags-3", task_queue=TQ, search_attributes={"labels": "agent"})
+    assert (await first.describe()).search_attributes["labels"] == ["agent", "urgent"]
+    matching = await env.client.list_workflows(search_attributes={"labels": "agent"})
+    assert {d.workflow_id for d in matching} == {"tags-1", "tags-2", "tags-3"}
+    urgent = await env.client.list_workflows(search_attributes={"labels": "urgent"})
+    assert [d.workflow_id for d in urgent] == ["tags-1"]
+    both = await env.client.list_workflows(search_attributes={"labels": ["urgent", "agent"]})
+    assert [d.workflow_id for d in both] == ["tags-1"]
+    assert not await env.client.list_workflows(search_attributes={"labels": "infra"})
+    async with env.worker(task_queue=TQ, workflows=[Tagged]):
+        handle = await env.client.start_workflow(Tagged.run, id="tags-4", task_queue=TQ)
+        assert await handle.result(timeout=10) == ["git", "npm", "pytest"]
+    npm = await env.client.list_workflows(search_attributes={"tools": "npm"})
+    assert [d.workflow_id for d in npm] == ["tags-4"]
+    with pytest.raises(InvalidArgumentError, match="list of str"):
+        await env.client.start_workflow(Build.run, "x", id="tags-5", task_queue=TQ,
+                                        search_attributes={"labels": ["a", 1]})

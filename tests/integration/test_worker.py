@@ -131,7 +131,7 @@ async def test_graceful_shutdown_lets_running_activities_finish(
     await wait_until(lambda: _has(ATTEMPTS), what="activity started")
     await worker.shutdown()  # waits for the attempt, which commits its result
     description = await handle.describe()
-    assert description.pending_activities == 0
+    assert description.pending_activities == []
     async with real_env.worker(task_queue="g", workflows=[SlowOne], activities=[slow]):
         assert await handle.result(timeout=10) == 1
     assert ATTEMPTS == [1]

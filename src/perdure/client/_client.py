@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,9 +34,15 @@ from perdure.client._types import (
     epoch,
 )
 from perdure.client._types import seconds as _seconds
+from perdure.client._update import (
+    WithStartWorkflowOperation,
+    WorkflowUpdateHandle,
+    WorkflowUpdateStage,
+)
 from perdure.history import (
     Failure,
     SignalReceived,
+    UpdateRequested,
     WorkflowStarted,
     WorkflowTerminated,
     encode_event,
@@ -134,8 +140,14 @@ class Client:
         search_attributes: dict[str, Any] | None = None,
         run_timeout: timedelta | float | None = None,
         retry_policy: RetryPolicy | None = None,
+        start_signal: Callable[..., Any] | str | None = None,
+        start_signal_args: Sequence[Any] = (),
     ) -> WorkflowHandle[Any]:
         """Start a workflow run; durable once this returns, whether or not a worker runs.
+
+        With ``start_signal`` (Temporal's signal-with-start spelling), a running run of
+        ``id`` is signalled instead of failing the start, and a new run gets the signal
+        before its first activation, atomically (see :meth:`signal_with_start`).
 
         If ``id`` is running, ``id_conflict_policy`` decides: raise
         :class:`WorkflowAlreadyStartedError` (the default), return a handle to the
@@ -153,11 +165,19 @@ class Client:
         """
         return await self._start(
             workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
-            id_reuse_policy=id_reuse_policy, result_type=result_type, signal=None,
+            id_reuse_policy=IdReusePolicy(id_reuse_policy), result_type=result_type,
+            signal=(self._signal_event(start_signal, tuple(start_signal_args))
+                    if start_signal is not None else None),
             id_conflict_policy=IdConflictPolicy(id_conflict_policy), memo=memo,
             search_attributes=search_attributes, run_timeout=run_timeout,
             retry_policy=retry_policy,
         )
+
+    def _signal_event(self, signal: Callable[..., Any] | str, args: tuple[Any, ...]) -> bytes:
+        name = self._signal_name(signal)
+        return encode_event(SignalReceived(
+            name=name, args=msgspec.Raw(self.converter.encode_args(args, what=f"signal {name!r}")),
+        ))
 
     async def signal_with_start(
         self,
@@ -171,18 +191,72 @@ class Client:
         result_type: Any = None,
         memo: dict[str, Any] | None = None,
         search_attributes: dict[str, Any] | None = None,
+        id_reuse_policy: IdReusePolicy = IdReusePolicy.ALLOW_DUPLICATE,
+        run_timeout: timedelta | float | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> WorkflowHandle[Any]:
-        """Signal the running workflow ``id``, or start it and deliver the signal first, atomically."""
-        name = self._signal_name(signal)
-        event = SignalReceived(
-            name=name,
-            args=msgspec.Raw(self.converter.encode_args(signal_args, what=f"signal {name!r}")),
-        )
+        """Signal the running workflow ``id``, or start it and deliver the signal first,
+        atomically. Once the id's last run has closed, ``id_reuse_policy`` decides whether
+        a new run may start (refused: :class:`WorkflowAlreadyStartedError`, nothing sent)."""
         return await self._start(
             workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
-            id_reuse_policy=IdReusePolicy.ALLOW_DUPLICATE, result_type=result_type,
-            signal=encode_event(event), memo=memo, search_attributes=search_attributes,
+            id_reuse_policy=IdReusePolicy(id_reuse_policy), result_type=result_type,
+            signal=self._signal_event(signal, tuple(signal_args)), memo=memo,
+            search_attributes=search_attributes, run_timeout=run_timeout,
+            retry_policy=retry_policy,
         )
+
+    async def start_update_with_start_workflow(
+        self, update: Callable[..., Any] | str, *args: Any,
+        start_workflow_operation: WithStartWorkflowOperation,
+        wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
+        id: str | None = None, update_id: str | None = None, result_type: Any = None,
+    ) -> WorkflowUpdateHandle[Any]:
+        """Send an update to workflow ``start_workflow_operation.id``, starting it first if
+        it is not running, in one transaction (Temporal's update-with-start); the update's
+        handle once it reached ``wait_for_stage``. The operation's ``id_conflict_policy``
+        says what a running run means: ``USE_EXISTING`` updates it, ``FAIL`` raises
+        :class:`WorkflowAlreadyStartedError`. Asking again with the same ``id`` is
+        the same update. ``await start_workflow_operation.workflow_handle()`` gives the
+        workflow's handle."""
+        op = start_workflow_operation
+        probe: WorkflowHandle[Any] = WorkflowHandle(self, op.id, None)
+        name, hint = probe._update_name(update)
+        update_id = update_id or id or str(uuid.uuid4())
+        event = UpdateRequested(update_id=update_id, name=name, args=msgspec.Raw(
+            self.converter.encode_args(args, what=f"update {name!r}")))
+        try:
+            handle = await self._start(
+                op.workflow, op.args, id=op.id, task_queue=op.task_queue,
+                execution_timeout=op.execution_timeout, id_reuse_policy=op.id_reuse_policy,
+                result_type=op.result_type, signal=None,
+                id_conflict_policy=op.id_conflict_policy, memo=op.memo,
+                search_attributes=op.search_attributes, run_timeout=op.run_timeout,
+                retry_policy=op.retry_policy,
+                update_request=(update_id, name, encode_event(event)),
+            )
+        except BaseException as exc:
+            op._fail(exc)
+            raise
+        op._set(handle)
+        update_handle: WorkflowUpdateHandle[Any] = WorkflowUpdateHandle(
+            self, op.id, update_id, name=name, workflow_run_id=handle.run_id,
+            result_type=result_type or hint)
+        await update_handle.wait_for_stage(WorkflowUpdateStage(wait_for_stage))
+        return update_handle
+
+    async def execute_update_with_start_workflow(
+        self, update: Callable[..., Any] | str, *args: Any,
+        start_workflow_operation: WithStartWorkflowOperation,
+        id: str | None = None, update_id: str | None = None, result_type: Any = None,
+    ) -> Any:
+        """Update-with-start (see :meth:`start_update_with_start_workflow`), waiting for the
+        update's result."""
+        handle = await self.start_update_with_start_workflow(
+            update, *args, start_workflow_operation=start_workflow_operation, id=id,
+            update_id=update_id, result_type=result_type,
+            wait_for_stage=WorkflowUpdateStage.ADMITTED)
+        return await handle.result()
 
     async def _start(
         self, workflow: Any, args: tuple[Any, ...], *, id: str, task_queue: str,
@@ -193,6 +267,7 @@ class Client:
         search_attributes: dict[str, Any] | None = None,
         run_timeout: timedelta | float | None = None,
         retry_policy: RetryPolicy | None = None,
+        update_request: tuple[str, str, bytes] | None = None,
     ) -> WorkflowHandle[Any]:
         if not id or not isinstance(id, str):
             raise InvalidArgumentError("start_workflow needs a non-empty string id")
@@ -219,7 +294,7 @@ class Client:
             retry_policy=retry_policy.to_dict() if retry_policy is not None else None,
         )
         eager = None
-        if signal is None:
+        if signal is None and update_request is None:
             eager = next(
                 (w for w in self._local_workers if w.accepts_eager_start(task_queue, workflow_type)),
                 None,
@@ -245,6 +320,7 @@ class Client:
                     message="terminated by a new start (id_conflict_policy=terminate_existing)",
                 )) if id_conflict_policy == IdConflictPolicy.TERMINATE_EXISTING else None,
                 signal_event=signal,
+                update_request=update_request,
                 eager_worker=eager.identity if eager is not None else None,
                 eager_lease=EAGER_START_LEASE,
                 first_completion=prepared.completion if prepared is not None else None,
@@ -281,7 +357,8 @@ class Client:
         hint = result_type
         if hint is None and definition is not None:
             hint = definition.run_return_hint
-        return WorkflowHandle(self, id, run_id, result_type=hint, definition=definition)
+        return WorkflowHandle(self, id, run_id, result_type=hint, definition=definition,
+                              first_execution_run_id=run_id)
 
     async def execute_workflow(
         self, workflow: Callable[..., Any] | type | str, *args: Any, id: str, task_queue: str,
@@ -303,7 +380,7 @@ class Client:
 
     def get_workflow_handle(
         self, workflow_id: str, *, run_id: str | None = None, workflow: Any = None,
-        result_type: Any = None,
+        result_type: Any = None, first_execution_run_id: str | None = None,
     ) -> WorkflowHandle[Any]:
         """A handle to an existing workflow (its latest run unless ``run_id`` is given)."""
         definition = None
@@ -312,7 +389,8 @@ class Client:
         if result_type is None and definition is not None:
             result_type = definition.run_return_hint
         return WorkflowHandle(self, workflow_id, run_id, result_type=result_type,
-                              definition=definition)
+                              definition=definition,
+                              first_execution_run_id=first_execution_run_id)
 
     async def list_workflows(
         self, *, status: WorkflowStatus | str | None = None, workflow_type: str | None = None,

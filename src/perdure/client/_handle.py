@@ -21,8 +21,6 @@ from perdure._errors import (
     TerminatedFailure,
     TimeoutFailure,
     UnknownHandlerError,
-    UpdateFailedError,
-    UpdateRejectedError,
     WorkflowFailureError,
 )
 from perdure._failure import exception_from_failure
@@ -33,6 +31,7 @@ from perdure.client._types import (
     WorkflowStatus,
 )
 from perdure.client._types import seconds as _seconds
+from perdure.client._update import WorkflowUpdateHandle, WorkflowUpdateStage
 from perdure.history import (
     CancelRequested,
     Failure,
@@ -69,12 +68,18 @@ class WorkflowHandle(Generic[T]):
 
     def __init__(
         self, client: Client, workflow_id: str, run_id: str | None, *, result_type: Any = None,
-        definition: WorkflowDefinition | None = None,
+        definition: WorkflowDefinition | None = None, result_run_id: str | None = None,
+        first_execution_run_id: str | None = None,
     ) -> None:
         self.client = client
         self.workflow_id = workflow_id
         self.run_id = run_id
         """The run this handle was created for (``None``: the latest run)."""
+        self.result_run_id = result_run_id if result_run_id is not None else run_id
+        """The run ``result()`` starts from (Temporal's name): the started run, or the
+        ``run_id`` given to ``get_workflow_handle``; ``None``: the latest run."""
+        self.first_execution_run_id = first_execution_run_id
+        """The first run of the chain this handle started (``start_workflow`` sets it)."""
         self._result_type = result_type
         self._definition = definition
 
@@ -82,8 +87,13 @@ class WorkflowHandle(Generic[T]):
     def _store(self) -> WorkflowStore:
         return self.client.store
 
-    async def result(self, *, timeout: timedelta | float | None = None) -> T:
-        """Wait for the run to close; return its result or raise :class:`WorkflowFailureError`."""
+    async def result(self, *, timeout: timedelta | float | None = None,
+                     follow_runs: bool = True) -> T:
+        """Wait for the run to close; return its result or raise :class:`WorkflowFailureError`.
+
+        With ``follow_runs`` (the default), a run that continues as new, or is retried or
+        reset, is followed to the run that carries on; without, the outcome of
+        ``result_run_id``'s run itself is returned (a continuation raises)."""
         deadline = None
         if timeout is not None:
             deadline = asyncio.get_running_loop().time() + (_seconds(timeout) or 0.0)
@@ -91,17 +101,19 @@ class WorkflowHandle(Generic[T]):
         if isinstance(clock, VirtualClock):
             clock.result_waiters += 1
         try:
-            return await self._wait_result(deadline)
+            return await self._wait_result(deadline, follow_runs=follow_runs)
         finally:
             if isinstance(clock, VirtualClock):
                 clock.result_waiters -= 1
 
-    async def _wait_result(self, deadline: float | None) -> T:
-        run_id = self.run_id
+    async def _wait_result(self, deadline: float | None, *, follow_runs: bool = True) -> T:
+        run_id = self.result_run_id
         if run_id is None:
             run_id = (await self._store.get_run(self.workflow_id, None)).run_id
         while True:  # each run of a chain (continue-as-new, retries) in turn
             record = await self._wait_run(run_id, deadline)
+            if not follow_runs:
+                return self._outcome(record)
             if record.next_run_id is None and record.status in _MAY_CONTINUE:
                 # the outcome came without a read: read whether another run carries on
                 record = await self._store.get_run(self.workflow_id, run_id)
@@ -154,6 +166,11 @@ class WorkflowHandle(Generic[T]):
             cause = CancelledFailure("workflow was cancelled")
         elif status == WorkflowStatus.TIMED_OUT:
             cause = TimeoutFailure("workflow execution timed out", timeout_type="execution")
+        elif status in (WorkflowStatus.CONTINUED_AS_NEW, WorkflowStatus.RESET):
+            raise WorkflowFailureError(
+                f"workflow {self.workflow_id!r} (run {record.run_id}) {status.value}: run "
+                f"{record.next_run_id} carries on; call result(follow_runs=True) to wait for "
+                "the chain's outcome", status=status.value, cause=None)
         else:
             cause = TerminatedFailure("workflow was terminated")
         raise WorkflowFailureError(
@@ -268,26 +285,52 @@ class WorkflowHandle(Generic[T]):
 
     async def execute_update(
         self, update: Callable[..., Any] | str, *args: Any, update_id: str | None = None,
-        timeout: timedelta | float | None = None, result_type: Any = None,
+        id: str | None = None, timeout: timedelta | float | None = None,
+        result_type: Any = None,
     ) -> Any:
         """Send an update and wait for the handler's return value.
 
         The workflow validates it first: a rejection raises :class:`UpdateRejectedError`
         and leaves no trace in history. Once accepted, the update is durable: it
         completes even if workers crash. A handler that raises gives
-        :class:`UpdateFailedError`. Pass the same ``update_id`` to ask again after a lost
-        connection without running the update twice.
+        :class:`UpdateFailedError`. Pass the same ``update_id`` (``id``, Temporal's
+        name) to ask again after a lost connection without running the update twice.
         """
+        handle = await self.start_update(
+            update, *args, update_id=update_id, id=id, result_type=result_type,
+            wait_for_stage=WorkflowUpdateStage.ADMITTED)
+        return await handle.result(timeout=timeout)
+
+    async def start_update(
+        self, update: Callable[..., Any] | str, *args: Any,
+        wait_for_stage: WorkflowUpdateStage = WorkflowUpdateStage.ACCEPTED,
+        update_id: str | None = None, id: str | None = None,
+        timeout: timedelta | float | None = None, result_type: Any = None,
+    ) -> WorkflowUpdateHandle[Any]:
+        """Send an update and return its handle once it reached ``wait_for_stage``:
+        ``ADMITTED`` (durably requested), ``ACCEPTED`` (the default: validated and
+        recorded; a rejection raises :class:`UpdateRejectedError` here) or ``COMPLETED``.
+        ``await handle.result()`` gives the value."""
         name, hint = self._update_name(update)
         data = self.client.converter.encode_args(args, what=f"update {name!r}")
-        update_id = update_id or str(uuid.uuid4())
+        update_id = update_id or id or str(uuid.uuid4())
         event = UpdateRequested(update_id=update_id, name=name, args=msgspec.Raw(data))
-        await self._store.request_update(self.workflow_id, self.run_id, update_id, name,
-                                         encode_event(event))
+        run_id = await self._store.request_update(self.workflow_id, self.run_id, update_id,
+                                                  name, encode_event(event))
+        handle: WorkflowUpdateHandle[Any] = WorkflowUpdateHandle(
+            self.client, self.workflow_id, update_id, name=name, workflow_run_id=run_id,
+            result_type=result_type or hint)
         deadline = None
         if timeout is not None:
             deadline = asyncio.get_running_loop().time() + (_seconds(timeout) or 0.0)
-        return await self._update_outcome(update_id, name, result_type or hint, deadline)
+        await handle.wait_for_stage(WorkflowUpdateStage(wait_for_stage), deadline=deadline)
+        return handle
+
+    def get_update_handle(self, update_id: str, *, result_type: Any = None,
+                          ) -> WorkflowUpdateHandle[Any]:
+        """A handle to an update sent earlier (by any client), by its id."""
+        return WorkflowUpdateHandle(self.client, self.workflow_id, update_id,
+                                    workflow_run_id=self.run_id, result_type=result_type)
 
     def _update_name(self, update: Callable[..., Any] | str) -> tuple[str, Any]:
         if isinstance(update, str):
@@ -300,41 +343,6 @@ class WorkflowHandle(Generic[T]):
                 "it with @workflow.update or pass the update's name"
             )
         return name, definition.updates[name].return_hint
-
-    async def _update_outcome(
-        self, update_id: str, name: str, hint: Any, deadline: float | None
-    ) -> Any:
-        notifier = self._store.notifier
-        backoff = notifier.first_poll
-        loop = asyncio.get_running_loop()
-        while True:
-            row = await self._store.get_update(self.workflow_id, update_id)
-            assert row is not None
-            state, result, failure = row
-            if state == "completed" and failure is None:
-                return self.client.converter.decode(result or b"null", hint,
-                                                    what=f"result of update {name!r}")
-            if state in ("completed", "rejected", "failed"):
-                cause = exception_from_failure(_failure_decoder.decode(failure or b"{}"))
-                error = UpdateRejectedError if state == "rejected" else UpdateFailedError
-                raise error(
-                    f"update {name!r} ({update_id}) of workflow {self.workflow_id!r} "
-                    f"{'was rejected' if state == 'rejected' else 'failed'}: {cause}",
-                    update_id=update_id, cause=cause,
-                )
-            wait = backoff
-            if deadline is not None:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"update {name!r} ({update_id}) of workflow {self.workflow_id!r} did "
-                        "not complete within the timeout; it is "
-                        f"{'accepted and still running' if state == 'accepted' else 'waiting for a worker'}"
-                        "; call execute_update again with the same update_id to keep waiting"
-                    )
-                wait = min(wait, remaining)
-            await notifier.wait(["update"], timeout=wait)
-            backoff = min(backoff * 2, notifier.poll_interval)
 
     async def cancel(self, reason: str = "") -> None:
         """Request cancellation: the workflow sees ``asyncio.CancelledError`` at its awaits."""

@@ -13,12 +13,15 @@ from typing import Any
 import msgspec
 
 from perdure._errors import InvalidArgumentError
-from perdure.history import HistoryEvent, WorkflowStarted, WorkflowTaskCompleted
-from perdure.store._records import RunRecord
+from perdure._failure import exception_from_failure
+from perdure.history import Failure, HistoryEvent, WorkflowStarted, WorkflowTaskCompleted
+from perdure.store._records import PendingActivityRecord, RunRecord
 
 __all__ = [
     "IdConflictPolicy",
     "IdReusePolicy",
+    "PendingActivity",
+    "PendingActivityState",
     "StreamEvent",
     "WorkflowDescription",
     "WorkflowHistory",
@@ -100,6 +103,69 @@ class IdConflictPolicy(enum.StrEnum):
     """Terminate the running run, then start a new one, in one transaction."""
 
 
+class PendingActivityState(enum.StrEnum):
+    """Where a pending activity is (Temporal's ``PendingActivityState``)."""
+
+    SCHEDULED = "scheduled"
+    """Waiting for a worker (or for its next attempt's back-off to pass)."""
+    STARTED = "started"
+    """An attempt is running on a worker."""
+    CANCEL_REQUESTED = "cancel_requested"
+    """The workflow asked it to stop; the running attempt has not ended yet."""
+
+
+def _datetime(epoch_seconds: float | None) -> datetime | None:
+    return datetime.fromtimestamp(epoch_seconds, tz=UTC) if epoch_seconds is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingActivity:
+    """An activity a run scheduled that has not ended, from ``describe()``."""
+
+    activity_id: str
+    activity_type: str
+    task_queue: str
+    state: PendingActivityState
+    attempt: int
+    """The current (or next) attempt: 1 for the first."""
+    scheduled_time: datetime
+    last_started_time: datetime | None
+    """When the current attempt started (None while it waits for a worker)."""
+    next_attempt_time: datetime | None
+    """While a retry waits out its back-off: when it may start."""
+    last_heartbeat_time: datetime | None
+    heartbeat_details: list[Any]
+    """What the attempt last reported with ``activity.heartbeat(...)`` (plain JSON)."""
+    last_failure: BaseException | None
+    """Why the previous attempt failed (rebuilt as an exception), if one did."""
+    last_worker_identity: str | None
+    """The worker running the current attempt."""
+
+    @classmethod
+    def from_record(cls, record: PendingActivityRecord) -> PendingActivity:
+        if record.cancel_requested:
+            state = PendingActivityState.CANCEL_REQUESTED
+        elif record.started_at is not None:
+            state = PendingActivityState.STARTED
+        else:
+            state = PendingActivityState.SCHEDULED
+        details = msgspec.json.decode(record.heartbeat_details) if record.heartbeat_details \
+            else []
+        failure = (exception_from_failure(msgspec.json.decode(record.last_failure, type=Failure))
+                   if record.last_failure else None)
+        waiting = record.started_at is None and record.visible_at > record.scheduled_at
+        return cls(
+            activity_id=str(record.seq), activity_type=record.activity_type,
+            task_queue=record.task_queue, state=state, attempt=record.attempt,
+            scheduled_time=datetime.fromtimestamp(record.scheduled_at, tz=UTC),
+            last_started_time=_datetime(record.started_at),
+            next_attempt_time=_datetime(record.visible_at) if waiting else None,
+            last_heartbeat_time=_datetime(record.heartbeat_at),
+            heartbeat_details=details if isinstance(details, list) else [details],
+            last_failure=failure, last_worker_identity=record.lease_owner,
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class WorkflowDescription:
     """A workflow run's state, from ``handle.describe()`` or ``list_workflows``."""
@@ -113,7 +179,10 @@ class WorkflowDescription:
     close_time: datetime | None
     history_length: int
     execution_timeout: timedelta | None
-    pending_activities: int = 0
+    pending_activities: list[PendingActivity] = dataclasses.field(default_factory=list)
+    """Each activity scheduled and not yet ended, with its attempt, last failure and last
+    heartbeat (Temporal's ``pending_activities``); filled by ``describe()``, empty in
+    ``list_workflows`` pages."""
     pending_timers: int = 0
     pending_events: int = 0
     """Signals, completions and other inbound events not yet processed by workflow code."""
@@ -146,7 +215,7 @@ class WorkflowDescription:
             execution_timeout=(
                 timedelta(seconds=record.execution_timeout) if record.execution_timeout else None
             ),
-            pending_activities=record.pending_activities,
+            pending_activities=[PendingActivity.from_record(a) for a in record.activities],
             pending_timers=record.pending_timers,
             pending_events=record.pending_inbox,
             workflow_task_attempt=record.workflow_task_attempt,

@@ -84,8 +84,12 @@ class PostgresStore(SqlStore):
     _JSON = "CAST(? AS jsonb)"
 
     def _search_attribute_match(self, key: str, value: Any) -> tuple[str, list[Any]]:
-        # containment: served by the GIN index on search_attributes
-        return "search_attributes @> CAST(? AS jsonb)", [json.dumps({key: value})]
+        # containment, served by the GIN index on search_attributes: the value itself, or
+        # a keyword list holding it (a list value: holding each of its items)
+        if isinstance(value, list):
+            return "search_attributes @> CAST(? AS jsonb)", [json.dumps({key: value})]
+        return ("(search_attributes @> CAST(? AS jsonb) OR search_attributes @> "
+                "CAST(? AS jsonb))", [json.dumps({key: value}), json.dumps({key: [value]})])
 
     def __init__(self, conninfo: str, *, url: str, schema: str | None = None,
                  pool_size: int = 2, clock: Clock | None = None, describe: str = "") -> None:

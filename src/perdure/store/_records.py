@@ -14,6 +14,7 @@ __all__ = [
     "ExternalSignal",
     "NewActivityTask",
     "NewChildWorkflow",
+    "PendingActivityRecord",
     "QueryTaskClaim",
     "ResetRecord",
     "RunRecord",
@@ -39,6 +40,9 @@ class StartWorkflowRecord:
     id_reuse_policy: str
     now: float
     signal_event: bytes | None = None
+    update_request: tuple[str, str, bytes] | None = None
+    """Update-with-start: (update id, name, ``UpdateRequested`` event) for the run that
+    the start finds running (``use_existing``) or starts."""
     """With signal-with-start: a SignalReceived event delivered with the start."""
     eager_worker: str | None = None
     """Eager start: lease the first workflow task to this in-process worker at once."""
@@ -61,6 +65,25 @@ class StartWorkflowRecord:
 
 
 @dataclasses.dataclass
+class PendingActivityRecord:
+    """An activity of a running run that has not ended: its row, for ``describe()``."""
+
+    seq: int
+    activity_type: str
+    task_queue: str
+    attempt: int
+    scheduled_at: float
+    visible_at: float
+    """When the current attempt may start (later than now while a retry waits)."""
+    started_at: float | None
+    lease_owner: str | None
+    heartbeat_at: float | None
+    heartbeat_details: bytes | None
+    last_failure: bytes | None
+    cancel_requested: bool
+
+
+@dataclasses.dataclass
 class RunRecord:
     """One row of ``workflow_runs``: the run's current state."""
 
@@ -77,6 +100,8 @@ class RunRecord:
     execution_timeout: float | None
     pending_inbox: int = 0
     pending_activities: int = 0
+    activities: list[PendingActivityRecord] = dataclasses.field(default_factory=list)
+    """With ``detail``: every pending activity's row."""
     pending_timers: int = 0
     workflow_task_attempt: int | None = None
     workflow_task_failure: str | None = None

@@ -46,6 +46,7 @@ from perdure.store._records import (
     ActivityAttempt,
     ActivityDecision,
     ActivityOutcome,
+    PendingActivityRecord,
     ResetRecord,
     RunRecord,
     RunSnapshot,
@@ -189,10 +190,17 @@ class SqlRunStore(WorkflowStore):
     """A parameter holding a JSON document (PostgreSQL: cast to jsonb)."""
 
     def _search_attribute_match(self, key: str, value: Any) -> tuple[str, list[Any]]:
-        """SQL (and its parameters) true when search attribute ``key`` equals ``value``."""
-        if isinstance(value, bool):
-            value = int(value)  # json_extract gives JSON true/false as 1/0
-        return "json_extract(search_attributes, ?) = ?", [f'$."{key}"', value]
+        """SQL (and its parameters) true when search attribute ``key`` equals ``value``, or,
+        for a keyword list, contains it (a list ``value``: contains each of its items)."""
+        values = value if isinstance(value, list) else [value]
+        # json_each walks a list's items, and gives a scalar as its only row
+        clause = " AND ".join(
+            ["EXISTS (SELECT 1 FROM json_each(search_attributes, ?) WHERE value = ?)"]
+            * len(values)) or "1 = 1"
+        params: list[Any] = []
+        for item in values:
+            params += [f'$."{key}"', int(item) if isinstance(item, bool) else item]
+        return f"({clause})", params
 
     def _run(self, op: Op[T]) -> asyncio.Future[T]:
         raise NotImplementedError
@@ -465,6 +473,13 @@ class SqlRunStore(WorkflowStore):
     async def start_workflow(self, record: StartWorkflowRecord) -> str:
         def op(conn: Conn, notes: StoreNotes) -> str:
             self._lock_workflow_id(conn, record.workflow_id)
+            if record.update_request is not None:
+                asked = conn.execute(
+                    "SELECT run_id FROM updates WHERE workflow_id = ? AND update_id = ?",
+                    (record.workflow_id, record.update_request[0]),
+                ).fetchone()
+                if asked is not None:
+                    return str(asked[0])  # this update-with-start, asked before (a retry)
             latest = self._latest_run(conn, record.workflow_id)
             if latest is not None:
                 run_id, status = latest
@@ -485,6 +500,9 @@ class SqlRunStore(WorkflowStore):
                                                    notes)
                         return run_id
                     if record.id_conflict_policy == "use_existing":
+                        if record.update_request is not None:
+                            self._insert_update(conn, record.workflow_id, run_id,
+                                                record.update_request, record.now, notes)
                         return run_id
                     if record.id_conflict_policy != "terminate_existing" \
                             or record.terminate_event is None:
@@ -523,6 +541,10 @@ class SqlRunStore(WorkflowStore):
                     "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
                     (record.workflow_id, record.run_id, record.signal_event),
                 )
+            if record.update_request is not None:
+                self._insert_update(conn, record.workflow_id, record.run_id,
+                                    record.update_request, record.now, notes)
+                return record.run_id
             if record.first_completion is not None and record.signal_event is None:
                 self._apply_completion(conn, record.first_completion, record.now, notes,
                                        inbox_pending=False, task_row=False)
@@ -564,20 +586,26 @@ class SqlRunStore(WorkflowStore):
             existing = conn.execute(select, (workflow_id, update_id)).fetchone()
             if existing is not None:
                 return str(existing[0])
-            now = self.clock.now()
-            conn.execute(
-                "INSERT INTO updates (workflow_id, update_id, run_id, name, state, created_at) "
-                "VALUES (?, ?, ?, ?, 'requested', ?)",
-                (workflow_id, update_id, rid, name, now),
-            )
-            conn.execute(
-                "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
-                (workflow_id, rid, event),
-            )
-            self._ensure_workflow_task(conn, workflow_id, rid, now, notes)
+            self._insert_update(conn, workflow_id, rid, (update_id, name, event),
+                                self.clock.now(), notes)
             return rid
 
         return await self._run(op)
+
+    def _insert_update(self, conn: Conn, workflow_id: str, run_id: str,
+                       request: tuple[str, str, bytes], now: float, notes: StoreNotes) -> None:
+        """A requested update: its row (how callers follow it) and its inbox event."""
+        update_id, name, event = request
+        conn.execute(
+            "INSERT INTO updates (workflow_id, update_id, run_id, name, state, created_at) "
+            "VALUES (?, ?, ?, ?, 'requested', ?)",
+            (workflow_id, update_id, run_id, name, now),
+        )
+        conn.execute(
+            "INSERT INTO inbox (workflow_id, run_id, data) VALUES (?, ?, ?)",
+            (workflow_id, run_id, event),
+        )
+        self._ensure_workflow_task(conn, workflow_id, run_id, now, notes)
 
     def _lock_stream(self, conn: Conn, workflow_id: str) -> None:
         """Serialize appends to one workflow's stream, so that ids follow commit order
@@ -752,9 +780,21 @@ class SqlRunStore(WorkflowStore):
                 record.pending_inbox = conn.execute(
                     "SELECT count(*) FROM inbox WHERE workflow_id = ? AND run_id = ?", key
                 ).fetchone()[0]
-                record.pending_activities = conn.execute(
-                    "SELECT count(*) FROM activity_tasks WHERE workflow_id = ? AND run_id = ?", key
-                ).fetchone()[0]
+                record.activities = [
+                    PendingActivityRecord(
+                        seq=int(r[0]), activity_type=r[1], task_queue=r[2], attempt=int(r[3]),
+                        scheduled_at=r[4], visible_at=r[5], started_at=r[6], lease_owner=r[7],
+                        heartbeat_at=r[8],
+                        heartbeat_details=bytes(r[9]) if r[9] is not None else None,
+                        last_failure=bytes(r[10]) if r[10] is not None else None,
+                        cancel_requested=bool(r[11]))
+                    for r in conn.execute(
+                        "SELECT seq, activity_type, task_queue, attempt, scheduled_at, "
+                        "visible_at, started_at, lease_owner, heartbeat_at, heartbeat_details, "
+                        "last_failure, cancel_requested FROM activity_tasks "
+                        "WHERE workflow_id = ? AND run_id = ? ORDER BY seq", key).fetchall()
+                ]
+                record.pending_activities = len(record.activities)
                 record.pending_timers = conn.execute(
                     "SELECT count(*) FROM timers WHERE workflow_id = ? AND run_id = ? AND seq > 0",
                     key,

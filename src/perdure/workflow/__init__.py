@@ -5,11 +5,14 @@ after any crash. Use these functions instead of the clock, ``random`` and
 ``uuid``; put every side effect in an activity.
 """
 
+from perdure.workflow import unsafe
 from perdure.workflow._api import (
     ActivityHandle,
+    all_handlers_finished,
     continue_as_new,
     deprecate_patch,
     execute_activity,
+    execute_local_activity,
     info,
     is_replaying,
     logger,
@@ -20,9 +23,11 @@ from perdure.workflow._api import (
     set_signal_handler,
     sleep,
     start_activity,
+    start_local_activity,
     upsert_memo,
     upsert_search_attributes,
     uuid4,
+    wait,
     wait_condition,
 )
 from perdure.workflow._children import (
@@ -34,7 +39,15 @@ from perdure.workflow._children import (
     get_external_workflow_handle,
     start_child_workflow,
 )
-from perdure.workflow._definition import defn, query, run, signal, update, update_validator
+from perdure.workflow._definition import (
+    defn,
+    init,
+    query,
+    run,
+    signal,
+    update,
+    update_validator,
+)
 from perdure.workflow._instance import WorkflowInfo
 
 __all__ = [
@@ -44,13 +57,16 @@ __all__ = [
     "ExternalWorkflowHandle",
     "ParentClosePolicy",
     "WorkflowInfo",
+    "all_handlers_finished",
     "continue_as_new",
     "defn",
     "deprecate_patch",
     "execute_activity",
     "execute_child_workflow",
+    "execute_local_activity",
     "get_external_workflow_handle",
     "info",
+    "init",
     "is_replaying",
     "logger",
     "now",
@@ -64,10 +80,13 @@ __all__ = [
     "sleep",
     "start_activity",
     "start_child_workflow",
+    "start_local_activity",
+    "unsafe",
     "update",
     "update_validator",
     "upsert_memo",
     "upsert_search_attributes",
     "uuid4",
+    "wait",
     "wait_condition",
 ]

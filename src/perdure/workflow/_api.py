@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Generator, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping
 from datetime import datetime, timedelta
 from typing import Any, Generic, NoReturn, TypeVar
 
@@ -19,9 +19,11 @@ from perdure.workflow._instance import ContinueAsNew, WorkflowInfo, WorkflowInst
 
 __all__ = [
     "ActivityHandle",
+    "all_handlers_finished",
     "continue_as_new",
     "deprecate_patch",
     "execute_activity",
+    "execute_local_activity",
     "info",
     "is_replaying",
     "logger",
@@ -32,9 +34,11 @@ __all__ = [
     "set_signal_handler",
     "sleep",
     "start_activity",
+    "start_local_activity",
     "upsert_memo",
     "upsert_search_attributes",
     "uuid4",
+    "wait",
     "wait_condition",
 ]
 
@@ -189,6 +193,72 @@ async def execute_activity(
     except asyncio.CancelledError:
         instance.cancel_activity(seq)
         raise
+
+
+def start_local_activity(
+    activity: Callable[..., Any] | str,
+    *args: Any,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    schedule_to_start_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    local_retry_threshold: timedelta | float | None = None,
+    result_type: Any = None,
+) -> ActivityHandle[Any]:
+    """Temporal's local activity, for code ported from it: an ordinary activity on this
+    workflow's own task queue, which the worker running the workflow starts at once
+    (eager dispatch: no claim round trip) and whose result it commits together with the
+    next activation. Unlike Temporal's, it is recorded, retried and timed out like any
+    activity; ``local_retry_threshold`` is accepted and has no effect."""
+    del local_retry_threshold
+    return start_activity(
+        activity, *args, start_to_close_timeout=start_to_close_timeout,
+        schedule_to_close_timeout=schedule_to_close_timeout,
+        schedule_to_start_timeout=schedule_to_start_timeout, retry_policy=retry_policy,
+        result_type=result_type,
+    )
+
+
+async def execute_local_activity(
+    activity: Callable[..., Any] | str,
+    *args: Any,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    schedule_to_start_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    local_retry_threshold: timedelta | float | None = None,
+    result_type: Any = None,
+) -> Any:
+    """Run a local activity (see :func:`start_local_activity`) and return its result."""
+    del local_retry_threshold
+    return await execute_activity(
+        activity, *args, start_to_close_timeout=start_to_close_timeout,
+        schedule_to_close_timeout=schedule_to_close_timeout,
+        schedule_to_start_timeout=schedule_to_start_timeout, retry_policy=retry_policy,
+        result_type=result_type,
+    )
+
+
+async def wait(
+    fs: Iterable[Awaitable[T]], *, timeout: timedelta | float | None = None,
+    return_when: str = asyncio.ALL_COMPLETED,
+) -> tuple[list[asyncio.Future[T]], list[asyncio.Future[T]]]:
+    """``asyncio.wait`` with a deterministic answer: the done and pending futures as lists
+    in the order given (asyncio's sets iterate in an order that can differ on replay).
+    Coroutines are wrapped in tasks, in order. A ``timeout`` is a durable timer."""
+    futures = [f if isinstance(f, asyncio.Future) else asyncio.ensure_future(f) for f in fs]
+    if not futures:
+        return [], []
+    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+    done, _pending = await asyncio.wait(futures, timeout=seconds, return_when=return_when)
+    return [f for f in futures if f in done], [f for f in futures if f not in done]
+
+
+def all_handlers_finished() -> bool:
+    """Whether no signal or update handler of this run is still running: wait for it
+    (``await workflow.wait_condition(workflow.all_handlers_finished)``) before returning,
+    so that an update's caller gets its answer and a signal is fully handled."""
+    return _context.current().all_handlers_finished()
 
 
 async def sleep(duration: timedelta | float) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "WorkflowDefinition",
     "defn",
     "get_workflow_definition",
+    "init",
     "query",
     "run",
     "signal",
@@ -32,6 +33,7 @@ _QUERY = "__perdure_query__"
 _UPDATE = "__perdure_update__"
 _VALIDATES = "__perdure_validates__"
 _OWNER = "__perdure_owner__"
+_INIT = "__perdure_init__"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +63,23 @@ class WorkflowDefinition:
     queries: dict[str, HandlerDefinition]
     dynamic_signals: bool = False
     updates: dict[str, HandlerDefinition] = dataclasses.field(default_factory=dict)
+    init_takes_arguments: bool = False
+    """``__init__`` is marked ``@workflow.init``: it receives the run's arguments."""
     failure_exception_types: tuple[type[BaseException], ...] = ()
     """Exception types that fail a run of this workflow when its code lets them escape
     (besides ``ApplicationError`` and the other failures); any other exception fails
     only the workflow task, which is retried."""
+
+
+def init(fn: F) -> F:
+    """Mark ``__init__`` as taking the workflow's arguments, as ``@workflow.run`` does
+    (Temporal's ``@workflow.init``): state can then be set up from the input before any
+    signal or update handler runs. Its parameters must match the run method's."""
+    if getattr(fn, "__name__", "") != "__init__":
+        raise ConfigurationError(
+            f"@workflow.init goes on __init__, not on {getattr(fn, '__qualname__', fn)}")
+    setattr(fn, _INIT, True)
+    return fn
 
 
 def run(fn: F) -> F:
@@ -246,6 +261,19 @@ def defn(
                 f"workflow {c.__qualname__} has no @workflow.run method; mark its async entry "
                 "point with @workflow.run"
             )
+        constructor = next((k.__dict__["__init__"] for k in c.__mro__
+                            if "__init__" in k.__dict__), None)
+        init_takes_arguments = bool(getattr(constructor, _INIT, False))
+        if init_takes_arguments:
+            assert constructor is not None
+            init_params = list(inspect.signature(constructor).parameters.values())[1:]
+            run_params = list(inspect.signature(run_method).parameters.values())[1:]
+            if [(p.name, p.kind) for p in init_params] != [(p.name, p.kind)
+                                                            for p in run_params]:
+                raise ConfigurationError(
+                    f"the @workflow.init __init__ of {c.__qualname__} must take the same "
+                    f"parameters as its @workflow.run method {run_method.__name__}"
+                    f"{inspect.signature(run_method)}")
         definition = WorkflowDefinition(
             name=name or c.__name__,
             cls=c,
@@ -257,6 +285,7 @@ def defn(
             dynamic_signals=dynamic_signals,
             updates=updates,
             failure_exception_types=tuple(failure_exception_types),
+            init_takes_arguments=init_takes_arguments,
         )
         setattr(c, _DEFN, definition)
         for method in [run_method, *(h.method for h in signals.values()),

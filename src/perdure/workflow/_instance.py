@@ -398,6 +398,8 @@ class WorkflowInstance:
         record in place of the request) or rejected (why; nothing is recorded)."""
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._signal_handlers: dict[str, Callable[..., Any]] = {}
+        self._handler_tasks: set[asyncio.Task[Any]] = set()
+        """Async signal and update handlers still running."""
         self._buffered_signals: dict[str, list[bytes]] = {}
         self._main: asyncio.Task[Any] | None = None
         self._cancel_requested = False
@@ -811,6 +813,8 @@ class WorkflowInstance:
                 self._finish_update(event.update_id, value, None)
             return
         task = self.loop.create_task(method(*values), name=f"update:{event.name}")
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
 
         def done(task: asyncio.Task[Any]) -> None:
             if task.cancelled():
@@ -903,7 +907,8 @@ class WorkflowInstance:
             # retrying cannot help an input that does not fit the signature: fail the run
             self._complete(WorkflowFailed(failure=failure_from_exception(exc)))
             return
-        self.workflow_object = definition.cls()
+        self.workflow_object = (definition.cls(*args) if definition.init_takes_arguments
+                                else definition.cls())
         for name, handler in definition.signals.items():
             self._signal_handlers[name] = handler.method.__get__(self.workflow_object)
         run = definition.run_method.__get__(self.workflow_object)
@@ -929,6 +934,8 @@ class WorkflowInstance:
             return
         if asyncio.iscoroutinefunction(handler):
             task = self.loop.create_task(handler(*values), name=f"signal:{name}")
+            self._handler_tasks.add(task)
+            task.add_done_callback(self._handler_tasks.discard)
             task.add_done_callback(self._on_handler_done)
             return
         try:
@@ -967,6 +974,10 @@ class WorkflowInstance:
         """Fail this activation (the first failure wins): the worker retries the task."""
         if self._task_failure is None:
             self._task_failure = exc
+
+    def all_handlers_finished(self) -> bool:
+        """No async signal or update handler is still running."""
+        return not self._handler_tasks
 
     def set_signal_handler(self, name: str, handler: Callable[..., Any] | None) -> None:
         """Register (or remove) a handler at run time; buffered signals are delivered."""
