@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from perdure._errors import ConfigurationError
-from perdure.activity._definition import ActivityDefinition, get_activity_definition
+from perdure.activity._definition import ActivityDefinition, executable_definition
 from perdure.engine import (
     activity_timed_out_outcome,
     plan_workflow_task,
@@ -124,7 +124,7 @@ class Worker(ActivityRunner):
             self.workflows[definition.name] = definition
         self.activities: dict[str, ActivityDefinition] = {}
         for fn in activities:
-            adef = get_activity_definition(fn)
+            adef = executable_definition(fn)
             if adef is None:
                 raise ConfigurationError(
                     f"{getattr(fn, '__qualname__', fn)!r} is not an activity; decorate it with "
