@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from perdure._errors import ConfigurationError
-from perdure.activity._definition import ActivityDefinition, executable_definition
+from perdure.activity._definition import ActivityDefinition
 from perdure.engine import (
     activity_timed_out_outcome,
     plan_workflow_task,
@@ -47,8 +47,12 @@ from perdure.store._records import (
 )
 from perdure.worker._activities import ActivityRunner, _RunningActivity
 from perdure.worker._options import WorkerOptions
-from perdure.workflow._definition import WorkflowDefinition, get_workflow_definition
-from perdure.workflow._guard import GUARD_MODES
+from perdure.worker._registration import (
+    check_activity_executor,
+    register_activities,
+    register_workflows,
+)
+from perdure.workflow._definition import WorkflowDefinition
 from perdure.workflow._instance import WorkflowInstance
 
 if TYPE_CHECKING:
@@ -108,29 +112,15 @@ class Worker(ActivityRunner):
         if not self.task_queues:
             raise ConfigurationError("a Worker needs at least one task queue")
         self.options = options or WorkerOptions()
-        if self.options.determinism_guard not in GUARD_MODES:
+        if not all(isinstance(q, str) and q for q in self.task_queues):
             raise ConfigurationError(
-                f"WorkerOptions.determinism_guard must be one of {', '.join(GUARD_MODES)}, "
-                f"not {self.options.determinism_guard!r}"
+                f"task queues are non-empty strings, not {task_queue!r}"
             )
-        self.workflows: dict[str, WorkflowDefinition] = {}
-        for cls in workflows:
-            definition = get_workflow_definition(cls)
-            if definition is None:
-                raise ConfigurationError(
-                    f"{getattr(cls, '__qualname__', cls)!r} is not a workflow; decorate the "
-                    "class with @workflow.defn"
-                )
-            self.workflows[definition.name] = definition
-        self.activities: dict[str, ActivityDefinition] = {}
-        for fn in activities:
-            adef = executable_definition(fn)
-            if adef is None:
-                raise ConfigurationError(
-                    f"{getattr(fn, '__qualname__', fn)!r} is not an activity; decorate it with "
-                    "@activity.defn"
-                )
-            self.activities[adef.name] = adef
+        check_activity_executor(activity_executor)
+        self.workflows: dict[str, WorkflowDefinition] = register_workflows(workflows,
+                                                                           self.converter)
+        self.activities: dict[str, ActivityDefinition] = register_activities(activities,
+                                                                             self.converter)
         self.build_id = build_id or self._derive_build_id()
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._executor = activity_executor
