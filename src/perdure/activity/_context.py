@@ -1,4 +1,8 @@
-"""What a running activity can ask of its worker: info, heartbeats, cancellation."""
+"""What a running activity can ask of its worker: info, heartbeats, cancellation.
+
+How cancellation reaches async and thread activities is told in ``perdure.activity``'s
+docstring; :class:`CancelFlag` is where both kinds learn it.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,13 @@ import contextlib
 import contextvars
 import dataclasses
 import hashlib
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from perdure._converter import PayloadConverter
-from perdure._errors import NotInActivityError
+from perdure._errors import CancelledFailure, NotInActivityError
 
 __all__ = [
     "ActivityContext",
@@ -27,6 +32,8 @@ __all__ = [
     "publish",
     "rate_limit",
     "store_payloads",
+    "wait_for_cancelled",
+    "wait_for_cancelled_sync",
 ]
 
 
@@ -50,19 +57,63 @@ class ActivityInfo:
     heartbeat_timeout: float | None
 
 
-class CancelFlag:
-    """Set once when the attempt should stop; cheap to create, safe to read from any thread."""
+_flag_lock = threading.Lock()
+"""Guards the rare moments of every flag: being set, and a first waiter arriving."""
 
-    __slots__ = ("_set",)
+
+class CancelFlag:
+    """Set once when the attempt should stop; cheap to create, and safe to read and to
+    wait on from any thread or event loop."""
+
+    __slots__ = ("_event", "_set", "_waiters")
 
     def __init__(self) -> None:
         self._set = False
+        self._event: threading.Event | None = None
+        self._waiters: list[asyncio.Future[None]] = []
 
     def set(self) -> None:
-        self._set = True
+        with _flag_lock:
+            if self._set:
+                return
+            self._set = True
+            event, waiters, self._waiters = self._event, self._waiters, []
+        if event is not None:
+            event.set()
+        for waiter in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                waiter.get_loop().call_soon_threadsafe(_wake, waiter)
 
     def is_set(self) -> bool:
         return self._set
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block this thread until set (or ``timeout`` seconds pass); whether it is set."""
+        with _flag_lock:
+            if self._set:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
+
+    async def wait_async(self) -> None:
+        """Wait on the running event loop until set."""
+        with _flag_lock:
+            if self._set:
+                return
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            with _flag_lock, contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class ActivityContext:
@@ -77,6 +128,7 @@ class ActivityContext:
         record_heartbeat: Callable[[bytes | None], None],
         payload_store: PayloadStore | None = None,
         publish: Callable[[str, bytes], None] | None = None,
+        runs_in_thread: bool = False,
     ) -> None:
         self.info = info
         self.converter = converter
@@ -85,6 +137,8 @@ class ActivityContext:
         self.payload_store = payload_store
         self._publish = publish
         self.cancelled = CancelFlag()
+        self.runs_in_thread = runs_in_thread
+        """A plain-``def`` attempt: cancellation is told, through heartbeats, not raised."""
 
     def publish(self, event: Any, workflow_id: str | None) -> None:
         if self._publish is None:
@@ -93,6 +147,12 @@ class ActivityContext:
                       self.converter.encode(event, what="stream event"))
 
     def heartbeat(self, details: tuple[Any, ...]) -> None:
+        if self.runs_in_thread and self.cancelled.is_set():
+            info = self.info
+            raise CancelledFailure(
+                f"activity {info.activity_type} (workflow {info.workflow_id}, attempt "
+                f"{info.attempt}) was cancelled"
+            )
         data = (
             self.converter.encode(list(details), what="heartbeat details") if details else None
         )
@@ -142,8 +202,10 @@ def info() -> ActivityInfo:
 def heartbeat(*details: Any) -> None:
     """Report progress; ``details`` are kept and handed to the next attempt after a failure.
 
-    Also how a long activity learns of cancellation: the worker checks for it
-    when it records heartbeats.
+    Also how a long activity learns of cancellation: the worker checks for it when it
+    records heartbeats. In a plain-``def`` (thread) activity, a heartbeat after the
+    attempt was cancelled raises :class:`perdure.CancelledFailure`; an ``async``
+    activity is cancelled at its ``await`` instead (see this module's docstring).
     """
     current().heartbeat(details)
 
@@ -158,8 +220,21 @@ def heartbeat_details(*hints: Any) -> list[Any]:
 
 
 def is_cancelled() -> bool:
-    """True once cancellation was requested; for plain-``def`` activities to poll."""
+    """True once the attempt must stop (cancelled, timed out, the worker leaving); for
+    plain-``def`` activities to poll."""
     return current().cancelled.is_set()
+
+
+async def wait_for_cancelled() -> None:
+    """Wait until the attempt must stop (for a helper task of an ``async`` activity; the
+    activity's own task is cancelled at that moment anyway)."""
+    await current().cancelled.wait_async()
+
+
+def wait_for_cancelled_sync(timeout: float | None = None) -> bool:
+    """Block a plain-``def`` activity's thread until the attempt must stop, or ``timeout``
+    seconds pass; whether it must stop."""
+    return current().cancelled.wait(timeout)
 
 
 def payload_ref(data: bytes) -> str:

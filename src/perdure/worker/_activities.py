@@ -47,9 +47,16 @@ class _RunningActivity:
     shutdown: bool = False
     invoking: bool = False
     """The activity's own code is running (not yet reporting its outcome)."""
+    timed_out: bool = False
+    """The local start-to-close guard stopped it: the store's timeout reports it."""
     stream: list[tuple[str, str, bytes]] = dataclasses.field(default_factory=list)
     """Published events not yet written: (workflow id, run id, JSON)."""
     stream_flush: asyncio.TimerHandle | None = None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class ActivityRunner:
@@ -133,6 +140,7 @@ class ActivityRunner:
                                                asyncio.get_running_loop()),
             payload_store=self.store,
             publish=functools.partial(self._record_stream, running, asyncio.get_running_loop()),
+            runs_in_thread=definition is not None and not definition.is_async,
         )
         running.context = context
         self._running_activities[key] = running
@@ -153,7 +161,7 @@ class ActivityRunner:
             running.task = asyncio.current_task()
             running.invoking = True
             try:
-                value = await self._invoke(definition, args, context, claim)
+                value = await self._invoke(definition, args, running)
             finally:
                 running.invoking = False
             result = self.converter.encode(value, what=f"result of activity {definition.name!r}")
@@ -161,10 +169,8 @@ class ActivityRunner:
             if running.shutdown:
                 await self.store.release_activity(*key, claim.attempt, self.identity)
                 return
-            if not context.cancelled.is_set() and not self._stopping.is_set():
-                # the local start-to-close guard fired; the store's timeout handles it
-                context.cancelled.set()  # a thread-pool activity may poll is_cancelled()
-                return
+            if running.timed_out:
+                return  # the local start-to-close guard fired; the store's timeout handles it
             error = exc
         except Exception as exc:
             error = exc
@@ -232,9 +238,9 @@ class ActivityRunner:
                 delay = min(delay * 2, 5.0)
 
     async def _invoke(
-        self, definition: ActivityDefinition, args: list[Any], context: ActivityContext,
-        claim: ActivityTaskClaim,
+        self, definition: ActivityDefinition, args: list[Any], running: _RunningActivity,
     ) -> Any:
+        claim, context = running.claim, running.context
         timeout = claim.start_to_close_timeout
         if claim.schedule_to_close_timeout is not None:
             # the attempt must also stop when the activity's whole budget is spent
@@ -249,7 +255,13 @@ class ActivityRunner:
             # the local start-to-close guard: cancel this task (cheaper than wait_for)
             task = asyncio.current_task()
             assert task is not None
-            guard = asyncio.get_running_loop().call_later(timeout, task.cancel)
+
+            def time_up() -> None:
+                running.timed_out = True
+                context.cancelled.set()
+                task.cancel()
+
+            guard = asyncio.get_running_loop().call_later(timeout, time_up)
             try:
                 return await definition.fn(*args)
             finally:
@@ -260,15 +272,48 @@ class ActivityRunner:
         future = loop.run_in_executor(self._executor, functools.partial(ctx.run, definition.fn,
                                                                         *args))
         try:
-            if timeout is None:
-                return await asyncio.shield(future)
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            # not context.cancelled: _run_activity tells the local guard from a cancel by it
-            raise asyncio.CancelledError() from None
+            # asyncio.wait neither cancels the thread's future nor mistakes the activity's
+            # own TimeoutError for the guard's
+            await asyncio.wait((future,), timeout=timeout)
         except asyncio.CancelledError:
-            context.cancelled.set()
+            context.cancelled.set()  # the thread is told; its next heartbeat raises
+            await self._thread_ended(future, running)
             raise
+        if future.done():
+            return future.result()
+        running.timed_out = True
+        context.cancelled.set()
+        await self._thread_ended(future, running)
+        raise asyncio.CancelledError()
+
+    async def _thread_ended(self, future: asyncio.Future[Any], running: _RunningActivity,
+                            ) -> None:
+        """Wait until a stopped thread activity has returned, so that its slot (and its
+        executor thread) is not handed to another attempt under it; bounded by the
+        graceful shutdown timeout, whose passing is logged."""
+        # its outcome is not reported (the cancellation is): retrieve it whenever it
+        # comes, so that asyncio does not log it as lost
+        future.add_done_callback(_retrieve)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.graceful_shutdown_timeout
+        while not future.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                claim = running.claim
+                _log.warning(
+                    "activity %s (workflow %s, attempt %d) was told to stop but its thread "
+                    "still runs after %.1fs (graceful_shutdown_timeout); a plain-def activity "
+                    "stops only when it returns: call activity.heartbeat() (it raises once "
+                    "cancelled) or check activity.is_cancelled() in its loops. The process "
+                    "cannot exit before the thread returns",
+                    claim.activity_type, claim.workflow_id, claim.attempt,
+                    self.options.graceful_shutdown_timeout,
+                )
+                return
+            try:
+                await asyncio.wait((future,), timeout=remaining)
+            except asyncio.CancelledError:
+                continue  # cancelled again (the worker leaving): the thread still runs
 
     def _record_heartbeat(
         self, running: _RunningActivity, loop: asyncio.AbstractEventLoop, details: bytes | None

@@ -234,7 +234,9 @@ class Worker(ActivityRunner):
                     run.context.cancelled.set()
                     run.task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=5)
+                # thread activities get the grace period again to notice and return
+                await asyncio.wait(pending,
+                                   timeout=self.options.graceful_shutdown_timeout + 1)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         for task in liveness:
