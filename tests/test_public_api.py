@@ -42,7 +42,7 @@ def test_workflow_exports() -> None:
 def test_activity_and_testing_exports() -> None:
     assert set(activity.__all__) == {
         "ActivityDefinition", "ActivityInfo", "RatePermit", "defn", "heartbeat", "heartbeat_details", "info",
-        "is_cancelled", "load_payloads", "payload_ref", "publish", "rate_limit",
+        "is_cancelled", "load_payloads", "logger", "payload_ref", "publish", "rate_limit",
         "store_payloads", "wait_for_cancelled", "wait_for_cancelled_sync",
     }
     assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}

@@ -11,8 +11,9 @@ import contextlib
 import contextvars
 import dataclasses
 import hashlib
+import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ __all__ = [
     "info",
     "is_cancelled",
     "load_payloads",
+    "logger",
     "payload_ref",
     "publish",
     "rate_limit",
@@ -235,6 +237,33 @@ def wait_for_cancelled_sync(timeout: float | None = None) -> bool:
     """Block a plain-``def`` activity's thread until the attempt must stop, or ``timeout``
     seconds pass; whether it must stop."""
     return current().cancelled.wait(timeout)
+
+
+class _ActivityLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Tags each record logged during an attempt with it: ``workflow_id``, ``run_id``,
+    ``activity_id``, ``activity_type`` and ``attempt`` in the record (its ``extra``; a
+    value the call passes wins), and a readable prefix on the message."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any],
+                ) -> tuple[Any, MutableMapping[str, Any]]:
+        context = _current.get(None)
+        if context is not None:
+            info = context.info
+            extra = dict(kwargs.get("extra") or {})
+            for key, value in (("workflow_id", info.workflow_id), ("run_id", info.run_id),
+                               ("activity_id", info.activity_id),
+                               ("activity_type", info.activity_type),
+                               ("attempt", info.attempt)):
+                extra.setdefault(key, value)
+            kwargs["extra"] = extra
+            msg = (f"[{info.activity_type}, workflow {info.workflow_id}, activity "
+                   f"{info.activity_id}, attempt {info.attempt}] {msg}")
+        return msg, kwargs
+
+
+logger = _ActivityLogger(logging.getLogger("perdure.activity.user"), {})
+"""A logger for activity code (Temporal's ``activity.logger``): each record names the
+attempt it comes from, in async and plain-``def`` activities alike."""
 
 
 def payload_ref(data: bytes) -> str:
