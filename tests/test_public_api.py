@@ -45,7 +45,7 @@ def test_activity_and_testing_exports() -> None:
         "is_cancelled", "load_payloads", "logger", "payload_ref", "publish", "rate_limit",
         "store_payloads", "wait_for_cancelled", "wait_for_cancelled_sync",
     }
-    assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}
+    assert set(testing.__all__) == {"ActivityEnvironment", "WorkflowEnvironment", "assert_replays"}
     assert set(agents.__all__) == {
         "Agent", "AgentHandle", "AgentResult", "AgentRun", "AgentWorker", "AnthropicModel",
         "EventPrinter", "LocalSandboxes", "Message", "Model", "ModelLimits", "SandboxLimits",

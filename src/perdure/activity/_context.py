@@ -196,6 +196,10 @@ def set_current(context: ActivityContext) -> contextvars.Token[ActivityContext]:
     return _current.set(context)
 
 
+def reset_current(token: contextvars.Token[ActivityContext]) -> None:
+    _current.reset(token)
+
+
 def info() -> ActivityInfo:
     """Facts about the running attempt: ids, attempt number, idempotency key."""
     return current().info
