@@ -6,7 +6,8 @@ import perdure
 from perdure import activity, agents, replay, testing, workflow
 
 EXPECTED_TOP_LEVEL = {
-    "ActivityError", "ApplicationError", "CancelledFailure", "ChildWorkflowError", "Client", "ConfigurationError",
+    "ActivityError", "ActivityNotFoundError", "ApplicationError", "AsyncActivityCancelledError",
+    "AsyncActivityHandle", "CancelledFailure", "ChildWorkflowError", "Client", "ConfigurationError",
     "FailureError", "IdConflictPolicy", "IdReusePolicy", "InvalidArgumentError", "InvalidDatabaseURLError", "DatabaseUnavailableError",
     "NondeterminismError", "NotInActivityError", "NotInWorkflowError", "PayloadConverter",
     "PayloadDecodingError", "PayloadEncodingError", "PayloadError", "PayloadTooLargeError",
@@ -42,7 +43,7 @@ def test_workflow_exports() -> None:
 def test_activity_and_testing_exports() -> None:
     assert set(activity.__all__) == {
         "ActivityDefinition", "ActivityInfo", "RatePermit", "defn", "heartbeat", "heartbeat_details", "info",
-        "is_cancelled", "load_payloads", "logger", "payload_ref", "publish", "rate_limit",
+        "is_cancelled", "load_payloads", "logger", "payload_ref", "publish", "raise_complete_async", "rate_limit",
         "store_payloads", "wait_for_cancelled", "wait_for_cancelled_sync",
     }
     assert set(testing.__all__) == {"ActivityEnvironment", "WorkflowEnvironment", "assert_replays"}

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from perdure._converter import PayloadConverter
 from perdure._errors import CancelledFailure, NotInActivityError
@@ -23,6 +23,7 @@ from perdure._errors import CancelledFailure, NotInActivityError
 __all__ = [
     "ActivityContext",
     "ActivityInfo",
+    "CompleteAsyncError",
     "RatePermit",
     "heartbeat",
     "heartbeat_details",
@@ -32,6 +33,7 @@ __all__ = [
     "logger",
     "payload_ref",
     "publish",
+    "raise_complete_async",
     "rate_limit",
     "store_payloads",
     "wait_for_cancelled",
@@ -57,6 +59,10 @@ class ActivityInfo:
     scheduled_time: datetime
     start_to_close_timeout: float | None
     heartbeat_timeout: float | None
+    task_token: bytes = b""
+    """Names this attempt (opaque bytes): hand it to the system that will complete the
+    activity after ``raise_complete_async()``, through
+    ``Client.get_async_activity_handle(task_token=...)``."""
 
 
 _flag_lock = threading.Lock()
@@ -268,6 +274,27 @@ class _ActivityLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 logger = _ActivityLogger(logging.getLogger("perdure.activity.user"), {})
 """A logger for activity code (Temporal's ``activity.logger``): each record names the
 attempt it comes from, in async and plain-``def`` activities alike."""
+
+
+class CompleteAsyncError(BaseException):
+    """Raised by :func:`raise_complete_async`: the attempt stays open for someone else to
+    complete (a ``BaseException``, so that ``except Exception`` cannot swallow it)."""
+
+
+def raise_complete_async() -> NoReturn:
+    """End this function but not the attempt: it stays open, neither completed nor failed,
+    until a :class:`perdure.client.AsyncActivityHandle` (from
+    ``Client.get_async_activity_handle(task_token=activity.info().task_token)``, in any
+    process) completes, fails or reports its cancellation (Temporal's asynchronous
+    activity completion). Hand the task token to the system that will (a CI job, a
+    payment webhook, a person) before raising.
+
+    The open attempt holds no worker slot, is not handed back when its worker leaves or
+    dies, and its start-to-close, heartbeat and schedule-to-close timeouts still apply
+    (the handle's ``heartbeat()`` pushes the heartbeat timeout back).
+    """
+    current()
+    raise CompleteAsyncError()
 
 
 def payload_ref(data: bytes) -> str:

@@ -38,7 +38,9 @@ class ActivityEnvironment:
     attempt" reported (``activity.heartbeat_details(...)``); ``on_heartbeat`` is called
     with the details of each ``activity.heartbeat(...)``. :meth:`cancel` cancels as a
     worker would. ``store_payloads``, ``load_payloads`` and ``rate_limit`` need a
-    database: give ``client`` (a real :class:`perdure.Client`) for them.
+    database: give ``client`` (a real :class:`perdure.Client`) for them. An activity that
+    calls ``activity.raise_complete_async()`` ends ``run`` with the ``BaseException`` it
+    raises (``perdure.activity._context.CompleteAsyncError``), as in Temporal.
     """
 
     def __init__(
@@ -67,7 +69,7 @@ class ActivityEnvironment:
             activity_id="test", activity_type="unknown", task_queue="test", attempt=1,
             idempotency_key="test/test-run/test",
             scheduled_time=datetime.fromtimestamp(0, tz=UTC),
-            start_to_close_timeout=None, heartbeat_timeout=None,
+            start_to_close_timeout=None, heartbeat_timeout=None, task_token=b"test",
         )
 
     def cancel(self) -> None:

@@ -15,14 +15,16 @@ import functools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from perdure._clock import Clock
 from perdure._converter import PayloadConverter
 from perdure._errors import ApplicationError, PayloadError
 from perdure._failure import failure_from_exception
-from perdure.activity._context import ActivityContext, ActivityInfo
+from perdure._task_token import encode_task_token
+from perdure.activity._context import ActivityContext, ActivityInfo, CompleteAsyncError
 from perdure.activity._context import set_current as set_activity_context
 from perdure.activity._definition import ActivityDefinition
 from perdure.engine import activity_completed_outcome, activity_failed_outcome
@@ -34,6 +36,7 @@ from perdure.workflow._instance import WorkflowInstance
 __all__ = ["ActivityRunner"]
 
 _log = logging.getLogger("perdure.worker")
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -132,6 +135,8 @@ class ActivityRunner:
             scheduled_time=datetime.fromtimestamp(claim.scheduled_at, tz=UTC),
             start_to_close_timeout=claim.start_to_close_timeout,
             heartbeat_timeout=claim.heartbeat_timeout,
+            task_token=encode_task_token(claim.workflow_id, claim.run_id, claim.seq,
+                                         claim.attempt),
         )
         running = _RunningActivity(claim=claim, context=None)  # type: ignore[arg-type]
         context = ActivityContext(
@@ -146,6 +151,7 @@ class ActivityRunner:
         self._running_activities[key] = running
         result: bytes | None = None
         error: BaseException | None = None
+        left_open = False
         try:
             if definition is None:
                 raise ApplicationError(
@@ -165,6 +171,8 @@ class ActivityRunner:
             finally:
                 running.invoking = False
             result = self.converter.encode(value, what=f"result of activity {definition.name!r}")
+        except CompleteAsyncError:
+            left_open = True  # activity.raise_complete_async(): someone else completes it
         except asyncio.CancelledError as exc:
             if running.shutdown:
                 await self.store.release_activity(*key, claim.attempt, self.identity)
@@ -181,6 +189,10 @@ class ActivityRunner:
             await self._flush_heartbeat(running)
         if running.stream or running.stream_flush is not None:
             await self._flush_stream(running)  # followers see it before the outcome
+        if left_open:
+            await self._durably(claim, "leaving it open for async completion", lambda: (
+                self.store.await_async_completion(*key, claim.attempt, self.identity)))
+            return
         if error is None:
             assert result is not None
             decide = activity_completed_outcome(claim.seq, claim.attempt, result)
@@ -209,31 +221,39 @@ class ActivityRunner:
     async def _finish_attempt(
         self, claim: ActivityTaskClaim, key: tuple[str, str, int], decide: ActivityDecision,
     ) -> WorkflowTaskClaim | None:
-        """Record an attempt's end. The result is only in memory until this commits, so a
+        """Record an attempt's end (see :meth:`_durably`)."""
+        recorded = await self._durably(claim, "recording its end", lambda: (
+            self.store.finish_activity_attempt(
+                *key, claim.attempt, self.identity, decide,
+                claim_workflow_task=claim.run_id in self._cache and not self._stopping.is_set(),
+                lease=self.options.workflow_task_lease,
+            )))
+        if recorded is None:
+            return None
+        accepted, wf_claim = recorded
+        if not accepted:  # the attempt was superseded (timed out, reclaimed)
+            self.stats["rejected_activity_results"] += 1
+        return wf_claim
+
+    async def _durably(self, claim: ActivityTaskClaim, what: str,
+                       write: Callable[[], Awaitable[T]]) -> T | None:
+        """Commit what became of an attempt. It is only in memory until this commits, so a
         failing store is retried with back-off (for up to a minute) rather than dropped;
-        past that, the attempt's timeout retries the activity."""
+        past that (None), the attempt's timeout retries the activity."""
         delay = 0.1
         deadline = time.monotonic() + 60.0
         while True:
             try:
-                accepted, wf_claim = await self.store.finish_activity_attempt(
-                    *key, claim.attempt, self.identity, decide,
-                    claim_workflow_task=claim.run_id in self._cache
-                    and not self._stopping.is_set(),
-                    lease=self.options.workflow_task_lease,
-                )
-                if not accepted:  # the attempt was superseded (timed out, reclaimed)
-                    self.stats["rejected_activity_results"] += 1
-                return wf_claim
+                return await write()
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
-                    _log.error("activity %s (workflow %s, attempt %d): could not record its "
-                               "end, giving up (its timeout will retry it): %r",
-                               claim.activity_type, claim.workflow_id, claim.attempt, exc)
+                    _log.error("activity %s (workflow %s, attempt %d): %s failed, giving up "
+                               "(its timeout will retry it): %r", claim.activity_type,
+                               claim.workflow_id, claim.attempt, what, exc)
                     return None
-                _log.warning("activity %s (workflow %s, attempt %d): recording its end "
-                             "failed, retrying in %.1fs: %r", claim.activity_type,
-                             claim.workflow_id, claim.attempt, delay, exc)
+                _log.warning("activity %s (workflow %s, attempt %d): %s failed, retrying in "
+                             "%.1fs: %r", claim.activity_type, claim.workflow_id,
+                             claim.attempt, what, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -39,6 +39,7 @@ from perdure.history import (
     decode_event,
     encode_event,
 )
+from perdure.store._base import ASYNC_COMPLETION_OWNER
 from perdure.store._records import (
     ActivityTaskClaim,
     QueryTaskClaim,
@@ -123,6 +124,11 @@ class Worker(ActivityRunner):
                                                                              self.converter)
         self.build_id = build_id or self._derive_build_id()
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        if self.identity == ASYNC_COMPLETION_OWNER:
+            raise ConfigurationError(
+                f"a worker's identity cannot be {identity!r}: the store marks attempts left "
+                "open for async completion with it; choose another"
+            )
         self._executor = activity_executor
         self._own_executor = False
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
