@@ -241,8 +241,8 @@ class Worker(ActivityRunner):
                     run.task.cancel()
             if pending:
                 # thread activities get the grace period again to notice and return
-                await asyncio.wait(pending,
-                                   timeout=self.options.graceful_shutdown_timeout + 1)
+                await asyncio.wait(
+                    pending, timeout=max(5.0, self.options.graceful_shutdown_timeout + 1))
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         for task in liveness:
