@@ -141,3 +141,14 @@ def test_method_definitions_leave_self_out_of_the_hints() -> None:
     assert bound is definition
     greeter = get_activity_definition(Greeter("hi"))
     assert greeter is not None and greeter.name == "Greeter"
+
+
+class Leaky:
+    @activity.defn
+    async def send(self, sink: FakeBank) -> None:
+        """``FakeBank`` is no type JSON decodes into."""
+
+
+async def test_a_methods_annotations_are_checked_without_self(env: WorkflowEnvironment) -> None:
+    with pytest.raises(ConfigurationError, match=r"activity 'send' .*parameter 'sink'.*FakeBank"):
+        Worker(env.client, task_queue=Q, activities=[Leaky().send])

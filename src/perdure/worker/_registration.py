@@ -13,7 +13,11 @@ from typing import Any
 
 from perdure._converter import PayloadConverter
 from perdure._errors import ConfigurationError
-from perdure.activity._definition import ActivityDefinition, executable_definition
+from perdure.activity._definition import (
+    ActivityDefinition,
+    executable_definition,
+    get_activity_definition,
+)
 from perdure.workflow._definition import WorkflowDefinition, get_workflow_definition
 
 __all__ = ["check_activity_executor", "register_activities", "register_workflows"]
@@ -98,8 +102,10 @@ def register_activities(
                 f"worker: {_describe(previous.fn)} and {_describe(fn)}; give one another "
                 "name with @activity.defn(name=...)"
             )
-        check_annotations(definition.fn, f"activity {definition.name!r} ({_describe(fn)})",
-                          converter, skip_self=False)
+        declared = get_activity_definition(fn)  # the decorated function itself
+        assert declared is not None
+        check_annotations(declared.fn, f"activity {definition.name!r} ({_describe(fn)})",
+                          converter, skip_self=declared.is_method)
         registered[definition.name] = definition
     return registered
 
