@@ -291,7 +291,9 @@ def raise_complete_async() -> NoReturn:
 
     The open attempt holds no worker slot, is not handed back when its worker leaves or
     dies, and its start-to-close, heartbeat and schedule-to-close timeouts still apply
-    (the handle's ``heartbeat()`` pushes the heartbeat timeout back).
+    (the handle's ``heartbeat()`` pushes the heartbeat timeout back). Under a
+    time-skipping test environment an open attempt does not hold time back: its timeouts
+    fire as soon as everything else is idle; test with a real clock, or without timeouts.
     """
     current()
     raise CompleteAsyncError()
