@@ -6,7 +6,8 @@ import perdure
 from perdure import activity, agents, replay, testing, workflow
 
 EXPECTED_TOP_LEVEL = {
-    "ActivityError", "ApplicationError", "CancelledFailure", "ChildWorkflowError", "Client", "ConfigurationError",
+    "ActivityError", "ActivityNotFoundError", "ApplicationError", "AsyncActivityCancelledError",
+    "AsyncActivityHandle", "CancelledFailure", "ChildWorkflowError", "Client", "ConfigurationError",
     "FailureError", "IdConflictPolicy", "IdReusePolicy", "InvalidArgumentError", "InvalidDatabaseURLError", "DatabaseUnavailableError",
     "NondeterminismError", "NotInActivityError", "NotInWorkflowError", "PayloadConverter",
     "PayloadDecodingError", "PayloadEncodingError", "PayloadError", "PayloadTooLargeError",
@@ -31,9 +32,10 @@ def test_workflow_exports() -> None:
     assert set(workflow.__all__) == {
         "ActivityHandle", "ChildWorkflowCancellationType", "ChildWorkflowHandle",
         "ExternalWorkflowHandle", "ParentClosePolicy", "WorkflowInfo", "continue_as_new", "defn", "deprecate_patch",
-        "execute_activity", "execute_child_workflow", "get_external_workflow_handle", "info",
+        "execute_activity", "execute_activity_method", "execute_child_workflow", "get_external_workflow_handle", "info",
         "is_replaying", "logger", "now", "patched", "publish", "query", "random", "run", "set_signal_handler",
-        "signal", "sleep", "start_activity", "start_child_workflow", "update",
+        "signal", "sleep", "start_activity", "start_activity_method", "start_child_workflow",
+        "update",
         "update_validator", "upsert_memo", "upsert_search_attributes", "uuid4",
         "wait_condition", "all_handlers_finished", "execute_local_activity", "init",
         "start_local_activity", "unsafe", "wait",
@@ -43,10 +45,10 @@ def test_workflow_exports() -> None:
 def test_activity_and_testing_exports() -> None:
     assert set(activity.__all__) == {
         "ActivityDefinition", "ActivityInfo", "RatePermit", "defn", "heartbeat", "heartbeat_details", "info",
-        "is_cancelled", "load_payloads", "payload_ref", "publish", "rate_limit",
-        "store_payloads",
+        "is_cancelled", "load_payloads", "logger", "payload_ref", "publish", "raise_complete_async", "rate_limit",
+        "store_payloads", "wait_for_cancelled", "wait_for_cancelled_sync",
     }
-    assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}
+    assert set(testing.__all__) == {"ActivityEnvironment", "WorkflowEnvironment", "assert_replays"}
     assert set(agents.__all__) == {
         "Agent", "AgentHandle", "AgentResult", "AgentRun", "AgentWorker", "AnthropicModel",
         "EventPrinter", "LocalSandboxes", "Message", "Model", "ModelLimits", "SandboxLimits",

@@ -15,7 +15,9 @@ from perdure import activity, exceptions, workflow
 from perdure._converter import PayloadConverter
 from perdure._errors import (
     ActivityError,
+    ActivityNotFoundError,
     ApplicationError,
+    AsyncActivityCancelledError,
     CancelledFailure,
     ChildWorkflowError,
     ConfigurationError,
@@ -48,6 +50,7 @@ from perdure._errors import (
 )
 from perdure._retry import RetryPolicy
 from perdure.client import (
+    AsyncActivityHandle,
     Client,
     IdConflictPolicy,
     IdReusePolicy,
@@ -68,7 +71,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivityError",
+    "ActivityNotFoundError",
     "ApplicationError",
+    "AsyncActivityCancelledError",
+    "AsyncActivityHandle",
     "CancelledFailure",
     "ChildWorkflowError",
     "Client",

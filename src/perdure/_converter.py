@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgspec
+import msgspec.inspect
 
 from perdure._errors import PayloadDecodingError, PayloadEncodingError, PayloadTooLargeError
 
@@ -100,6 +101,26 @@ class PayloadConverter:
                 "check that the sender and the receiving function agree on the type"
             ) from None
 
+    def hint_problem(self, hint: Any) -> str | None:
+        """Why values annotated ``hint`` could not be decoded, or None when they can.
+
+        Checked when a worker registers a function, so that an annotation the converter
+        cannot honour is refused up front instead of failing every call."""
+        if hint is Any or hint is inspect.Parameter.empty:
+            return None
+        try:
+            decoder = msgspec.json.Decoder(hint, dec_hook=_dec_hook)
+            info = msgspec.inspect.type_info(hint)
+        except Exception as exc:  # msgspec refuses the type itself
+            return str(exc)
+        for cls in _custom_types(info, set()):
+            if not hasattr(cls, "model_validate"):
+                return (f"{getattr(cls, '__qualname__', cls)} is not a type JSON decodes into "
+                        "(a primitive, list, dict, dataclass, msgspec Struct, TypedDict or "
+                        "pydantic model)")
+        self._decoders.setdefault(hint, decoder)
+        return None
+
     def decode_args(self, data: bytes, hints: Sequence[Any], *, what: str) -> list[Any]:
         """Decode a JSON array of arguments, each by its parameter's hint."""
         try:
@@ -111,6 +132,23 @@ class PayloadConverter:
             hint = hints[index] if index < len(hints) else Any
             out.append(self.decode(bytes(raw), hint, what=f"argument {index + 1} of {what}"))
         return out
+
+
+def _custom_types(node: Any, seen: set[int]) -> Iterator[Any]:
+    """The classes in a msgspec type tree that only ``dec_hook`` could build."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, msgspec.inspect.CustomType):
+        yield node.cls
+        return
+    for name in getattr(node, "__struct_fields__", ()):
+        value = getattr(node, name)
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, msgspec.inspect.Field):
+                item = item.type
+            if isinstance(item, msgspec.inspect.Type):
+                yield from _custom_types(item, seen)
 
 
 def parameter_hints(fn: Callable[..., Any], *, skip_self: bool = False) -> list[Any]:

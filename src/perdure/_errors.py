@@ -16,6 +16,8 @@ Every error Perdure raises on purpose derives from :class:`PerdureError`::
     ├── WorkflowNotFoundError
     ├── UnknownWorkflowTypeError      no definition registered under that name
     ├── UnknownActivityTypeError
+    ├── ActivityNotFoundError         client side: no current attempt matches a completion
+    ├── AsyncActivityCancelledError   client side: an async-completed activity was cancelled
     ├── UnknownHandlerError           signal/query name the workflow does not define
     ├── NotInWorkflowError            workflow API called outside workflow code
     ├── NotInActivityError            activity API called outside an activity
@@ -45,7 +47,9 @@ from typing import Any
 
 __all__ = [
     "ActivityError",
+    "ActivityNotFoundError",
     "ApplicationError",
+    "AsyncActivityCancelledError",
     "CancelledFailure",
     "ChildWorkflowError",
     "ConfigurationError",
@@ -141,6 +145,20 @@ class UnknownWorkflowTypeError(PerdureError):
 
 class UnknownActivityTypeError(PerdureError):
     """No activity definition is registered under that name."""
+
+
+class ActivityNotFoundError(PerdureError):
+    """No current attempt of the activity matches what an :class:`AsyncActivityHandle`
+    completes, fails or heartbeats: the attempt already ended (completed, failed, timed
+    out, or was retried: a task token names one attempt), or its workflow run closed.
+    Completing it again is refused: at most one outcome per attempt reaches the workflow.
+    """
+
+
+class AsyncActivityCancelledError(PerdureError):
+    """Raised by ``AsyncActivityHandle.heartbeat``: the activity's cancellation was
+    requested (its workflow cancelled it). Stop the work, then call
+    ``report_cancellation()``."""
 
 
 class UnknownHandlerError(PerdureError):

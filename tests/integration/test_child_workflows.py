@@ -349,7 +349,7 @@ async def test_terminated_child_stops_its_running_activity_at_once(
     """The child is closed by its parent's transaction, not by its own: the worker running
     its activity learns of it from the close notification, not a liveness round."""
     CANCELLED_ACTIVITIES.clear()
-    options = WorkerOptions(liveness_interval=30)
+    options = WorkerOptions(liveness_interval=30, dead_worker_timeout=120)
     async with real_env.worker(task_queue=TQ, workflows=[BusyParent, BusyChild],
                                activities=[runs_until_cancelled], options=options):
         parent = await real_env.client.start_workflow(BusyParent.run, id="busy-parent",

@@ -262,3 +262,38 @@ async def test_no_task_queues_match_nothing(store: WorkflowStore) -> None:
     assert await store.count_ready_tasks(None) == 1
     assert await store.next_due_time([]) is None
     assert await store.next_due_time(None) is not None
+
+
+async def test_an_attempt_left_open_belongs_to_no_worker_and_ends_once(
+    store: WorkflowStore,
+) -> None:
+    """Async completion: an attempt left open is not handed back when its worker leaves,
+    not reclaimed by sweeps, and ends once, for its own attempt number only."""
+    await store.register_worker("A", ["q"], "", [])
+    run_id = await _start(store, "w")
+    [claim] = await store.claim_workflow_tasks("A", ["q"], 10, lease=600)
+    assert await store.complete_workflow_task(
+        _completion(("w", run_id), "A", claim.history_length, activity=True)
+    )
+    [task] = await store.claim_activity_tasks("A", ["q"], 10)
+    assert not await store.await_async_completion("w", run_id, 1, task.attempt, "B")
+    assert await store.await_async_completion("w", run_id, 1, task.attempt, "A")
+    await store.remove_worker("A")
+
+    def decider(seq: int, kind: str, last: bytes | None):  # type: ignore[no-untyped-def]
+        return activity_timed_out_outcome(seq, kind, None, store.clock.now())
+
+    assert await store.reclaim_dead_workers(dead_after=-1.0, decider=decider) == 0
+    assert await store.claim_activity_tasks("Z", ["q"], 10) == []
+    # its worker cannot end it any more; a handle can, for this attempt only
+    decide = activity_completed_outcome(1, task.attempt, b"1")
+    assert (await store.finish_activity_attempt("w", run_id, 1, task.attempt, "A", decide,
+                                                claim_workflow_task=False, lease=60))[0] is False
+    assert await store.heartbeat_async_activity("w", run_id, 1, task.attempt + 1, None) is None
+    assert await store.heartbeat_async_activity("w", None, 1, None, b'["x"]') == "ok"
+    assert not await store.resolve_async_activity(
+        "w", run_id, 1, task.attempt + 1, lambda attempt: decide)
+    assert await store.resolve_async_activity("w", None, 1, task.attempt, lambda attempt: decide)
+    assert not await store.resolve_async_activity("w", run_id, 1, None, lambda attempt: decide)
+    [wf_claim] = await store.claim_workflow_tasks("C", ["q"], 10, lease=60)
+    assert [decode_event(d).__class__.__name__ for _, d in wf_claim.inbox] == ["ActivityCompleted"]

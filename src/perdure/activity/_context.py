@@ -1,4 +1,8 @@
-"""What a running activity can ask of its worker: info, heartbeats, cancellation."""
+"""What a running activity can ask of its worker: info, heartbeats, cancellation.
+
+How cancellation reaches async and thread activities is told in ``perdure.activity``'s
+docstring; :class:`CancelFlag` is where both kinds learn it.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,33 @@ import contextlib
 import contextvars
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator, Callable, Sequence
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from perdure._converter import PayloadConverter
-from perdure._errors import NotInActivityError
+from perdure._errors import CancelledFailure, NotInActivityError
 
 __all__ = [
     "ActivityContext",
     "ActivityInfo",
+    "CompleteAsyncError",
     "RatePermit",
     "heartbeat",
     "heartbeat_details",
     "info",
     "is_cancelled",
     "load_payloads",
+    "logger",
     "payload_ref",
     "publish",
+    "raise_complete_async",
     "rate_limit",
     "store_payloads",
+    "wait_for_cancelled",
+    "wait_for_cancelled_sync",
 ]
 
 
@@ -48,21 +59,69 @@ class ActivityInfo:
     scheduled_time: datetime
     start_to_close_timeout: float | None
     heartbeat_timeout: float | None
+    task_token: bytes = b""
+    """Names this attempt (opaque bytes): hand it to the system that will complete the
+    activity after ``raise_complete_async()``, through
+    ``Client.get_async_activity_handle(task_token=...)``."""
+
+
+_flag_lock = threading.Lock()
+"""Guards the rare moments of every flag: being set, and a first waiter arriving."""
 
 
 class CancelFlag:
-    """Set once when the attempt should stop; cheap to create, safe to read from any thread."""
+    """Set once when the attempt should stop; cheap to create, and safe to read and to
+    wait on from any thread or event loop."""
 
-    __slots__ = ("_set",)
+    __slots__ = ("_event", "_set", "_waiters")
 
     def __init__(self) -> None:
         self._set = False
+        self._event: threading.Event | None = None
+        self._waiters: list[asyncio.Future[None]] = []
 
     def set(self) -> None:
-        self._set = True
+        with _flag_lock:
+            if self._set:
+                return
+            self._set = True
+            event, waiters, self._waiters = self._event, self._waiters, []
+        if event is not None:
+            event.set()
+        for waiter in waiters:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+                waiter.get_loop().call_soon_threadsafe(_wake, waiter)
 
     def is_set(self) -> bool:
         return self._set
+
+    def wait(self, timeout: float | None) -> bool:
+        """Block this thread until set (or ``timeout`` seconds pass); whether it is set."""
+        with _flag_lock:
+            if self._set:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
+
+    async def wait_async(self) -> None:
+        """Wait on the running event loop until set."""
+        with _flag_lock:
+            if self._set:
+                return
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            with _flag_lock, contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class ActivityContext:
@@ -77,6 +136,7 @@ class ActivityContext:
         record_heartbeat: Callable[[bytes | None], None],
         payload_store: PayloadStore | None = None,
         publish: Callable[[str, bytes], None] | None = None,
+        runs_in_thread: bool = False,
     ) -> None:
         self.info = info
         self.converter = converter
@@ -85,6 +145,8 @@ class ActivityContext:
         self.payload_store = payload_store
         self._publish = publish
         self.cancelled = CancelFlag()
+        self.runs_in_thread = runs_in_thread
+        """A plain-``def`` attempt: cancellation is told, through heartbeats, not raised."""
 
     def publish(self, event: Any, workflow_id: str | None) -> None:
         if self._publish is None:
@@ -93,6 +155,12 @@ class ActivityContext:
                       self.converter.encode(event, what="stream event"))
 
     def heartbeat(self, details: tuple[Any, ...]) -> None:
+        if self.runs_in_thread and self.cancelled.is_set():
+            info = self.info
+            raise CancelledFailure(
+                f"activity {info.activity_type} (workflow {info.workflow_id}, attempt "
+                f"{info.attempt}) was cancelled"
+            )
         data = (
             self.converter.encode(list(details), what="heartbeat details") if details else None
         )
@@ -134,6 +202,10 @@ def set_current(context: ActivityContext) -> contextvars.Token[ActivityContext]:
     return _current.set(context)
 
 
+def reset_current(token: contextvars.Token[ActivityContext]) -> None:
+    _current.reset(token)
+
+
 def info() -> ActivityInfo:
     """Facts about the running attempt: ids, attempt number, idempotency key."""
     return current().info
@@ -142,8 +214,10 @@ def info() -> ActivityInfo:
 def heartbeat(*details: Any) -> None:
     """Report progress; ``details`` are kept and handed to the next attempt after a failure.
 
-    Also how a long activity learns of cancellation: the worker checks for it
-    when it records heartbeats.
+    Also how a long activity learns of cancellation: the worker checks for it when it
+    records heartbeats. In a plain-``def`` (thread) activity, a heartbeat after the
+    attempt was cancelled raises :class:`perdure.CancelledFailure`; an ``async``
+    activity is cancelled at its ``await`` instead (see this module's docstring).
     """
     current().heartbeat(details)
 
@@ -158,8 +232,71 @@ def heartbeat_details(*hints: Any) -> list[Any]:
 
 
 def is_cancelled() -> bool:
-    """True once cancellation was requested; for plain-``def`` activities to poll."""
+    """True once the attempt must stop (cancelled, timed out, the worker leaving); for
+    plain-``def`` activities to poll."""
     return current().cancelled.is_set()
+
+
+async def wait_for_cancelled() -> None:
+    """Wait until the attempt must stop (for a helper task of an ``async`` activity; the
+    activity's own task is cancelled at that moment anyway)."""
+    await current().cancelled.wait_async()
+
+
+def wait_for_cancelled_sync(timeout: float | None = None) -> bool:
+    """Block a plain-``def`` activity's thread until the attempt must stop, or ``timeout``
+    seconds pass; whether it must stop."""
+    return current().cancelled.wait(timeout)
+
+
+class _ActivityLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Tags each record logged during an attempt with it: ``workflow_id``, ``run_id``,
+    ``activity_id``, ``activity_type`` and ``attempt`` in the record (its ``extra``; a
+    value the call passes wins), and a readable prefix on the message."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any],
+                ) -> tuple[Any, MutableMapping[str, Any]]:
+        context = _current.get(None)
+        if context is not None:
+            info = context.info
+            extra = dict(kwargs.get("extra") or {})
+            for key, value in (("workflow_id", info.workflow_id), ("run_id", info.run_id),
+                               ("activity_id", info.activity_id),
+                               ("activity_type", info.activity_type),
+                               ("attempt", info.attempt)):
+                extra.setdefault(key, value)
+            kwargs["extra"] = extra
+            msg = (f"[{info.activity_type}, workflow {info.workflow_id}, activity "
+                   f"{info.activity_id}, attempt {info.attempt}] {msg}")
+        return msg, kwargs
+
+
+logger = _ActivityLogger(logging.getLogger("perdure.activity.user"), {})
+"""A logger for activity code (Temporal's ``activity.logger``): each record names the
+attempt it comes from, in async and plain-``def`` activities alike."""
+
+
+class CompleteAsyncError(BaseException):
+    """Raised by :func:`raise_complete_async`: the attempt stays open for someone else to
+    complete (a ``BaseException``, so that ``except Exception`` cannot swallow it)."""
+
+
+def raise_complete_async() -> NoReturn:
+    """End this function but not the attempt: it stays open, neither completed nor failed,
+    until a :class:`perdure.client.AsyncActivityHandle` (from
+    ``Client.get_async_activity_handle(task_token=activity.info().task_token)``, in any
+    process) completes, fails or reports its cancellation (Temporal's asynchronous
+    activity completion). Hand the task token to the system that will (a CI job, a
+    payment webhook, a person) before raising.
+
+    The open attempt holds no worker slot, is not handed back when its worker leaves or
+    dies, and its start-to-close, heartbeat and schedule-to-close timeouts still apply
+    (the handle's ``heartbeat()`` pushes the heartbeat timeout back). Under a
+    time-skipping test environment an open attempt does not hold time back: its timeouts
+    fire as soon as everything else is idle; test with a real clock, or without timeouts.
+    """
+    current()
+    raise CompleteAsyncError()
 
 
 def payload_ref(data: bytes) -> str:

@@ -1,5 +1,6 @@
 """The client: how applications start and talk to workflows."""
 
+from perdure.client._async_activity import AsyncActivityHandle
 from perdure.client._client import Client
 from perdure.client._handle import WorkflowHandle
 from perdure.client._types import (
@@ -23,6 +24,7 @@ WorkflowExecutionStatus = WorkflowStatus
 """Temporal's name for :class:`WorkflowStatus`."""
 
 __all__ = [
+    "AsyncActivityHandle",
     "Client",
     "IdConflictPolicy",
     "IdReusePolicy",

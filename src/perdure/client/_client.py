@@ -22,6 +22,7 @@ from perdure._errors import (
     UnknownWorkflowTypeError,
 )
 from perdure._retry import RetryPolicy
+from perdure.client._async_activity import AsyncActivityHandle, async_activity_handle
 from perdure.client._handle import WorkflowHandle
 from perdure.client._types import (
     IdConflictPolicy,
@@ -391,6 +392,16 @@ class Client:
         return WorkflowHandle(self, workflow_id, run_id, result_type=result_type,
                               definition=definition,
                               first_execution_run_id=first_execution_run_id)
+
+    def get_async_activity_handle(
+        self, *, task_token: bytes | None = None, workflow_id: str | None = None,
+        run_id: str | None = None, activity_id: str | None = None,
+    ) -> AsyncActivityHandle:
+        """A handle to complete, fail or heartbeat an activity that called
+        ``activity.raise_complete_async()``: by its attempt's ``task_token``, or by
+        ``workflow_id``, ``activity_id`` and optionally ``run_id`` (the current attempt)."""
+        return async_activity_handle(self, task_token=task_token, workflow_id=workflow_id,
+                                     run_id=run_id, activity_id=activity_id)
 
     async def list_workflows(
         self, *, status: WorkflowStatus | str | None = None, workflow_type: str | None = None,

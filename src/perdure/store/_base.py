@@ -27,6 +27,7 @@ from perdure.store._records import (
 )
 
 __all__ = [
+    "ASYNC_COMPLETION_OWNER",
     "STOP",
     "StoreNotes",
     "StoreNotifier",
@@ -35,6 +36,12 @@ __all__ = [
     "resolve_batch",
     "take_batch",
 ]
+
+ASYNC_COMPLETION_OWNER = "(async completion)"
+"""The lease owner of an attempt left open by ``activity.raise_complete_async()``: no
+worker holds it, so none hands it back when leaving and no sweep reclaims it as a dead
+worker's; only its timeouts or an ``AsyncActivityHandle`` end it. (Worker identities
+cannot take this name.)"""
 
 TimeoutDecider = Callable[[int, str, bytes | None], ActivityDecision]
 """(activity seq, timeout type, last failure) -> the engine's decision function."""
@@ -430,6 +437,33 @@ class WorkflowStore:
         self, workflow_id: str, run_id: str, seq: int, attempt: int, worker_id: str
     ) -> None:
         """Hand an unfinished attempt back (graceful shutdown) without using up an attempt."""
+        raise NotImplementedError
+
+    async def await_async_completion(
+        self, workflow_id: str, run_id: str, seq: int, attempt: int, worker_id: str
+    ) -> bool:
+        """Leave an attempt leased to ``worker_id`` open for an :class:`AsyncActivityHandle`
+        (its lease passes to :data:`ASYNC_COMPLETION_OWNER`); False if it is no longer
+        current (someone completed it already, or it timed out)."""
+        raise NotImplementedError
+
+    async def resolve_async_activity(
+        self, workflow_id: str, run_id: str | None, seq: int, attempt: int | None,
+        decide: Callable[[int], ActivityDecision],
+    ) -> bool:
+        """End a started attempt from outside its worker (``decide`` maps the attempt
+        number to the engine's decision), committed as an attempt's end is: retry, or the
+        inbox event and a workflow task. ``run_id`` None: the latest run; ``attempt`` None:
+        the current attempt. False when no started attempt matches."""
+        raise NotImplementedError
+
+    async def heartbeat_async_activity(
+        self, workflow_id: str, run_id: str | None, seq: int, attempt: int | None,
+        details: bytes | None,
+    ) -> str | None:
+        """Record a heartbeat for a started attempt from outside its worker: ``"ok"``,
+        ``"cancelled"`` (recorded, but its cancellation was requested), or None when no
+        started attempt matches."""
         raise NotImplementedError
 
     async def fire_due_timers(self, limit: int) -> int:

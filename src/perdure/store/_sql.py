@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from perdure.store._base import StoreNotes, TimeoutDecider
+from perdure.store._base import ASYNC_COMPLETION_OWNER, StoreNotes, TimeoutDecider
 from perdure.store._records import (
     ActivityDecision,
     ActivityTaskClaim,
@@ -197,6 +197,88 @@ class SqlStore(SqlRunStore):
 
         await self._run(op)
 
+    # ---------------------------------------------------------------- async completion
+    async def await_async_completion(
+        self, workflow_id: str, run_id: str, seq: int, attempt: int, worker_id: str
+    ) -> bool:
+        def op(conn: Conn, notes: StoreNotes) -> bool:
+            self._lock_run_only(conn, workflow_id, run_id)
+            row = conn.execute(
+                "UPDATE activity_tasks SET lease_owner = ? WHERE workflow_id = ? AND "
+                "run_id = ? AND seq = ? AND attempt = ? AND lease_owner = ? RETURNING seq",
+                (ASYNC_COMPLETION_OWNER, workflow_id, run_id, seq, attempt, worker_id),
+            ).fetchone()
+            return row is not None
+
+        return await self._run(op)
+
+    def _started_attempt(self, conn: Conn, workflow_id: str, run_id: str | None,
+                         ) -> str | None:
+        """The run an async completion addresses (the latest, when not named), locked."""
+        if run_id is None:
+            latest = self._latest_run(conn, workflow_id)
+            if latest is None:
+                return None
+            run_id = latest[0]
+        self._lock_run_only(conn, workflow_id, run_id)
+        return run_id
+
+    async def resolve_async_activity(
+        self, workflow_id: str, run_id: str | None, seq: int, attempt: int | None,
+        decide: Callable[[int], ActivityDecision],
+    ) -> bool:
+        def op(conn: Conn, notes: StoreNotes) -> bool:
+            run = self._started_attempt(conn, workflow_id, run_id)
+            if run is None:
+                return False
+            key = (workflow_id, run, seq)
+            # started: leased to a worker (the token may come back before the worker has
+            # left the attempt open) or left open; never one waiting for its retry
+            where, params = "", [*key]
+            if attempt is not None:
+                where, params = " AND a.attempt = ?", [*key, attempt]
+            row = conn.execute(
+                f"SELECT {self._ATTEMPT_COLUMNS} FROM activity_tasks a JOIN workflow_runs r "
+                "ON r.workflow_id = a.workflow_id AND r.run_id = a.run_id "
+                "WHERE a.workflow_id = ? AND a.run_id = ? AND a.seq = ? "
+                f"AND a.lease_owner IS NOT NULL{where}",
+                params,
+            ).fetchone()
+            if row is None:
+                return False
+            self._apply_outcome(conn, key, decide(int(row[0])), tuple(row), self.clock.now(),
+                                notes)
+            return True
+
+        return await self._run(op)
+
+    async def heartbeat_async_activity(
+        self, workflow_id: str, run_id: str | None, seq: int, attempt: int | None,
+        details: bytes | None,
+    ) -> str | None:
+        def op(conn: Conn, notes: StoreNotes) -> str | None:
+            run = self._started_attempt(conn, workflow_id, run_id)
+            if run is None:
+                return None
+            now = self.clock.now()
+            where, params = "", [now, details, now, workflow_id, run, seq]
+            if attempt is not None:
+                where, params = " AND attempt = ?", [*params, attempt]
+            row = conn.execute(
+                "UPDATE activity_tasks SET heartbeat_at = ?, heartbeat_details = ?, "
+                f"deadline = NULLIF({self._LEAST}(coalesce(started_at + start_to_close_timeout, "
+                "1e18), coalesce(? + heartbeat_timeout, 1e18), "
+                "coalesce(scheduled_at + schedule_to_close_timeout, 1e18)), 1e18) "
+                "WHERE workflow_id = ? AND run_id = ? AND seq = ? AND lease_owner IS NOT NULL"
+                f"{where} RETURNING cancel_requested",
+                params,
+            ).fetchone()
+            if row is None:
+                return None
+            return "cancelled" if row[0] else "ok"
+
+        return await self._run(op)
+
     # ---------------------------------------------------------------- due work
     async def fire_due_timers(self, limit: int) -> int:
         def op(conn: Conn, notes: StoreNotes) -> int:
@@ -333,9 +415,11 @@ class SqlStore(SqlRunStore):
                 self._reclaim_leases(conn, "lease_owner = ?", (worker_id,), decider, now, notes)
                 notes.update(("workflow_task", "query"))
             # leases whose owner has no liveness row at all (removed, or never registered)
+            # (an attempt left open for async completion has no worker: it is no orphan)
             orphans = self._reclaim_leases(
-                conn, "lease_owner IS NOT NULL AND lease_owner NOT IN "
-                "(SELECT worker_id FROM workers)", (), decider, now, notes,
+                conn, "lease_owner IS NOT NULL AND lease_owner <> ? AND lease_owner NOT IN "
+                "(SELECT worker_id FROM workers)", (ASYNC_COMPLETION_OWNER,), decider, now,
+                notes,
             )
             return len(dead) + orphans
 

@@ -41,7 +41,7 @@ from perdure._retry import RetryPolicy, next_attempt_at
 from perdure.history import Failure, WorkflowStarted, encode_event
 from perdure.store import _sql_children as _children
 from perdure.store import _sql_reset as _reset
-from perdure.store._base import StoreNotes, StoreNotifier, WorkflowStore
+from perdure.store._base import ASYNC_COMPLETION_OWNER, StoreNotes, StoreNotifier, WorkflowStore
 from perdure.store._records import (
     ActivityAttempt,
     ActivityDecision,
@@ -339,9 +339,10 @@ class SqlRunStore(WorkflowStore):
         conn.execute("DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key)
         conn.execute("DELETE FROM timers WHERE workflow_id = ? AND run_id = ?", key)
         conn.execute("DELETE FROM inbox WHERE workflow_id = ? AND run_id = ?", key)
+        # attempts left open for async completion go too: no worker will report them
         conn.execute(
             "DELETE FROM activity_tasks WHERE workflow_id = ? AND run_id = ? "
-            "AND lease_owner IS NULL", key,
+            "AND (lease_owner IS NULL OR lease_owner = ?)", (*key, ASYNC_COMPLETION_OWNER),
         )
         conn.execute(
             "UPDATE activity_tasks SET cancel_requested = 1 WHERE workflow_id = ? AND run_id = ?",

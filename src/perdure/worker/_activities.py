@@ -15,14 +15,16 @@ import functools
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from perdure._clock import Clock
 from perdure._converter import PayloadConverter
 from perdure._errors import ApplicationError, PayloadError
 from perdure._failure import failure_from_exception
-from perdure.activity._context import ActivityContext, ActivityInfo
+from perdure._task_token import encode_task_token
+from perdure.activity._context import ActivityContext, ActivityInfo, CompleteAsyncError
 from perdure.activity._context import set_current as set_activity_context
 from perdure.activity._definition import ActivityDefinition
 from perdure.engine import activity_completed_outcome, activity_failed_outcome
@@ -34,6 +36,7 @@ from perdure.workflow._instance import WorkflowInstance
 __all__ = ["ActivityRunner"]
 
 _log = logging.getLogger("perdure.worker")
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -47,9 +50,16 @@ class _RunningActivity:
     shutdown: bool = False
     invoking: bool = False
     """The activity's own code is running (not yet reporting its outcome)."""
+    timed_out: bool = False
+    """The local start-to-close guard stopped it: the store's timeout reports it."""
     stream: list[tuple[str, str, bytes]] = dataclasses.field(default_factory=list)
     """Published events not yet written: (workflow id, run id, JSON)."""
     stream_flush: asyncio.TimerHandle | None = None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class ActivityRunner:
@@ -125,6 +135,8 @@ class ActivityRunner:
             scheduled_time=datetime.fromtimestamp(claim.scheduled_at, tz=UTC),
             start_to_close_timeout=claim.start_to_close_timeout,
             heartbeat_timeout=claim.heartbeat_timeout,
+            task_token=encode_task_token(claim.workflow_id, claim.run_id, claim.seq,
+                                         claim.attempt),
         )
         running = _RunningActivity(claim=claim, context=None)  # type: ignore[arg-type]
         context = ActivityContext(
@@ -133,11 +145,13 @@ class ActivityRunner:
                                                asyncio.get_running_loop()),
             payload_store=self.store,
             publish=functools.partial(self._record_stream, running, asyncio.get_running_loop()),
+            runs_in_thread=definition is not None and not definition.is_async,
         )
         running.context = context
         self._running_activities[key] = running
         result: bytes | None = None
         error: BaseException | None = None
+        left_open = False
         try:
             if definition is None:
                 raise ApplicationError(
@@ -153,18 +167,18 @@ class ActivityRunner:
             running.task = asyncio.current_task()
             running.invoking = True
             try:
-                value = await self._invoke(definition, args, context, claim)
+                value = await self._invoke(definition, args, running)
             finally:
                 running.invoking = False
             result = self.converter.encode(value, what=f"result of activity {definition.name!r}")
+        except CompleteAsyncError:
+            left_open = True  # activity.raise_complete_async(): someone else completes it
         except asyncio.CancelledError as exc:
             if running.shutdown:
                 await self.store.release_activity(*key, claim.attempt, self.identity)
                 return
-            if not context.cancelled.is_set() and not self._stopping.is_set():
-                # the local start-to-close guard fired; the store's timeout handles it
-                context.cancelled.set()  # a thread-pool activity may poll is_cancelled()
-                return
+            if running.timed_out:
+                return  # the local start-to-close guard fired; the store's timeout handles it
             error = exc
         except Exception as exc:
             error = exc
@@ -175,6 +189,10 @@ class ActivityRunner:
             await self._flush_heartbeat(running)
         if running.stream or running.stream_flush is not None:
             await self._flush_stream(running)  # followers see it before the outcome
+        if left_open:
+            await self._durably(claim, "leaving it open for async completion", lambda: (
+                self.store.await_async_completion(*key, claim.attempt, self.identity)))
+            return
         if error is None:
             assert result is not None
             decide = activity_completed_outcome(claim.seq, claim.attempt, result)
@@ -203,38 +221,46 @@ class ActivityRunner:
     async def _finish_attempt(
         self, claim: ActivityTaskClaim, key: tuple[str, str, int], decide: ActivityDecision,
     ) -> WorkflowTaskClaim | None:
-        """Record an attempt's end. The result is only in memory until this commits, so a
+        """Record an attempt's end (see :meth:`_durably`)."""
+        recorded = await self._durably(claim, "recording its end", lambda: (
+            self.store.finish_activity_attempt(
+                *key, claim.attempt, self.identity, decide,
+                claim_workflow_task=claim.run_id in self._cache and not self._stopping.is_set(),
+                lease=self.options.workflow_task_lease,
+            )))
+        if recorded is None:
+            return None
+        accepted, wf_claim = recorded
+        if not accepted:  # the attempt was superseded (timed out, reclaimed)
+            self.stats["rejected_activity_results"] += 1
+        return wf_claim
+
+    async def _durably(self, claim: ActivityTaskClaim, what: str,
+                       write: Callable[[], Awaitable[T]]) -> T | None:
+        """Commit what became of an attempt. It is only in memory until this commits, so a
         failing store is retried with back-off (for up to a minute) rather than dropped;
-        past that, the attempt's timeout retries the activity."""
+        past that (None), the attempt's timeout retries the activity."""
         delay = 0.1
         deadline = time.monotonic() + 60.0
         while True:
             try:
-                accepted, wf_claim = await self.store.finish_activity_attempt(
-                    *key, claim.attempt, self.identity, decide,
-                    claim_workflow_task=claim.run_id in self._cache
-                    and not self._stopping.is_set(),
-                    lease=self.options.workflow_task_lease,
-                )
-                if not accepted:  # the attempt was superseded (timed out, reclaimed)
-                    self.stats["rejected_activity_results"] += 1
-                return wf_claim
+                return await write()
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
-                    _log.error("activity %s (workflow %s, attempt %d): could not record its "
-                               "end, giving up (its timeout will retry it): %r",
-                               claim.activity_type, claim.workflow_id, claim.attempt, exc)
+                    _log.error("activity %s (workflow %s, attempt %d): %s failed, giving up "
+                               "(its timeout will retry it): %r", claim.activity_type,
+                               claim.workflow_id, claim.attempt, what, exc)
                     return None
-                _log.warning("activity %s (workflow %s, attempt %d): recording its end "
-                             "failed, retrying in %.1fs: %r", claim.activity_type,
-                             claim.workflow_id, claim.attempt, delay, exc)
+                _log.warning("activity %s (workflow %s, attempt %d): %s failed, retrying in "
+                             "%.1fs: %r", claim.activity_type, claim.workflow_id,
+                             claim.attempt, what, delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     async def _invoke(
-        self, definition: ActivityDefinition, args: list[Any], context: ActivityContext,
-        claim: ActivityTaskClaim,
+        self, definition: ActivityDefinition, args: list[Any], running: _RunningActivity,
     ) -> Any:
+        claim, context = running.claim, running.context
         timeout = claim.start_to_close_timeout
         if claim.schedule_to_close_timeout is not None:
             # the attempt must also stop when the activity's whole budget is spent
@@ -249,7 +275,13 @@ class ActivityRunner:
             # the local start-to-close guard: cancel this task (cheaper than wait_for)
             task = asyncio.current_task()
             assert task is not None
-            guard = asyncio.get_running_loop().call_later(timeout, task.cancel)
+
+            def time_up() -> None:
+                running.timed_out = True
+                context.cancelled.set()
+                task.cancel()
+
+            guard = asyncio.get_running_loop().call_later(timeout, time_up)
             try:
                 return await definition.fn(*args)
             finally:
@@ -260,15 +292,48 @@ class ActivityRunner:
         future = loop.run_in_executor(self._executor, functools.partial(ctx.run, definition.fn,
                                                                         *args))
         try:
-            if timeout is None:
-                return await asyncio.shield(future)
-            return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
-            # not context.cancelled: _run_activity tells the local guard from a cancel by it
-            raise asyncio.CancelledError() from None
+            # asyncio.wait neither cancels the thread's future nor mistakes the activity's
+            # own TimeoutError for the guard's
+            await asyncio.wait((future,), timeout=timeout)
         except asyncio.CancelledError:
-            context.cancelled.set()
+            context.cancelled.set()  # the thread is told; its next heartbeat raises
+            await self._thread_ended(future, running)
             raise
+        if future.done():
+            return future.result()
+        running.timed_out = True
+        context.cancelled.set()
+        await self._thread_ended(future, running)
+        raise asyncio.CancelledError()
+
+    async def _thread_ended(self, future: asyncio.Future[Any], running: _RunningActivity,
+                            ) -> None:
+        """Wait until a stopped thread activity has returned, so that its slot (and its
+        executor thread) is not handed to another attempt under it; bounded by the
+        graceful shutdown timeout, whose passing is logged."""
+        # its outcome is not reported (the cancellation is): retrieve it whenever it
+        # comes, so that asyncio does not log it as lost
+        future.add_done_callback(_retrieve)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.graceful_shutdown_timeout
+        while not future.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                claim = running.claim
+                _log.warning(
+                    "activity %s (workflow %s, attempt %d) was told to stop but its thread "
+                    "still runs after %.1fs (graceful_shutdown_timeout); a plain-def activity "
+                    "stops only when it returns: call activity.heartbeat() (it raises once "
+                    "cancelled) or check activity.is_cancelled() in its loops. The process "
+                    "cannot exit before the thread returns",
+                    claim.activity_type, claim.workflow_id, claim.attempt,
+                    self.options.graceful_shutdown_timeout,
+                )
+                return
+            try:
+                await asyncio.wait((future,), timeout=remaining)
+            except asyncio.CancelledError:
+                continue  # cancelled again (the worker leaving): the thread still runs
 
     def _record_heartbeat(
         self, running: _RunningActivity, loop: asyncio.AbstractEventLoop, details: bytes | None

@@ -3,9 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
+from perdure._errors import ConfigurationError
+from perdure.workflow._guard import GUARD_MODES
+
 __all__ = ["WorkerOptions"]
+
+_COUNTS = {  # field: least value
+    "max_concurrent_workflow_tasks": 1, "max_concurrent_activities": 1,
+    "max_cached_workflows": 0, "history_warning_events": 1, "history_warning_bytes": 1,
+}
+_DURATIONS = {  # field: whether 0 is allowed
+    "workflow_task_lease": False, "liveness_interval": False, "dead_worker_timeout": False,
+    "sticky_timeout": True, "max_poll_interval": False, "graceful_shutdown_timeout": True,
+    "max_heartbeat_interval": False,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,3 +70,41 @@ class WorkerOptions:
     ``@workflow.defn(failure_exception_types=...)``. Any other exception fails the
     workflow task, which is retried until a deploy fixes the code. Pass ``Exception``
     to fail runs on any exception."""
+
+    def __post_init__(self) -> None:
+        """Refuse values that could only fail, or misbehave, once the worker runs."""
+        for name, least in _COUNTS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigurationError(
+                    f"WorkerOptions.{name} must be a whole number >= {least}, not {value!r}"
+                )
+        for name, zero_ok in _DURATIONS.items():
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, int | float)
+                    or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok)):
+                raise ConfigurationError(
+                    f"WorkerOptions.{name} must be a finite number of seconds "
+                    f"{'>= 0' if zero_ok else '> 0'}, not {value!r}"
+                )
+        if self.dead_worker_timeout <= self.liveness_interval:
+            raise ConfigurationError(
+                f"WorkerOptions.dead_worker_timeout ({self.dead_worker_timeout!r}s) must be "
+                f"longer than liveness_interval ({self.liveness_interval!r}s), or live workers "
+                "are declared dead between two heartbeats; a few intervals is usual"
+            )
+        if not isinstance(self.eager_activities, bool):
+            raise ConfigurationError(
+                f"WorkerOptions.eager_activities must be True or False, not "
+                f"{self.eager_activities!r}"
+            )
+        for exc_type in self.workflow_failure_exception_types:
+            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
+                raise ConfigurationError(
+                    "WorkerOptions.workflow_failure_exception_types must be exception "
+                    f"classes, not {exc_type!r}")
+        if self.determinism_guard not in GUARD_MODES:
+            raise ConfigurationError(
+                f"WorkerOptions.determinism_guard must be one of {', '.join(GUARD_MODES)}, "
+                f"not {self.determinism_guard!r}"
+            )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from perdure._errors import ConfigurationError, NondeterminismError
-from perdure.activity._definition import ActivityDefinition, get_activity_definition
+from perdure.activity._definition import ActivityDefinition
 from perdure.engine import (
     activity_timed_out_outcome,
     plan_workflow_task,
@@ -40,6 +40,7 @@ from perdure.history import (
     decode_event,
     encode_event,
 )
+from perdure.store._base import ASYNC_COMPLETION_OWNER
 from perdure.store._records import (
     ActivityTaskClaim,
     QueryTaskClaim,
@@ -48,8 +49,12 @@ from perdure.store._records import (
 )
 from perdure.worker._activities import ActivityRunner, _RunningActivity
 from perdure.worker._options import WorkerOptions
-from perdure.workflow._definition import WorkflowDefinition, get_workflow_definition
-from perdure.workflow._guard import GUARD_MODES
+from perdure.worker._registration import (
+    check_activity_executor,
+    register_activities,
+    register_workflows,
+)
+from perdure.workflow._definition import WorkflowDefinition
 from perdure.workflow._instance import WorkflowInstance
 from perdure.workflow._query import query_instance
 
@@ -119,31 +124,22 @@ class Worker(ActivityRunner):
             self.options = dataclasses.replace(self.options, workflow_failure_exception_types=(
                 *self.options.workflow_failure_exception_types,
                 *workflow_failure_exception_types))
-        if self.options.determinism_guard not in GUARD_MODES:
+        if not all(isinstance(q, str) and q for q in self.task_queues):
             raise ConfigurationError(
-                f"WorkerOptions.determinism_guard must be one of {', '.join(GUARD_MODES)}, "
-                f"not {self.options.determinism_guard!r}"
+                f"task queues are non-empty strings, not {task_queue!r}"
             )
-        self.workflows: dict[str, WorkflowDefinition] = {}
-        for cls in workflows:
-            definition = get_workflow_definition(cls)
-            if definition is None:
-                raise ConfigurationError(
-                    f"{getattr(cls, '__qualname__', cls)!r} is not a workflow; decorate the "
-                    "class with @workflow.defn"
-                )
-            self.workflows[definition.name] = definition
-        self.activities: dict[str, ActivityDefinition] = {}
-        for fn in activities:
-            adef = get_activity_definition(fn)
-            if adef is None:
-                raise ConfigurationError(
-                    f"{getattr(fn, '__qualname__', fn)!r} is not an activity; decorate it with "
-                    "@activity.defn"
-                )
-            self.activities[adef.name] = adef
+        check_activity_executor(activity_executor)
+        self.workflows: dict[str, WorkflowDefinition] = register_workflows(workflows,
+                                                                           self.converter)
+        self.activities: dict[str, ActivityDefinition] = register_activities(activities,
+                                                                             self.converter)
         self.build_id = build_id or self._derive_build_id()
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        if self.identity == ASYNC_COMPLETION_OWNER:
+            raise ConfigurationError(
+                f"a worker's identity cannot be {identity!r}: the store marks attempts left "
+                "open for async completion with it; choose another"
+            )
         self._executor = activity_executor
         self._own_executor = False
         self._cache: OrderedDict[str, WorkflowInstance] = OrderedDict()
@@ -255,7 +251,9 @@ class Worker(ActivityRunner):
                     run.context.cancelled.set()
                     run.task.cancel()
             if pending:
-                await asyncio.wait(pending, timeout=5)
+                # thread activities get the grace period again to notice and return
+                await asyncio.wait(
+                    pending, timeout=max(5.0, self.options.graceful_shutdown_timeout + 1))
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
         for task in liveness:

@@ -23,6 +23,7 @@ __all__ = [
     "continue_as_new",
     "deprecate_patch",
     "execute_activity",
+    "execute_activity_method",
     "execute_local_activity",
     "info",
     "is_replaying",
@@ -34,6 +35,7 @@ __all__ = [
     "set_signal_handler",
     "sleep",
     "start_activity",
+    "start_activity_method",
     "start_local_activity",
     "upsert_memo",
     "upsert_search_attributes",
@@ -193,6 +195,51 @@ async def execute_activity(
     except asyncio.CancelledError:
         instance.cancel_activity(seq)
         raise
+
+
+def start_activity_method(
+    activity: Callable[..., Any],
+    *args: Any,
+    task_queue: str | None = None,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    schedule_to_start_timeout: timedelta | float | None = None,
+    heartbeat_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    result_type: Any = None,
+) -> ActivityHandle[Any]:
+    """:func:`start_activity` for an activity defined as a method: pass it unbound
+    (``Payments.charge``); the worker runs it on the instance it registered."""
+    return start_activity(
+        activity, *args, task_queue=task_queue, start_to_close_timeout=start_to_close_timeout,
+        schedule_to_close_timeout=schedule_to_close_timeout,
+        schedule_to_start_timeout=schedule_to_start_timeout,
+        heartbeat_timeout=heartbeat_timeout, retry_policy=retry_policy,
+        result_type=result_type,
+    )
+
+
+async def execute_activity_method(
+    activity: Callable[..., Any],
+    *args: Any,
+    task_queue: str | None = None,
+    start_to_close_timeout: timedelta | float | None = None,
+    schedule_to_close_timeout: timedelta | float | None = None,
+    schedule_to_start_timeout: timedelta | float | None = None,
+    heartbeat_timeout: timedelta | float | None = None,
+    retry_policy: RetryPolicy | None = None,
+    result_type: Any = None,
+) -> Any:
+    """:func:`execute_activity` for an activity defined as a method: pass it unbound
+    (``Payments.charge``; Temporal's name). Workflow code has no instance: the worker
+    runs the method on the one it was given (``Worker(activities=[payments.charge])``)."""
+    return await execute_activity(
+        activity, *args, task_queue=task_queue, start_to_close_timeout=start_to_close_timeout,
+        schedule_to_close_timeout=schedule_to_close_timeout,
+        schedule_to_start_timeout=schedule_to_start_timeout,
+        heartbeat_timeout=heartbeat_timeout, retry_policy=retry_policy,
+        result_type=result_type,
+    )
 
 
 def start_local_activity(
