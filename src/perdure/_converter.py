@@ -173,3 +173,38 @@ def return_hint(fn: Callable[..., Any]) -> Any:
         return typing.get_type_hints(fn).get("return", Any)
     except Exception:
         return Any
+
+
+_ARITY: dict[tuple[Any, bool], tuple[int, int | None]] = {}
+
+
+def positional_arity(fn: Callable[..., Any]) -> tuple[int, int | None]:
+    """How many positional arguments ``fn`` takes: (at least, at most or None for
+    ``*args``), not counting a bound method's ``self``. Cached per function."""
+    func = getattr(fn, "__func__", fn)
+    bound = func is not fn
+    key = (func, bound)
+    known = _ARITY.get(key)
+    if known is not None:
+        return known
+    params = list(inspect.signature(func).parameters.values())
+    if bound and params:
+        params = params[1:]
+    least = sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                and p.default is p.empty)
+    most: int | None = sum(1 for p in params
+                           if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        most = None
+    _ARITY[key] = (least, most)
+    return least, most
+
+
+def arity_problem(fn: Callable[..., Any], count: int) -> str | None:
+    """Why ``count`` positional arguments do not fit ``fn`` (None when they do)."""
+    least, most = positional_arity(fn)
+    if count < least:
+        return f"takes at least {least} argument(s), got {count}"
+    if most is not None and count > most:
+        return f"takes at most {most} argument(s), got {count}"
+    return None

@@ -23,6 +23,7 @@ from perdure._errors import (
 from perdure.history import (
     ActivityCancelRequested,
     ActivityScheduled,
+    MarkerRecorded,
     TimerCanceled,
     TimerStarted,
     WorkflowCanceled,
@@ -360,10 +361,17 @@ def test_signal_with_undecodable_payload_is_dropped(caplog: pytest.LogCaptureFix
     run = Run(Inbox)
     run.start()
     with caplog.at_level(logging.WARNING, logger="perdure.workflow"):
-        assert run.activate(signal("add", {"not": "a string"}), signal("add", "ok")) == []
+        commands = run.activate(signal("add", {"not": "a string"}), signal("add", "ok"))
     assert "dropping signal 'add'" in caplog.text
+    # the only command is the visible record of the drop
+    assert [(type(c).__name__, getattr(c, "name", None)) for c in commands] == [
+        ("MarkerRecorded", "signal_dropped")]
     assert run.instance.query("items_so_far", b'[""]') == b'["ok"]'
     run.assert_replays_identically()
+    # a history written before drops were recorded (no marker) replays as well
+    older = [e for e in run.stored_history()
+             if not (isinstance(e, MarkerRecorded) and e.name == "signal_dropped")]
+    assert new_instance(Inbox).replay(older) == []
 
 
 @workflow.defn

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -31,6 +30,7 @@ from perdure.client._types import (
     WorkflowPage,
     WorkflowStatus,
     decode_page_token,
+    encode_fitting,
     encode_page_token,
     epoch,
 )
@@ -177,8 +177,27 @@ class Client:
     def _signal_event(self, signal: Callable[..., Any] | str, args: tuple[Any, ...]) -> bytes:
         name = self._signal_name(signal)
         return encode_event(SignalReceived(
-            name=name, args=msgspec.Raw(self.converter.encode_args(args, what=f"signal {name!r}")),
-        ))
+            name=name, args=msgspec.Raw(self._signal_args(signal, name, args))))
+
+    def _signal_args(self, signal: Callable[..., Any] | str, name: str,
+                     args: Sequence[Any]) -> bytes:
+        """A signal's arguments, encoded; given the handler, checked against it first."""
+        definition = None if isinstance(signal, str) else get_workflow_definition(signal)
+        handler = definition.signals.get(name) if definition is not None else None
+        if handler is None:
+            return self.converter.encode_args(args, what=f"signal {name!r}")
+        return encode_fitting(self.converter, args, handler.method, handler.parameter_hints,
+                              what=f"signal {name!r}")
+
+    def _update_args(self, update: Callable[..., Any] | str, name: str,
+                     args: Sequence[Any]) -> bytes:
+        """An update's arguments, encoded; given the handler, checked against it first."""
+        definition = None if isinstance(update, str) else get_workflow_definition(update)
+        handler = definition.updates.get(name) if definition is not None else None
+        if handler is None:
+            return self.converter.encode_args(args, what=f"update {name!r}")
+        return encode_fitting(self.converter, args, handler.method, handler.parameter_hints,
+                              what=f"update {name!r}")
 
     async def signal_with_start(
         self,
@@ -224,8 +243,8 @@ class Client:
         probe: WorkflowHandle[Any] = WorkflowHandle(self, op.id, None)
         name, hint = probe._update_name(update)
         update_id = update_id or id or str(uuid.uuid4())
-        event = UpdateRequested(update_id=update_id, name=name, args=msgspec.Raw(
-            self.converter.encode_args(args, what=f"update {name!r}")))
+        event = UpdateRequested(update_id=update_id, name=name,
+                                args=msgspec.Raw(self._update_args(update, name, args)))
         try:
             handle = await self._start(
                 op.workflow, op.args, id=op.id, task_queue=op.task_queue,
@@ -276,14 +295,11 @@ class Client:
             raise InvalidArgumentError("start_workflow needs a task_queue")
         workflow_type, definition = self._resolve_workflow(workflow)
         if definition is not None:
-            try:
-                inspect.signature(definition.run_method).bind(None, *args)
-            except TypeError as exc:
-                raise InvalidArgumentError(
-                    f"arguments do not fit workflow {workflow_type!r} "
-                    f"({definition.run_method.__qualname__}{inspect.signature(definition.run_method)}): {exc}"
-                ) from None
-        data = self.converter.encode_args(args, what=f"workflow {workflow_type!r}")
+            data = encode_fitting(self.converter, args, definition.run_method,
+                                  definition.run_parameter_hints,
+                                  what=f"workflow {workflow_type!r}")
+        else:
+            data = self.converter.encode_args(args, what=f"workflow {workflow_type!r}")
         now = self.store.clock.now()
         timeout = _seconds(execution_timeout)
         memo = check_memo(memo) or None

@@ -201,7 +201,7 @@ class WorkflowHandle(Generic[T]):
                     f"workflow type {record.workflow_type!r} defines no signal {name!r}; it "
                     f"defines: {', '.join(sorted(interface[0])) or 'no signals'}"
                 )
-        data = self.client.converter.encode_args(args, what=f"signal {name!r}")
+        data = self.client._signal_args(signal, name, args)
         event = SignalReceived(name=name, args=msgspec.Raw(data))
         await self._store.deliver_event(self.workflow_id, self.run_id, encode_event(event))
 
@@ -312,7 +312,7 @@ class WorkflowHandle(Generic[T]):
         recorded; a rejection raises :class:`UpdateRejectedError` here) or ``COMPLETED``.
         ``await handle.result()`` gives the value."""
         name, hint = self._update_name(update)
-        data = self.client.converter.encode_args(args, what=f"update {name!r}")
+        data = self.client._update_args(update, name, args)
         update_id = update_id or id or str(uuid.uuid4())
         event = UpdateRequested(update_id=update_id, name=name, args=msgspec.Raw(data))
         run_id = await self._store.request_update(self.workflow_id, self.run_id, update_id,

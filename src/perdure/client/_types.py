@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import dataclasses
 import enum
+import inspect
 import json
 import os
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from perdure._errors import InvalidArgumentError
+from perdure._converter import PayloadConverter, arity_problem
+from perdure._errors import InvalidArgumentError, PayloadDecodingError
 from perdure._failure import exception_from_failure
 from perdure.history import Failure, HistoryEvent, WorkflowStarted, WorkflowTaskCompleted
 from perdure.store._records import PendingActivityRecord, RunRecord
@@ -28,6 +31,7 @@ __all__ = [
     "WorkflowPage",
     "WorkflowStatus",
     "decode_page_token",
+    "encode_fitting",
     "encode_page_token",
     "epoch",
     "seconds",
@@ -312,3 +316,24 @@ def seconds(value: timedelta | float | None) -> float | None:
     if value is None:
         return None
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def encode_fitting(converter: PayloadConverter, args: Sequence[Any], method: Callable[..., Any],
+                   hints: Sequence[Any], *, what: str) -> bytes:
+    """Encode ``args`` for ``method`` (a handler or run method, unbound: ``self`` first),
+    refusing at the caller what would not fit it on the worker: a wrong count, or values
+    that do not decode into the parameters' types. Refused here, nothing is stored; let
+    through, a malformed signal could only be dropped, and a malformed start only fail."""
+    problem = arity_problem(method.__get__(object()), len(args))
+    if problem is not None:
+        raise InvalidArgumentError(
+            f"arguments do not fit {what} ({method.__qualname__}"
+            f"{inspect.signature(method)}): it {problem}")
+    data = converter.encode_args(args, what=what)
+    try:
+        converter.decode_args(data, hints, what=what)
+    except PayloadDecodingError as exc:
+        raise InvalidArgumentError(
+            f"arguments do not fit {what} ({method.__qualname__}"
+            f"{inspect.signature(method)}): {exc}") from None
+    return data

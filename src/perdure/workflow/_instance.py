@@ -24,12 +24,13 @@ from typing import Any
 
 import msgspec
 
-from perdure._converter import PayloadConverter
+from perdure._converter import PayloadConverter, arity_problem
 from perdure._errors import (
     ActivityError,
     CancelledFailure,
     ChildWorkflowError,
     FailureError,
+    InvalidArgumentError,
     NondeterminismError,
     PayloadError,
     QueryRejectedError,
@@ -202,10 +203,18 @@ class ContinueAsNew(BaseException):
 
 PATCH_MARKER = "patch"
 """The MarkerRecorded name of ``workflow.patched``; its value is the patch id (JSON)."""
+SIGNAL_DROPPED_MARKER = "signal_dropped"
+"""The MarkerRecorded name of a signal dropped because its arguments did not fit its
+handler; its value is ``{"signal": name, "reason": why}``. Informational: replay does not
+compare these markers (histories from before they existed replay the same)."""
 
 
 def _marker_order(event: HistoryEvent, position: int) -> tuple[int, str, int]:
     return (0, _patch_id(event), 0) if _is_patch(event) else (1, "", position)
+
+
+def _is_informational(event: HistoryEvent) -> bool:
+    return isinstance(event, MarkerRecorded) and event.name == SIGNAL_DROPPED_MARKER
 
 
 def _is_patch(event: HistoryEvent) -> bool:
@@ -481,7 +490,10 @@ class WorkflowInstance:
             self.activate(inbound, max(now, self.now_timestamp), replaying=True)
 
     def _check(self, activation: Activation, produced: list[HistoryEvent]) -> None:
-        recorded = activation.commands
+        recorded = [(seq, e) for seq, e in activation.commands if not _is_informational(e)]
+        kept = [i for i, e in enumerate(produced) if not _is_informational(e)]
+        produced = [produced[i] for i in kept]
+        all_locations = [self._locations[i] if i < len(self._locations) else "" for i in kept]
         if self._deprecated_patches:
             # markers of deprecated patches: recorded by older code, no longer produced
             recorded = [(seq, e) for seq, e in recorded
@@ -491,7 +503,7 @@ class WorkflowInstance:
         recorded = sorted(recorded, key=lambda r: _marker_order(r[1], r[0]))
         order = sorted(range(len(produced)), key=lambda i: _marker_order(produced[i], i))
         produced = [produced[i] for i in order]
-        locations = [self._locations[i] if i < len(self._locations) else "" for i in order]
+        locations = [all_locations[i] for i in order]
         for index in range(max(len(recorded), len(produced))):
             rec = recorded[index] if index < len(recorded) else None
             got = produced[index] if index < len(produced) else None
@@ -764,6 +776,10 @@ class WorkflowInstance:
                 values = self.converter.decode_args(bytes(event.args),
                                                     definition.parameter_hints,
                                                     what=f"update {event.name!r}")
+                problem = arity_problem(definition.method.__get__(self.workflow_object),
+                                        len(values))
+                if problem is not None:
+                    raise InvalidArgumentError(f"the handler of update {event.name!r} {problem}")
                 if definition.validator is not None:
                     self._run_read_only(definition.validator, values)
             except Exception as exc:
@@ -930,7 +946,11 @@ class WorkflowInstance:
         try:
             values = self.converter.decode_args(args, hints, what=f"signal {name!r}")
         except PayloadError as exc:
-            _log.warning("dropping signal %r for workflow %s: %s", name, self.workflow_id, exc)
+            self._drop_signal(name, str(exc))
+            return
+        problem = arity_problem(handler, len(values))
+        if problem is not None:
+            self._drop_signal(name, f"the handler of signal {name!r} {problem}")
             return
         if asyncio.iscoroutinefunction(handler):
             task = self.loop.create_task(handler(*values), name=f"signal:{name}")
@@ -942,6 +962,16 @@ class WorkflowInstance:
             handler(*values)
         except Exception as exc:
             self._fail_from_handler(exc)
+
+    def _drop_signal(self, name: str, why: str) -> None:
+        """A signal whose arguments do not fit its handler is input, not a bug: it cannot
+        fit on any retry, so it is dropped (never failing the run or its task), logged,
+        and recorded in history as a ``signal_dropped`` marker saying why."""
+        if not self.replaying:
+            _log.warning("dropping signal %r for workflow %s: %s", name, self.workflow_id, why)
+        if not self.completed:
+            self._emit(MarkerRecorded(seq=0, name=SIGNAL_DROPPED_MARKER, value=msgspec.Raw(
+                msgspec.json.encode({"signal": name, "reason": why}))))
 
     def _on_handler_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
