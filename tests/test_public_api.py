@@ -45,6 +45,11 @@ def test_activity_and_testing_exports() -> None:
         "store_payloads",
     }
     assert set(testing.__all__) == {"WorkflowEnvironment", "assert_replays"}
+    environment = {n for n in vars(testing.WorkflowEnvironment) if not n.startswith("_")}
+    assert environment == {
+        "get_current_time", "shutdown", "sleep", "start_local", "start_time_skipping",
+        "supports_time_skipping", "worker",
+    }
     assert set(agents.__all__) == {
         "Agent", "AgentHandle", "AgentResult", "AgentRun", "AgentWorker", "AnthropicModel",
         "EventPrinter", "LocalSandboxes", "Message", "Model", "ModelLimits", "SandboxLimits",
