@@ -30,7 +30,8 @@ def test_workflow_exports() -> None:
     assert set(workflow.__all__) == {
         "ActivityHandle", "ChildWorkflowCancellationType", "ChildWorkflowHandle",
         "ExternalWorkflowHandle", "ParentClosePolicy", "WorkflowInfo", "continue_as_new", "defn", "deprecate_patch",
-        "execute_activity", "execute_child_workflow", "get_external_workflow_handle", "info",
+        "execute_activity", "execute_child_workflow", "get_external_workflow_handle",
+        "get_last_completion_result", "get_last_failure", "has_last_completion_result", "info",
         "is_replaying", "logger", "now", "patched", "publish", "query", "random", "run", "set_signal_handler",
         "signal", "sleep", "start_activity", "start_child_workflow", "update",
         "update_validator", "upsert_memo", "upsert_search_attributes", "uuid4",

@@ -15,6 +15,7 @@ import msgspec
 from perdure._attributes import check_memo, check_search_attributes
 from perdure._clock import Clock
 from perdure._converter import PayloadConverter
+from perdure._cron import CronSchedule
 from perdure._errors import (
     InvalidArgumentError,
     SchemaVersionError,
@@ -134,6 +135,7 @@ class Client:
         search_attributes: dict[str, Any] | None = None,
         run_timeout: timedelta | float | None = None,
         retry_policy: RetryPolicy | None = None,
+        cron_schedule: str | None = None,
     ) -> WorkflowHandle[Any]:
         """Start a workflow run; durable once this returns, whether or not a worker runs.
 
@@ -150,13 +152,24 @@ class Client:
         continue-as-new), ``run_timeout`` each run. With ``retry_policy``, a run that
         fails or passes its run timeout is followed by another attempt of the workflow
         (``workflow.info().attempt``); ``result()`` waits for the last.
+
+        With ``cron_schedule`` (five fields in UTC, such as ``"0 * * * *"``, or
+        ``@hourly``, ``@daily``, ``@every 15m``...), the workflow is a cron chain, as in
+        Temporal: the run starts now but its code first runs at the schedule's next
+        tick; each time a run completes, fails or times out, the next run (same input,
+        memo, search attributes and task queue; a fresh history; handed
+        ``workflow.get_last_completion_result()`` and ``workflow.get_last_failure()``)
+        starts in the same transaction and runs at the following tick (ticks missed
+        meanwhile are skipped). ``retry_policy`` retries a failed run before the chain
+        moves on; ``execution_timeout`` bounds the whole chain. Terminating or cancelling
+        the workflow ends the chain; ``result()`` follows it, so it returns only then.
         """
         return await self._start(
             workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
             id_reuse_policy=id_reuse_policy, result_type=result_type, signal=None,
             id_conflict_policy=IdConflictPolicy(id_conflict_policy), memo=memo,
             search_attributes=search_attributes, run_timeout=run_timeout,
-            retry_policy=retry_policy,
+            retry_policy=retry_policy, cron_schedule=cron_schedule,
         )
 
     async def signal_with_start(
@@ -193,6 +206,7 @@ class Client:
         search_attributes: dict[str, Any] | None = None,
         run_timeout: timedelta | float | None = None,
         retry_policy: RetryPolicy | None = None,
+        cron_schedule: str | None = None,
     ) -> WorkflowHandle[Any]:
         if not id or not isinstance(id, str):
             raise InvalidArgumentError("start_workflow needs a non-empty string id")
@@ -207,8 +221,10 @@ class Client:
                     f"arguments do not fit workflow {workflow_type!r} "
                     f"({definition.run_method.__qualname__}{inspect.signature(definition.run_method)}): {exc}"
                 ) from None
+        schedule = CronSchedule(cron_schedule) if cron_schedule is not None else None
         data = self.converter.encode_args(args, what=f"workflow {workflow_type!r}")
         now = self.store.clock.now()
+        first_task_at = schedule.first_time(now) if schedule is not None else None
         timeout = _seconds(execution_timeout)
         memo = check_memo(memo) or None
         search_attributes = check_search_attributes(search_attributes) or None
@@ -217,9 +233,10 @@ class Client:
             started_at=now, execution_timeout=timeout, memo=memo,
             search_attributes=search_attributes, run_timeout=_seconds(run_timeout),
             retry_policy=retry_policy.to_dict() if retry_policy is not None else None,
+            cron_schedule=cron_schedule,
         )
         eager = None
-        if signal is None:
+        if signal is None and schedule is None:  # a cron run's code runs at its first tick
             eager = next(
                 (w for w in self._local_workers if w.accepts_eager_start(task_queue, workflow_type)),
                 None,
@@ -255,6 +272,7 @@ class Client:
                 run_timeout=started.run_timeout,
                 retry_policy=(msgspec.json.encode(started.retry_policy)
                               if started.retry_policy is not None else None),
+                cron_schedule=cron_schedule, first_task_at=first_task_at,
             )
         ))
 
