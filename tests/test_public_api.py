@@ -32,7 +32,9 @@ def test_workflow_exports() -> None:
     assert set(workflow.__all__) == {
         "ActivityHandle", "ChildWorkflowCancellationType", "ChildWorkflowHandle",
         "ExternalWorkflowHandle", "ParentClosePolicy", "WorkflowInfo", "continue_as_new", "defn", "deprecate_patch",
-        "execute_activity", "execute_activity_method", "execute_child_workflow", "get_external_workflow_handle", "info",
+        "execute_activity", "execute_activity_method", "execute_child_workflow",
+        "get_external_workflow_handle", "get_last_completion_result", "get_last_failure",
+        "has_last_completion_result", "info",
         "is_replaying", "logger", "now", "patched", "publish", "query", "random", "run", "set_signal_handler",
         "signal", "sleep", "start_activity", "start_activity_method", "start_child_workflow",
         "update",
@@ -49,6 +51,11 @@ def test_activity_and_testing_exports() -> None:
         "store_payloads", "wait_for_cancelled", "wait_for_cancelled_sync",
     }
     assert set(testing.__all__) == {"ActivityEnvironment", "WorkflowEnvironment", "assert_replays"}
+    environment = {n for n in vars(testing.WorkflowEnvironment) if not n.startswith("_")}
+    assert environment == {
+        "get_current_time", "shutdown", "sleep", "start_local", "start_time_skipping",
+        "supports_time_skipping", "worker",
+    }
     assert set(agents.__all__) == {
         "Agent", "AgentHandle", "AgentResult", "AgentRun", "AgentWorker", "AnthropicModel",
         "EventPrinter", "LocalSandboxes", "Message", "Model", "ModelLimits", "SandboxLimits",

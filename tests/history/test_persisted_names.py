@@ -12,6 +12,7 @@ PINNED_FIELDS = {
         "workflow_type", "task_queue", "input", "started_at", "execution_timeout",
         "parent_workflow_id", "parent_run_id", "parent_seq", "continued_from_run_id",
         "memo", "search_attributes", "attempt", "run_timeout", "retry_policy",
+        "cron_schedule", "last_completion_result", "last_failure",
     ],
     "ActivityCompleted": ["seq", "result", "attempt"],
     "ActivityFailed": ["seq", "failure", "attempt"],
@@ -42,6 +43,7 @@ PINNED_FIELDS = {
     "ChildWorkflowScheduled": [
         "seq", "workflow_type", "workflow_id", "task_queue", "input", "parent_close_policy",
         "execution_timeout", "memo", "search_attributes", "run_timeout", "retry_policy",
+        "cron_schedule",
     ],
     "ChildWorkflowCancelRequested": ["seq"],
     "SearchAttributesUpserted": ["attributes"],

@@ -55,39 +55,65 @@ def test_passwords_are_not_printed(capsys: pytest.CaptureFixture[str]) -> None:
     assert _redact("sqlite:///tmp/x.db") == "sqlite:///tmp/x.db"
 
 
-def _create_version_1(database_url: str) -> None:
-    """A database as Perdure 0.1's first schema left it."""
+def _create_version(database_url: str, version: int) -> None:
+    """A database as an older Perdure left it: migrations up to ``version`` applied, and
+    one run row, written with the columns that version had."""
     from perdure.store._schema import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 
+    run = ("INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, status, "
+           "history_length, created_at) VALUES ('old', 'r1', 'Old', 'q', 'completed', 2, 1.0)")
     if database_url.startswith("sqlite"):
         import sqlite3
 
         with sqlite3.connect(database_url.split(":///", 1)[1]) as conn:
-            conn.executescript(SQLITE_MIGRATIONS[0])
-            conn.execute("INSERT INTO perdure_schema (version) VALUES (1)")
+            for migration in SQLITE_MIGRATIONS[:version]:
+                conn.executescript(migration)
+            conn.execute("INSERT INTO perdure_schema (version) VALUES (?)", (version,))
+            conn.execute(run)
         return
     import psycopg
 
     base, schema = database_url.split("?schema=")
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-        conn.execute(f'SET search_path TO "{schema}"')
-        for statement in POSTGRES_MIGRATIONS[0].split(";"):
-            if statement.strip():
-                conn.execute(statement)  # type: ignore[call-overload]
-        conn.execute("INSERT INTO perdure_schema (version) VALUES (1)")
+    with psycopg.connect(base, autocommit=True) as pg:
+        pg.execute(f'CREATE SCHEMA "{schema}"')
+        pg.execute(f'SET search_path TO "{schema}"')
+        for migration in POSTGRES_MIGRATIONS[:version]:
+            for statement in migration.split(";"):
+                if statement.strip():
+                    pg.execute(statement)  # type: ignore[call-overload]
+        pg.execute("INSERT INTO perdure_schema (version) VALUES (%s)", (version,))
+        pg.execute(run)
 
 
+def _cron_columns(database_url: str) -> list[tuple[object, ...]]:
+    """Version 4's columns of every run (the old run gets NULLs)."""
+    query = "SELECT workflow_id, cron_schedule, scheduled_at, last_completion_result " \
+            "FROM workflow_runs"
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(database_url.split(":///", 1)[1]) as conn:
+            return [tuple(r) for r in conn.execute(query).fetchall()]
+    import psycopg
+
+    base, schema = database_url.split("?schema=")
+    with psycopg.connect(base, autocommit=True) as pg:
+        pg.execute(f'SET search_path TO "{schema}"')
+        return [tuple(r) for r in pg.execute(query).fetchall()]  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize("version", [1, 3])
 def test_migrate_upgrades_an_older_schema(
-    database_url: str, capsys: pytest.CaptureFixture[str]
+    database_url: str, capsys: pytest.CaptureFixture[str], version: int,
 ) -> None:
-    assert SCHEMA_VERSION >= 2
-    _create_version_1(database_url)
+    assert SCHEMA_VERSION >= 4
+    _create_version(database_url, version)
     assert main(["db", "status", "--database-url", database_url]) == 1
-    assert "schema version 1" in capsys.readouterr().out
+    assert f"schema version {version}" in capsys.readouterr().out
     assert main(["db", "migrate", "--database-url", database_url]) == 0
-    assert f"migrated from version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
+    assert f"migrated from version {version} to {SCHEMA_VERSION}" in capsys.readouterr().out
     assert main(["db", "status", "--database-url", database_url]) == 0
+    assert _cron_columns(database_url) == [("old", None, None, None)]
 
 
 async def test_prune_deletes_old_closed_runs_only(

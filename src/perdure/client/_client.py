@@ -14,6 +14,7 @@ import msgspec
 from perdure._attributes import check_memo, check_search_attributes
 from perdure._clock import Clock
 from perdure._converter import PayloadConverter
+from perdure._cron import CronSchedule
 from perdure._errors import (
     InvalidArgumentError,
     SchemaVersionError,
@@ -143,6 +144,7 @@ class Client:
         retry_policy: RetryPolicy | None = None,
         start_signal: Callable[..., Any] | str | None = None,
         start_signal_args: Sequence[Any] = (),
+        cron_schedule: str | None = None,
     ) -> WorkflowHandle[Any]:
         """Start a workflow run; durable once this returns, whether or not a worker runs.
 
@@ -163,6 +165,17 @@ class Client:
         continue-as-new), ``run_timeout`` each run. With ``retry_policy``, a run that
         fails or passes its run timeout is followed by another attempt of the workflow
         (``workflow.info().attempt``); ``result()`` waits for the last.
+
+        With ``cron_schedule`` (five fields in UTC, such as ``"0 * * * *"``, or
+        ``@hourly``, ``@daily``, ``@every 15m``...), the workflow is a cron chain, as in
+        Temporal: the run starts now but its code first runs at the schedule's next
+        tick; each time a run completes, fails or times out, the next run (same input,
+        memo, search attributes and task queue; a fresh history; handed
+        ``workflow.get_last_completion_result()`` and ``workflow.get_last_failure()``)
+        starts in the same transaction and runs at the following tick (ticks missed
+        meanwhile are skipped). ``retry_policy`` retries a failed run before the chain
+        moves on; ``execution_timeout`` bounds the whole chain. Terminating or cancelling
+        the workflow ends the chain; ``result()`` follows it, so it returns only then.
         """
         return await self._start(
             workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
@@ -171,7 +184,7 @@ class Client:
                     if start_signal is not None else None),
             id_conflict_policy=IdConflictPolicy(id_conflict_policy), memo=memo,
             search_attributes=search_attributes, run_timeout=run_timeout,
-            retry_policy=retry_policy,
+            retry_policy=retry_policy, cron_schedule=cron_schedule,
         )
 
     def _signal_event(self, signal: Callable[..., Any] | str, args: tuple[Any, ...]) -> bytes:
@@ -288,6 +301,7 @@ class Client:
         run_timeout: timedelta | float | None = None,
         retry_policy: RetryPolicy | None = None,
         update_request: tuple[str, str, bytes] | None = None,
+        cron_schedule: str | None = None,
     ) -> WorkflowHandle[Any]:
         if not id or not isinstance(id, str):
             raise InvalidArgumentError("start_workflow needs a non-empty string id")
@@ -300,7 +314,9 @@ class Client:
                                   what=f"workflow {workflow_type!r}")
         else:
             data = self.converter.encode_args(args, what=f"workflow {workflow_type!r}")
+        schedule = CronSchedule(cron_schedule) if cron_schedule is not None else None
         now = self.store.clock.now()
+        first_task_at = schedule.first_time(now) if schedule is not None else None
         timeout = _seconds(execution_timeout)
         memo = check_memo(memo) or None
         search_attributes = check_search_attributes(search_attributes) or None
@@ -309,9 +325,11 @@ class Client:
             started_at=now, execution_timeout=timeout, memo=memo,
             search_attributes=search_attributes, run_timeout=_seconds(run_timeout),
             retry_policy=retry_policy.to_dict() if retry_policy is not None else None,
+            cron_schedule=cron_schedule,
         )
         eager = None
-        if signal is None and update_request is None:
+        if signal is None and update_request is None and schedule is None:
+            # (a cron run's code runs at its first tick, not at once)
             eager = next(
                 (w for w in self._local_workers if w.accepts_eager_start(task_queue, workflow_type)),
                 None,
@@ -348,6 +366,7 @@ class Client:
                 run_timeout=started.run_timeout,
                 retry_policy=(msgspec.json.encode(started.retry_policy)
                               if started.retry_policy is not None else None),
+                cron_schedule=cron_schedule, first_task_at=first_task_at,
             )
         ))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from perdure._converter import PayloadConverter, arity_problem
+from perdure._converter import PayloadConverter
 from perdure._errors import InvalidArgumentError, PayloadDecodingError
 from perdure._failure import exception_from_failure
 from perdure.history import Failure, HistoryEvent, WorkflowStarted, WorkflowTaskCompleted
@@ -324,11 +324,12 @@ def encode_fitting(converter: PayloadConverter, args: Sequence[Any], method: Cal
     refusing at the caller what would not fit it on the worker: a wrong count, or values
     that do not decode into the parameters' types. Refused here, nothing is stored; let
     through, a malformed signal could only be dropped, and a malformed start only fail."""
-    problem = arity_problem(method.__get__(object()), len(args))
-    if problem is not None:
+    try:
+        inspect.signature(method).bind(None, *args)  # None stands for self
+    except TypeError as exc:  # Python's words name the missing parameter
         raise InvalidArgumentError(
             f"arguments do not fit {what} ({method.__qualname__}"
-            f"{inspect.signature(method)}): it {problem}")
+            f"{inspect.signature(method)}): {exc}") from None
     data = converter.encode_args(args, what=what)
     try:
         converter.decode_args(data, hints, what=what)

@@ -164,7 +164,7 @@ def plan_workflow_task(
                 execution_timeout=command.execution_timeout, parent_workflow_id=workflow_id,
                 parent_run_id=run_id, parent_seq=command.seq, memo=command.memo,
                 search_attributes=command.search_attributes, run_timeout=command.run_timeout,
-                retry_policy=command.retry_policy,
+                retry_policy=command.retry_policy, cron_schedule=command.cron_schedule,
             )
             completion.new_children.append(
                 NewChildWorkflow(
@@ -179,6 +179,7 @@ def plan_workflow_task(
                     run_timeout=command.run_timeout,
                     retry_policy=(_json.encode(command.retry_policy)
                                   if command.retry_policy else None),
+                    cron_schedule=command.cron_schedule,
                 )
             )
         elif isinstance(command, ChildWorkflowCancelRequested):

@@ -108,6 +108,12 @@ class WorkflowStarted(_Event, tag="WorkflowStarted"):
     """Which attempt of the workflow this run is (retry policy); 1 for the first."""
     run_timeout: float | None = None
     retry_policy: dict[str, Any] | None = None
+    cron_schedule: str | None = None
+    """For a run of a cron chain: the schedule (``workflow.info().cron_schedule``)."""
+    last_completion_result: Raw = msgspec.Raw(b"")
+    """The result of the chain's last completed run (cron, retries); empty if none."""
+    last_failure: Failure | None = None
+    """How the run before this one failed, when it did (cron, retries)."""
 
 
 class ActivityCompleted(_Event, tag="ActivityCompleted"):
@@ -259,6 +265,8 @@ class ChildWorkflowScheduled(_Event, tag="ChildWorkflowScheduled"):
     search_attributes: dict[str, Any] | None = None
     run_timeout: float | None = None
     retry_policy: dict[str, Any] | None = None
+    cron_schedule: str | None = None
+    """The child is a cron chain; the parent hears of it when the chain ends."""
 
 
 class UpdateCompleted(_Event, tag="UpdateCompleted"):

@@ -62,6 +62,10 @@ class StartWorkflowRecord:
     run_timeout: float | None = None
     retry_policy: bytes | None = None
     """JSON RetryPolicy: a failed (or run-timed-out) run is followed by another attempt."""
+    cron_schedule: str | None = None
+    """A cron chain: each closed run is followed by the next, at the schedule's next tick."""
+    first_task_at: float | None = None
+    """When the first workflow task becomes visible (a cron chain's first tick); None: now."""
 
 
 @dataclasses.dataclass
@@ -176,6 +180,7 @@ class NewChildWorkflow:
     search_attributes: bytes | None = None
     run_timeout: float | None = None
     retry_policy: bytes | None = None
+    cron_schedule: str | None = None
 
 
 @dataclasses.dataclass

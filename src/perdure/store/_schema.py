@@ -219,10 +219,22 @@ held (in the last minute) a share of a named limit, shared by every worker. ``pa
 stored once, out of line, by its SHA-256, and referenced from histories (an agent's
 conversation); it goes with the workflow id's last run."""
 
+_V4 = """
+ALTER TABLE workflow_runs ADD COLUMN cron_schedule TEXT;
+ALTER TABLE workflow_runs ADD COLUMN scheduled_at {real};
+ALTER TABLE workflow_runs ADD COLUMN last_completion_result {blob};
+"""
+"""Version 4: cron workflows. ``cron_schedule``: the expression a run of a cron chain
+carries (its successor starts at the next tick when it closes); ``scheduled_at``: when the
+run's first workflow task became visible (its tick, or its retry's time), from which the
+next tick is counted; ``last_completion_result``: the result of the chain's last run that
+completed, handed to this run (``workflow.get_last_completion_result``)."""
+
 SQLITE_MIGRATIONS: list[str] = [
     _V1, _V2,
     _V3.format(blob="BLOB", json="TEXT", real="REAL") + _V3_UPDATES.format(blob="BLOB", real="REAL",
                        identity="INTEGER PRIMARY KEY AUTOINCREMENT"),
+    _V4.format(blob="BLOB", real="REAL"),
 ]
 """Migration ``i`` takes the schema from version ``i`` to ``i + 1``."""
 
@@ -378,6 +390,7 @@ POSTGRES_MIGRATIONS: list[str] = [
                          identity="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
     + "CREATE INDEX workflow_runs_search ON workflow_runs USING GIN "
     "(search_attributes jsonb_path_ops);",
+    _V4.format(blob="BYTEA", real="DOUBLE PRECISION"),
 ]
 """The same schema versions in PostgreSQL's types (BYTEA, DOUBLE PRECISION, identities),
 plus what many processes need: at most one running run per workflow id."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from perdure._cron import CronSchedule
 from perdure._errors import WorkflowNotFoundError
 from perdure.history import (
     CancelRequested,
@@ -70,6 +71,8 @@ def start_child(
         return encode_event(
             ChildWorkflowStartFailed(seq=child.seq, cause="already_running", run_id=latest[0])
         )
+    # a cron child's code first runs at its schedule's first tick
+    first = now if child.cron_schedule is None else CronSchedule(child.cron_schedule).first_time(now)
     store._insert_run(conn, _sql_runs.NewRun(
         workflow_id=child.workflow_id, run_id=child.run_id, workflow_type=child.workflow_type,
         task_queue=child.task_queue, input=child.input,
@@ -79,8 +82,10 @@ def start_child(
         run_timeout=child.run_timeout, retry_policy=child.retry_policy,
         parent=(parent_id, parent_run, child.seq, child.parent_close_policy),
         memo=child.memo, search_attributes=child.search_attributes,
+        cron_schedule=child.cron_schedule, scheduled_at=first,
     ), now, notes, started_event=child.started_event)
-    store._ensure_workflow_task(conn, child.workflow_id, child.run_id, now, notes)
+    store._ensure_workflow_task(conn, child.workflow_id, child.run_id, first, notes)
+    notes.due_at(first if child.cron_schedule is not None else None)
     return encode_event(ChildWorkflowStarted(seq=child.seq, run_id=child.run_id))
 
 

@@ -40,6 +40,7 @@ from perdure._errors import (
 from perdure._retry import RetryPolicy, next_attempt_at
 from perdure.history import Failure, WorkflowStarted, encode_event
 from perdure.store import _sql_children as _children
+from perdure.store import _sql_cron as _cron
 from perdure.store import _sql_reset as _reset
 from perdure.store._base import ASYNC_COMPLETION_OWNER, StoreNotes, StoreNotifier, WorkflowStore
 from perdure.store._records import (
@@ -112,6 +113,9 @@ def _json_bytes(value: Any) -> bytes | None:
     return json.dumps(value).encode()
 
 
+_failure_decoder = msgspec.json.Decoder(Failure)
+
+
 @dataclasses.dataclass
 class NewRun:
     """A run to insert: by a start, a child start, continue-as-new or a retry."""
@@ -132,10 +136,20 @@ class NewRun:
     memo: bytes | None = None
     search_attributes: bytes | None = None
     continued_from: str | None = None
+    cron_schedule: str | None = None
+    scheduled_at: float | None = None
+    """When the first workflow task becomes visible (a cron tick, a retry); None: now."""
+    last_completion_result: bytes | None = None
+    last_failure: bytes | None = None
+    """JSON Failure of the run before, handed to this one (cron, retries)."""
 
     def started_event(self, now: float) -> bytes:
         """The run's WorkflowStarted, as recorded."""
         parent_id, parent_run, parent_seq, _ = self.parent or (None, None, None, None)
+        # an empty Raw is "none", and must not be written at all (it would be no JSON)
+        optional: dict[str, Any] = {}
+        if self.last_completion_result:
+            optional["last_completion_result"] = msgspec.Raw(self.last_completion_result)
         return encode_event(WorkflowStarted(
             workflow_type=self.workflow_type, task_queue=self.task_queue,
             input=msgspec.Raw(self.input), started_at=now,
@@ -147,17 +161,20 @@ class NewRun:
                                if self.search_attributes else None),
             attempt=self.attempt, run_timeout=self.run_timeout,
             retry_policy=json.loads(self.retry_policy) if self.retry_policy else None,
+            cron_schedule=self.cron_schedule,
+            last_failure=(_failure_decoder.decode(self.last_failure)
+                          if self.last_failure else None),
+            **optional,
         ))
 
 
 _SUCCESSOR_COLUMNS = (
     "r.workflow_type, r.task_queue, r.input, r.execution_timeout, t.fire_at, r.run_timeout, "
     "r.attempt, r.retry_policy, r.parent_workflow_id, r.parent_run_id, r.parent_seq, "
-    "r.parent_close_policy, r.memo, r.search_attributes"
+    "r.parent_close_policy, r.memo, r.search_attributes, r.cron_schedule, "
+    "r.last_completion_result"
 )
 
-
-_failure_decoder = msgspec.json.Decoder(Failure)
 
 
 def _closed_before_update(workflow_id: str, status: str) -> bytes:
@@ -324,18 +341,24 @@ class SqlRunStore(WorkflowStore):
         may_retry: bool = True,
     ) -> None:
         """Close a (locked) running run; a failed or run-timed-out run whose retry policy
-        allows another attempt is followed by that attempt, and its parent hears nothing."""
+        allows another attempt is followed by that attempt, a closed run of a cron chain
+        by the chain's next run, and its parent hears nothing (``may_retry``: neither may
+        follow, past the execution deadline)."""
         key = (workflow_id, run_id)
         parent = conn.execute(
             "UPDATE workflow_runs SET status = ?, result = ?, failure = ?, closed_at = ?, "
             "sticky_worker = NULL WHERE workflow_id = ? AND run_id = ? "
-            "RETURNING parent_workflow_id, parent_run_id, parent_seq, retry_policy, attempt",
+            "RETURNING parent_workflow_id, parent_run_id, parent_seq, retry_policy, attempt, "
+            "cron_schedule, scheduled_at, last_completion_result",
             (status, result, failure, now, *key),
         ).fetchone()
         retry: tuple[NewRun, float] | None = None
         if may_retry and status in ("failed", "timed_out") and parent[3] is not None:
             retry = self._retry(conn, workflow_id, run_id, bytes(parent[3]), int(parent[4]),
                                 failure, now)
+        if retry is None and may_retry and status in _cron.CONTINUES and parent[5] is not None:
+            retry = _cron.next_cron_run(self, conn, workflow_id, run_id, tuple(parent[5:8]),
+                                        status, result, failure, now)
         conn.execute("DELETE FROM workflow_tasks WHERE workflow_id = ? AND run_id = ?", key)
         conn.execute("DELETE FROM timers WHERE workflow_id = ? AND run_id = ?", key)
         conn.execute("DELETE FROM inbox WHERE workflow_id = ? AND run_id = ?", key)
@@ -360,7 +383,8 @@ class SqlRunStore(WorkflowStore):
         ).fetchall()
         if outstanding:
             notes.add("update")
-        notes.run_closed(run_id, (status, result, failure))
+        # a run that another follows: result() waiters read where the chain went
+        notes.run_closed(run_id, (status, result, failure) if retry is None else None)
         if retry is not None:
             successor, at = retry
             self._insert_run(conn, successor, now, notes)
@@ -394,6 +418,7 @@ class SqlRunStore(WorkflowStore):
         self._lock_workflow_id(conn, workflow_id)  # one running run per workflow id
         successor = dataclasses.replace(
             self._successor(conn, workflow_id, run_id, str(uuid.uuid4())), attempt=attempt + 1,
+            scheduled_at=at, last_failure=failure,
         )
         conn.execute(
             "UPDATE workflow_runs SET next_run_id = ? WHERE workflow_id = ? AND run_id = ?",
@@ -409,22 +434,26 @@ class SqlRunStore(WorkflowStore):
         if history is None:
             history = [("WorkflowStarted", started_event or run.started_event(now))]
         parent_id, parent_run, parent_seq, policy = run.parent or (None, None, None, None)
+        scheduled = run.scheduled_at if run.scheduled_at is not None else now
         conn.execute(
             "INSERT INTO workflow_runs (workflow_id, run_id, workflow_type, task_queue, "
             "status, input, history_length, created_at, execution_timeout, run_timeout, "
             "attempt, retry_policy, parent_workflow_id, parent_run_id, parent_seq, "
-            "parent_close_policy, memo, search_attributes) "
+            "parent_close_policy, memo, search_attributes, cron_schedule, scheduled_at, "
+            "last_completion_result) "
             "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            f"{self._JSON})",
+            f"{self._JSON}, ?, ?, ?)",
             (run.workflow_id, run.run_id, run.workflow_type, run.task_queue, run.input,
              len(history), now, run.execution_timeout, run.run_timeout, run.attempt,
              run.retry_policy, parent_id, parent_run, parent_seq, policy, run.memo,
-             _json_text(run.search_attributes)),
+             _json_text(run.search_attributes), run.cron_schedule, scheduled,
+             run.last_completion_result),
         )
         self._append(conn, run.workflow_id, run.run_id, 1, history)
-        # seq 0: the execution deadline (the whole chain); seq -1: this run's own timeout
+        # seq 0: the execution deadline (the whole chain); seq -1: this run's own timeout,
+        # counted from its first task (a cron run waits for its tick first, as in Temporal)
         for seq, fire_at in ((0, run.execution_deadline),
-                             (-1, now + run.run_timeout if run.run_timeout else None)):
+                             (-1, scheduled + run.run_timeout if run.run_timeout else None)):
             if fire_at is not None:
                 conn.execute(
                     "INSERT INTO timers (workflow_id, run_id, seq, fire_at) VALUES (?, ?, ?, ?)",
@@ -435,7 +464,8 @@ class SqlRunStore(WorkflowStore):
     def _successor(self, conn: Conn, workflow_id: str, run_id: str, new_run_id: str) -> NewRun:
         """The next run of a chain, as a copy of ``run_id`` (read before it closes)."""
         (workflow_type, task_queue, input_, execution_timeout, deadline, run_timeout, attempt,
-         retry_policy, parent_id, parent_run, parent_seq, policy, memo, search) = conn.execute(
+         retry_policy, parent_id, parent_run, parent_seq, policy, memo, search, cron,
+         last_result) = conn.execute(
             f"SELECT {_SUCCESSOR_COLUMNS} FROM workflow_runs r LEFT JOIN timers t "
             "ON t.workflow_id = r.workflow_id AND t.run_id = r.run_id AND t.seq = 0 "
             "WHERE r.workflow_id = ? AND r.run_id = ?",
@@ -449,7 +479,8 @@ class SqlRunStore(WorkflowStore):
             retry_policy=bytes(retry_policy) if retry_policy is not None else None,
             parent=(parent_id, parent_run, int(parent_seq), policy) if parent_id else None,
             memo=bytes(memo) if memo is not None else None,
-            search_attributes=_json_bytes(search), continued_from=run_id,
+            search_attributes=_json_bytes(search), continued_from=run_id, cron_schedule=cron,
+            last_completion_result=bytes(last_result) if last_result is not None else None,
         )
 
     def _append(
@@ -536,6 +567,7 @@ class SqlRunStore(WorkflowStore):
                                     if record.execution_timeout is not None else None),
                 run_timeout=record.run_timeout, retry_policy=record.retry_policy,
                 memo=record.memo, search_attributes=record.search_attributes,
+                cron_schedule=record.cron_schedule, scheduled_at=record.first_task_at,
             ), record.now, notes, started_event=record.started_event)
             if record.signal_event is not None:
                 conn.execute(
@@ -558,7 +590,10 @@ class SqlRunStore(WorkflowStore):
                      record.eager_worker, time.time() + record.eager_lease),
                 )
                 return record.run_id
-            self._ensure_workflow_task(conn, record.workflow_id, record.run_id, record.now, notes)
+            first = record.first_task_at if record.first_task_at is not None else record.now
+            self._ensure_workflow_task(conn, record.workflow_id, record.run_id, first, notes)
+            if record.first_task_at is not None:
+                notes.due_at(first)
             return record.run_id
 
         return await self._run(op)
@@ -1316,7 +1351,7 @@ class SqlRunStore(WorkflowStore):
         successor = dataclasses.replace(
             self._successor(conn, c.workflow_id, c.run_id, new.run_id),
             workflow_type=new.workflow_type, task_queue=new.task_queue, input=new.input,
-            attempt=1,
+            attempt=1, last_completion_result=None,
         )
         conn.execute(
             "UPDATE workflow_runs SET next_run_id = ? WHERE workflow_id = ? AND run_id = ?",

@@ -323,8 +323,9 @@ class Worker(ActivityRunner):
         self._spawn(self._workflow_task(claim))
 
     def is_idle(self) -> bool:
-        """No workflow task or activity in progress (used by time skipping)."""
-        return self._inflight_workflow_tasks == 0 and not self._running_activities
+        """No workflow task, activity or hand-over in progress (used by time skipping)."""
+        return (self._inflight_workflow_tasks == 0 and not self._running_activities
+                and not self._tasks)
 
     async def _supervise(self, loop_fn: Callable[[], Any]) -> None:
         delay = 0.05
@@ -677,14 +678,16 @@ class Worker(ActivityRunner):
     async def _due_work_loop(self) -> None:
         decider = _make_timeout_decider(self.clock.now)
         reclaim_every = self.options.liveness_interval
-        last_reclaim = 0.0
+        last_reclaim = -math.inf
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
             swept_at = self.clock.now()
             fired = await self.store.fire_due_timers(500)
             expired = await self.store.expire_activities(500, decider)
             now = self.clock.now()
-            if now - last_reclaim >= reclaim_every:
-                last_reclaim = now
+            # liveness is real time: a test clock that jumps or stands still changes nothing
+            if loop.time() - last_reclaim >= reclaim_every:
+                last_reclaim = loop.time()
                 await self.store.reclaim_dead_workers(self.options.dead_worker_timeout, decider)
             if fired >= 500 or expired >= 500:
                 continue

@@ -11,6 +11,7 @@ from typing import Any, Generic, NoReturn, TypeVar
 
 import msgspec
 
+from perdure._failure import exception_from_failure
 from perdure._retry import RetryPolicy
 from perdure.activity._definition import get_activity_definition
 from perdure.history import MemoUpserted, SearchAttributesUpserted, WorkflowContinuedAsNew
@@ -25,6 +26,9 @@ __all__ = [
     "execute_activity",
     "execute_activity_method",
     "execute_local_activity",
+    "get_last_completion_result",
+    "get_last_failure",
+    "has_last_completion_result",
     "info",
     "is_replaying",
     "logger",
@@ -440,6 +444,36 @@ def info() -> WorkflowInfo:
     result = _context.current().info
     assert result is not None
     return result
+
+
+def _started() -> Any:
+    started = _context.current().started
+    assert started is not None
+    return started
+
+
+def has_last_completion_result() -> bool:
+    """Whether an earlier run of this chain (cron, retries) completed: tells "no result
+    yet" from a result that was None."""
+    return bool(_started().last_completion_result)
+
+
+def get_last_completion_result(type_hint: Any = None) -> Any:
+    """The result of this chain's last run that completed (a cron chain's previous
+    run, carried over runs that failed), decoded by ``type_hint``; None if there is none."""
+    data = bytes(_started().last_completion_result)
+    if not data:
+        return None
+    instance = _context.current()
+    return instance.converter.decode(data, type_hint if type_hint is not None else Any,
+                                     what="last completion result")
+
+
+def get_last_failure() -> BaseException | None:
+    """How the run before this one failed (a cron chain's previous run, or the attempt a
+    workflow retry follows), as the exception; None if it did not fail."""
+    failure = _started().last_failure
+    return exception_from_failure(failure) if failure is not None else None
 
 
 def is_replaying() -> bool:

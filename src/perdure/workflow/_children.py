@@ -9,6 +9,7 @@ from collections.abc import Callable, Generator
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
+from perdure._cron import CronSchedule
 from perdure._errors import InvalidArgumentError, UnknownHandlerError, UnknownWorkflowTypeError
 from perdure._retry import RetryPolicy
 from perdure.workflow import _context
@@ -201,6 +202,7 @@ async def start_child_workflow(
     search_attributes: dict[str, Any] | None = None,
     run_timeout: timedelta | float | None = None,
     retry_policy: RetryPolicy | None = None,
+    cron_schedule: str | None = None,
 ) -> ChildWorkflowHandle[Any]:
     """Start a child workflow and return its handle once it has started.
 
@@ -213,12 +215,16 @@ async def start_child_workflow(
     ``execution_timeout`` bounds the child with all its retries and continuations;
     ``run_timeout`` each of its runs. With ``retry_policy``, a child run that fails (or
     passes its run timeout) is followed by another attempt, and the parent hears only
-    of the last.
+    of the last. With ``cron_schedule`` the child is a cron chain (see
+    ``Client.start_workflow``): the parent hears of it only when the chain ends
+    (terminated, cancelled, or past its execution timeout), as in Temporal.
     """
     from perdure._attributes import check_memo, check_search_attributes
 
     instance = _context.current()
     workflow_type, hint = _resolve(workflow, args, result_type)
+    if cron_schedule is not None:
+        CronSchedule(cron_schedule)  # InvalidArgumentError here, not when the task commits
     policy = ParentClosePolicy(parent_close_policy)
     cancel_type = ChildWorkflowCancellationType(cancellation_type)
     child = instance.start_child(
@@ -228,6 +234,7 @@ async def start_child_workflow(
         search_attributes=check_search_attributes(search_attributes),
         run_timeout=_seconds(run_timeout),
         retry_policy=retry_policy.to_dict() if retry_policy is not None else None,
+        cron_schedule=cron_schedule,
     )
     await _wait(instance, child, child.started, cancel_type)
     return ChildWorkflowHandle(instance, child, cancel_type)
@@ -248,6 +255,7 @@ async def execute_child_workflow(
     search_attributes: dict[str, Any] | None = None,
     run_timeout: timedelta | float | None = None,
     retry_policy: RetryPolicy | None = None,
+    cron_schedule: str | None = None,
 ) -> Any:
     """Run a child workflow to its end and return its result (see :func:`start_child_workflow`).
 
@@ -258,6 +266,6 @@ async def execute_child_workflow(
         workflow, *args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
         parent_close_policy=parent_close_policy, cancellation_type=cancellation_type,
         result_type=result_type, memo=memo, search_attributes=search_attributes,
-        run_timeout=run_timeout, retry_policy=retry_policy,
+        run_timeout=run_timeout, retry_policy=retry_policy, cron_schedule=cron_schedule,
     )
     return await handle.result()

@@ -139,6 +139,8 @@ class WorkflowInfo:
     parent_workflow_id: str | None = None
     """For a child workflow: the parent's workflow id and run id."""
     parent_run_id: str | None = None
+    cron_schedule: str | None = None
+    """For a run of a cron chain (``start_workflow(cron_schedule=...)``): its schedule."""
 
 
 @dataclasses.dataclass
@@ -386,6 +388,8 @@ class WorkflowInstance:
         self.size_warned = False
         self.completed = False
         self.info: WorkflowInfo | None = None
+        self.started: WorkflowStarted | None = None
+        """The run's first event (what a cron chain or a retry handed over)."""
         self.task_queue = ""
         self.workflow_object: Any = None
         self._seq = 0
@@ -912,7 +916,9 @@ class WorkflowInstance:
             attempt=event.attempt,
             run_timeout=timedelta(seconds=event.run_timeout) if event.run_timeout else None,
             continued_from_run_id=event.continued_from_run_id,
+            cron_schedule=event.cron_schedule,
         )
+        self.started = event
         definition = self.definition
         try:
             args = self.converter.decode_args(
@@ -1147,6 +1153,7 @@ class WorkflowInstance:
         search_attributes: dict[str, Any] | None = None,
         run_timeout: float | None = None,
         retry_policy: dict[str, Any] | None = None,
+        cron_schedule: str | None = None,
     ) -> PendingChild:
         """Emit ChildWorkflowScheduled; the child's start and outcome arrive as events."""
         data = self.converter.encode_args(args, what=f"child workflow {workflow_type!r}")
@@ -1165,7 +1172,7 @@ class WorkflowInstance:
                 task_queue=task_queue or self.task_queue, input=msgspec.Raw(data),
                 parent_close_policy=parent_close_policy, execution_timeout=execution_timeout,
                 memo=memo or None, search_attributes=search_attributes or None,
-                run_timeout=run_timeout, retry_policy=retry_policy,
+                run_timeout=run_timeout, retry_policy=retry_policy, cron_schedule=cron_schedule,
             )
         )
         return child
