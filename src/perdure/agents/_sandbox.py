@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import os
@@ -29,14 +30,17 @@ import shutil
 import signal
 import stat
 from collections import OrderedDict
+from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from perdure import ApplicationError, RetryPolicy, activity
 from perdure.agents._tools import ACTIVITY_PREFIX, Tool, _schema_and_validator
+
+T = TypeVar("T")
 
 __all__ = ["LocalSandboxes", "SandboxLimits", "SandboxState", "SandboxToolResult",
            "merge_manifests", "sandbox_merge"]
@@ -508,10 +512,10 @@ class LocalSandboxes:
                     # is released only once no thread of theirs still writes
                     ws, index = await _uninterrupted(self._prepare(sandbox))
                     if not mutates:
-                        output = await _uninterrupted(fn(ws, **kwargs))
+                        output = await _uninterrupted(_as_tool_error(fn(ws, **kwargs), name))
                         return SandboxToolResult(output=_cut(output, limits.max_output_chars))
                     await asyncio.to_thread(ws.set_dirty, True)
-                    output, changed = await fn(ws, **kwargs)
+                    output, changed = await _as_tool_error(fn(ws, **kwargs), name)
                     checkpoint = await _uninterrupted(
                         self._checkpoint(ws, index, sandbox, changed))
                 finally:
@@ -538,6 +542,9 @@ class LocalSandboxes:
     async def _write_file(self, ws: _Workspace, path: str,
                           content: str) -> tuple[str, list[str] | None]:
         target = ws.resolve(path)
+        if target == ws.dir.resolve():
+            raise ApplicationError("write_file needs the path of a file, not the project's "
+                                   "root folder", type="ToolArgumentsError", non_retryable=True)
 
         def write() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -687,6 +694,30 @@ async def _keep_heartbeating() -> None:
     while True:
         await asyncio.sleep(5.0)
         activity.heartbeat()
+
+
+_DETERMINISTIC_OS_ERRORS = (IsADirectoryError, NotADirectoryError, FileExistsError,
+                            FileNotFoundError, PermissionError)
+
+
+async def _as_tool_error(call: Awaitable[T], tool: str) -> T:
+    """Run a tool's own work; an error that its arguments cause, and that would come back
+    on every retry (a path that is a folder, a name the file system cannot encode, a NUL
+    byte), becomes a non-retryable tool error for the model instead of three attempts."""
+    try:
+        return await call
+    except _DETERMINISTIC_OS_ERRORS as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ApplicationError(f"{tool}: {why}" + (f": {exc.filename!r}" if exc.filename else ""),
+                               type="ToolError", non_retryable=True) from None
+    except (UnicodeError, ValueError) as exc:  # unencodable names, embedded NUL bytes
+        raise ApplicationError(f"{tool}: {exc}", type="ToolArgumentsError",
+                               non_retryable=True) from None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ApplicationError(f"{tool}: a file name is too long", type="ToolArgumentsError",
+                                   non_retryable=True) from None
+        raise
 
 
 async def _uninterrupted(coro: Any) -> Any:

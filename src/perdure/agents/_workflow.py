@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import math
 from collections import OrderedDict
 from datetime import timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from perdure import (
     ApplicationError,
     ChildWorkflowError,
     NondeterminismError,
+    PayloadError,
     WorkflowAlreadyStartedError,
     activity,
     workflow,
@@ -205,6 +207,7 @@ async def model_call(call: ModelCall) -> ModelCallResult:
                                   "waited": round(permit.waited, 2)}, workflow_id=target)
             response = await _complete(agent, request, target)
             permit.used(response.usage.input_tokens + response.usage.output_tokens)
+    response = storable(response)
     usage = response.usage
     if not usage.model_calls:
         usage = msgspec.structs.replace(usage, model_calls=1)
@@ -216,6 +219,44 @@ async def model_call(call: ModelCall) -> ModelCallResult:
     _remember(ref, [*messages, response.message])
     return ModelCallResult(response=msgspec.structs.replace(response, usage=usage),
                            conversation=ref, message_digest=_digest(response.message))
+
+
+def storable(response: ModelResponse) -> ModelResponse:
+    """A model's answer as history can hold it: a lone surrogate (which no JSON encoder
+    writes) becomes U+FFFD, and a non-finite number in tool arguments (which Python's
+    JSON parser accepts) its name as a string. Model output is untrusted: whatever it
+    holds must fail no call that records it, or a paid answer would be asked for again."""
+    try:
+        msgspec.json.encode(response)
+    except UnicodeEncodeError:
+        pass
+    else:
+        if not _has_non_finite(msgspec.to_builtins(response)):
+            return response
+    return msgspec.convert(_clean(msgspec.to_builtins(response)), ModelResponse)
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value) \
+            if any("\ud800" <= c <= "\udfff" for c in value) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
 
 
 def _summary_view(messages: list[Message], keep: int) -> list[Message]:
@@ -260,8 +301,13 @@ async def _summarize(agent: Agent, call: ModelCall, messages: list[Message],
 async def _complete(agent: Agent, request: ModelRequest, target: str) -> ModelResponse:
     if _streams(agent.model):
         def token(text: str) -> None:
-            activity.publish({"type": "token", "agent": agent.name, "text": text},
-                             workflow_id=target)
+            try:  # model output: cleaned to be storable; progress, never worth a failure
+                activity.publish({"type": "token", "agent": agent.name, "text": _clean(text)},
+                                 workflow_id=target)
+            except PayloadError:
+                activity.publish({"type": "token", "agent": agent.name,
+                                  "text": f"[{len(text)} characters, too many to stream]"},
+                                 workflow_id=target)
 
         return await agent.model.complete(request, token_sink=token)  # type: ignore[call-arg]
     return await agent.model.complete(request)
@@ -416,6 +462,18 @@ class AgentWorkflow:
                 if _failure_type(exc) == "ModelContextOverflow":
                     await self._summarize_and_continue(
                         agent, request, "the model reported a context overflow")
+                if _failure_type(exc).endswith("PayloadTooLargeError") and \
+                        workflow.patched("model-answer-too-large"):
+                    # paid for once, not retried (it would be as large again): the model
+                    # hears why, and answers again within the limit
+                    self.turns += 1
+                    self._event("model_done", turn=self.turns, text="", tool_calls=0,
+                                error="answer too large to record")
+                    self.new.append(Message.user(
+                        "Your previous answer was too large to record "
+                        f"({_why(exc)}). Answer again, much more briefly; put long content "
+                        "in files with your tools rather than in the answer."))
+                    continue
                 raise
             response = result.response
             if not result.message_digest or result.message_digest == _digest(response.message):

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import msgspec.structs
+
 from perdure._clock import Clock
 from perdure._converter import PayloadConverter
 from perdure._errors import ApplicationError, PayloadError
@@ -151,6 +153,7 @@ class ActivityRunner:
         self._running_activities[key] = running
         result: bytes | None = None
         error: BaseException | None = None
+        unstorable = False
         left_open = False
         try:
             if definition is None:
@@ -170,7 +173,13 @@ class ActivityRunner:
                 value = await self._invoke(definition, args, running)
             finally:
                 running.invoking = False
-            result = self.converter.encode(value, what=f"result of activity {definition.name!r}")
+            try:
+                result = self.converter.encode(value,
+                                               what=f"result of activity {definition.name!r}")
+            except PayloadError as exc:
+                # the work is done (and maybe paid for): running it again would give a result
+                # that cannot be stored either, so this attempt's failure is final
+                error, unstorable = exc, True
         except CompleteAsyncError:
             left_open = True  # activity.raise_complete_async(): someone else completes it
         except asyncio.CancelledError as exc:
@@ -200,9 +209,10 @@ class ActivityRunner:
             if not isinstance(error, asyncio.CancelledError | PayloadError | ApplicationError):
                 _log.warning("activity %s (workflow %s, attempt %d) failed: %r",
                              claim.activity_type, claim.workflow_id, claim.attempt, error)
-            decide = activity_failed_outcome(
-                claim.seq, failure_from_exception(error), self.clock.now()
-            )
+            failure = failure_from_exception(error)
+            if unstorable:
+                failure = msgspec.structs.replace(failure, non_retryable=True)
+            decide = activity_failed_outcome(claim.seq, failure, self.clock.now())
         if error is None and result is not None:
             try:
                 if await self._complete_and_advance(claim, result):
