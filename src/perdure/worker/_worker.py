@@ -741,8 +741,11 @@ class Worker(ActivityRunner):
             instance = self._cache.get(claim.run_id)
             if instance is None or loop.time() >= give_up:
                 break
-            if (not snapshot.inbox and instance.history_length == snapshot.history_length
-                    and not self._activation_running(claim.run_id)):
+            running = self._activation_running(claim.run_id)
+            if not running and instance.history_length < snapshot.history_length:
+                break  # another worker moved the run on: this copy is stale
+            if not snapshot.inbox and not running \
+                    and instance.history_length == snapshot.history_length:
                 return instance.query(claim.name, claim.args)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
