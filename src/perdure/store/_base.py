@@ -346,7 +346,9 @@ class WorkflowStore:
 
     async def delete_closed_runs(self, closed_before: float, limit: int) -> int:
         """Delete up to ``limit`` runs closed before ``closed_before`` (store clock), with
-        their histories; return how many. Retention: running runs are never touched."""
+        their histories; return how many. Retention: running runs are never touched.
+        :class:`InvalidArgumentError` for a cutoff that is not a finite time >= 0, or a
+        ``limit`` below 1."""
         raise NotImplementedError
 
     async def enqueue_query(self, workflow_id: str, run_id: str, task_queue: str, name: str,
