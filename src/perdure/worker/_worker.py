@@ -643,6 +643,8 @@ class Worker(ActivityRunner):
             if outcome != "fused":
                 self._activity_slots -= len(reserved)
                 self._forget(run_id, instance)
+                if outcome == "rejected":  # the attempt was superseded (timed out, reclaimed)
+                    self.stats["rejected_activity_results"] += 1
                 return True
             self.stats["workflow_tasks"] += 1
             self.stats["fused_completions"] += 1
