@@ -1,7 +1,9 @@
 """A worker in its own process, for the liveness tests:
 ``python liveness_worker_process.py DATABASE_URL TASK_QUEUE STATS_FILE``.
 
-Serves ``WaitForGo`` with a short dead-worker timeout, and writes
+Serves the workflows of ``liveness_workflows`` (determinism guard off: ``BlockTheLoop``
+blocks the event loop in workflow code on purpose) with a short dead-worker timeout (and
+``$PERDURE_TEST_LOOP_STALL_TIMEOUT`` as its loop stall timeout), and writes
 its ``Worker.stats`` as JSON to STATS_FILE every 50 ms. Prints ``ready`` once it
 serves; runs until SIGTERM (or SIGKILL).
 """
@@ -16,12 +18,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from liveness_workflows import WaitForGo, wait_for_go
+from liveness_workflows import (
+    BlockTheLoop,
+    OneBlockingActivity,
+    WaitForGo,
+    block_loop,
+    wait_for_go,
+)
 
 from perdure import Client, Worker, WorkerOptions
 
-OPTIONS = WorkerOptions(liveness_interval=0.2, dead_worker_timeout=1.0,
-                        determinism_guard="off")
+OPTIONS = WorkerOptions(
+    liveness_interval=0.2, dead_worker_timeout=1.0, determinism_guard="off",
+    loop_stall_timeout=float(os.environ.get("PERDURE_TEST_LOOP_STALL_TIMEOUT", "60")))
 
 
 def write_stats(worker: Worker, path: str) -> None:
@@ -32,8 +41,9 @@ def write_stats(worker: Worker, path: str) -> None:
 
 async def main(url: str, task_queue: str, stats: str) -> None:
     client = await Client.connect(url)
-    worker = Worker(client, task_queue=task_queue, workflows=[WaitForGo],
-                    activities=[wait_for_go], options=OPTIONS)
+    worker = Worker(client, task_queue=task_queue,
+                    workflows=[WaitForGo, BlockTheLoop, OneBlockingActivity],
+                    activities=[wait_for_go, block_loop], options=OPTIONS)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with worker:

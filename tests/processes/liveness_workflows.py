@@ -1,5 +1,5 @@
-"""Workflows and activities of the liveness tests: a worker frozen (SIGSTOP) while it
-holds work. Shared by the test process and
+"""Workflows and activities of the liveness tests: a worker frozen (SIGSTOP) or starved
+(its event loop blocked) while it holds work. Shared by the test process and
 ``liveness_worker_process.py``; every run of an activity or a blocking activation is
 written to the file named by ``PERDURE_TEST_EXECUTIONS``: ``what attempt pid``."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -53,3 +54,41 @@ class WaitForGo:
         return await workflow.execute_activity(
             wait_for_go, folder, start_to_close_timeout=timedelta(seconds=120),
             retry_policy=RETRY_AT_ONCE)
+
+
+@activity.defn
+async def block_loop(name: str, seconds: float) -> str:
+    """Blocks its worker's event loop (``time.sleep`` in an async activity) for ``seconds``."""
+    record(name, activity.info().attempt)
+    time.sleep(seconds)  # noqa: ASYNC251 (the point: the event loop cannot run meanwhile)
+    return name
+
+
+@workflow.defn
+class BlockTheLoop:
+    """Blocks its worker's event loop in workflow code (the determinism guard must be off),
+    then in two activities in turn."""
+
+    @workflow.run
+    async def run(self, seconds: float) -> list[str]:
+        if not workflow.unsafe.is_replaying():
+            record("activation", 1)
+            time.sleep(seconds)  # noqa: ASYNC251 (the point: the event loop cannot run)
+        done = []
+        for name in ("first", "second"):
+            done.append(await workflow.execute_activity(
+                block_loop, name, seconds,
+                start_to_close_timeout=timedelta(seconds=120), retry_policy=RETRY_AT_ONCE))
+        return done
+
+
+@workflow.defn
+class OneBlockingActivity:
+    """One activity that blocks its worker's event loop for ``seconds``."""
+
+    @workflow.run
+    async def run(self, seconds: float) -> str:
+        result: str = await workflow.execute_activity(
+            block_loop, "only", seconds, start_to_close_timeout=timedelta(seconds=120),
+            retry_policy=RETRY_AT_ONCE)
+        return result

@@ -1,8 +1,12 @@
-"""A worker in its own process, frozen (SIGSTOP) while it holds work, on both backends.
+"""A worker in its own process, frozen (SIGSTOP) or starved (its event loop blocked)
+while it holds work, on both backends.
 
-Frozen past the dead-worker timeout, it is dead to the others: its attempt is reclaimed
-and runs again elsewhere; when it thaws, its late result is rejected, and counted in
-``Worker.stats`` (also on the fused path, which used to drop the count).
+* Frozen past the dead-worker timeout, it is dead to the others: its attempt is
+  reclaimed and runs again elsewhere; when it thaws, its late result is rejected, and
+  counted in ``Worker.stats`` (also on the fused path, which used to drop the count).
+* Starved (workflow code or an activity blocking its event loop for longer than the
+  dead-worker timeout), it is alive (DESIGN's invariant 5): its liveness heartbeat does
+  not wait for the loop, so nothing of its work is reclaimed and nothing runs twice.
 """
 
 from __future__ import annotations
@@ -22,10 +26,18 @@ from typing import Any
 
 import pytest
 
-from perdure import Client, Worker, WorkerOptions
+from perdure import Client, Worker, WorkerOptions, activity
 from perdure.history import ActivityCompleted
 
-from .liveness_workflows import EXECUTIONS_ENV, WaitForGo, executions, wait_for_go
+from .liveness_workflows import (
+    EXECUTIONS_ENV,
+    BlockTheLoop,
+    OneBlockingActivity,
+    WaitForGo,
+    block_loop,
+    executions,
+    wait_for_go,
+)
 
 WORKER = Path(__file__).with_name("liveness_worker_process.py")
 pytestmark = pytest.mark.slow
@@ -36,16 +48,20 @@ DEAD_AFTER = 1.0
 class WorkerProcess:
     """The worker subprocess: its identity, its stats, and SIGSTOP/SIGCONT."""
 
-    def __init__(self, url: str, folder: Path, task_queue: str) -> None:
+    def __init__(self, url: str, folder: Path, task_queue: str, *,
+                 loop_stall_timeout: float = 60.0) -> None:
         self.url = url
         self.app = f"perdure-liveness-{uuid.uuid4().hex[:8]}"
         if url.startswith("postgresql"):  # names its sessions, to see when they are idle
             url += f"&application_name={self.app}"
         self.stats_file = folder / "stats.json"
-        env = dict(os.environ, **{EXECUTIONS_ENV: str(folder / "executions.log")})
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), url, task_queue, str(self.stats_file)],
-            stdout=subprocess.PIPE, text=True, env=env)
+        env = dict(os.environ, **{EXECUTIONS_ENV: str(folder / "executions.log")},
+                   PERDURE_TEST_LOOP_STALL_TIMEOUT=str(loop_stall_timeout))
+        self.stderr = folder / "worker.err"
+        with self.stderr.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(WORKER), url, task_queue, str(self.stats_file)],
+                stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
         assert self.proc.stdout is not None
         self.identity = self.proc.stdout.readline().strip()
         assert self.identity, "the worker process did not start"
@@ -162,3 +178,58 @@ async def test_a_frozen_workers_late_result_is_rejected_and_counted(
     worker_process.stop()
     final = worker_process.stats()
     assert final["rejected_activity_results"] == 1 and final["fused_completions"] == 0
+
+
+async def test_a_starved_worker_is_alive_and_its_work_runs_once(
+    worker_process: WorkerProcess, client: Client, tmp_path: Path,
+) -> None:
+    """Workflow code, then two activities, each block the worker's event loop for 2.5
+    times the dead-worker timeout. Before, its liveness heartbeat (a task on that loop)
+    stopped meanwhile: another worker declared it dead, reclaimed the activity and ran it
+    again, and released the workflow task, so that the blocking activation was rejected,
+    ran again, and again (it never finished)."""
+    log = tmp_path / "executions.log"
+    seconds = 2.5 * DEAD_AFTER
+    options = WorkerOptions(liveness_interval=0.2, dead_worker_timeout=DEAD_AFTER)
+    # another worker sweeps for dead workers, and would run any reclaimed attempt
+    async with Worker(client, task_queue="liveness", activities=[block_loop],
+                      options=options) as other:
+        handle = await client.start_workflow(BlockTheLoop.run, seconds, id="starved",
+                                             task_queue="liveness")
+        assert await handle.result(timeout=60) == ["first", "second"]
+    pid = worker_process.proc.pid
+    assert executions(log) == [("activation", 1, pid), ("first", 1, pid),
+                               ("second", 1, pid)]
+    assert other.stats["activities"] == 0
+    worker_process.stop()
+    stats = worker_process.stats()
+    assert stats["rejected_completions"] == 0 and stats["rejected_activity_results"] == 0
+    assert stats["task_failures"] == 0
+
+
+@activity.defn(name="block_loop")
+async def block_loop_stand_in(name: str, seconds: float) -> str:
+    """``block_loop`` as the other worker runs it: without blocking."""
+    return f"{name} (stand-in)"
+
+
+async def test_a_loop_stuck_past_the_stall_timeout_gives_its_work_up(
+    database_url: str, client: Client, tmp_path: Path,
+) -> None:
+    """The other side of the bargain: a loop stuck for good must not keep its work. Past
+    ``loop_stall_timeout`` the stuck worker's heartbeat stops and its attempt is taken
+    over; its late result is rejected."""
+    stuck = WorkerProcess(database_url, tmp_path, "liveness", loop_stall_timeout=0.5)
+    try:
+        options = WorkerOptions(liveness_interval=0.2, dead_worker_timeout=DEAD_AFTER)
+        async with Worker(client, task_queue="liveness", activities=[block_loop_stand_in],
+                          options=options) as other:
+            handle = await client.start_workflow(OneBlockingActivity.run, 4 * DEAD_AFTER,
+                                                 id="stuck", task_queue="liveness")
+            assert await handle.result(timeout=60) == "only (stand-in)"
+        assert other.stats["activities"] == 1
+        stuck.stop()
+        assert stuck.stats()["rejected_activity_results"] == 1
+        assert "its event loop has not run for" in stuck.stderr.read_text()
+    finally:
+        stuck.stop()

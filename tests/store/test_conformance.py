@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -272,6 +273,30 @@ async def test_pruning_refuses_a_cutoff_that_is_not_a_time(store: WorkflowStore,
             await store.delete_closed_runs(store.clock.now() + 1, limit)
     assert (await store.get_run("recent", run_id)).status == "terminated"
     assert await store.delete_closed_runs(store.clock.now() + 1, 10) == 1
+
+
+async def test_keep_alive_beats_while_the_event_loop_is_blocked(store: WorkflowStore) -> None:
+    """The liveness heartbeat comes from the store's thread, on its own connection: a
+    blocked event loop does not stop it; ``alive()`` false, or stopping, does."""
+
+    def decider(seq: int, kind: str, last: bytes | None):  # type: ignore[no-untyped-def]
+        return activity_timed_out_outcome(seq, kind, None, store.clock.now())
+
+    await store.register_worker("busy", ["q"], "", [])
+    alive = True
+    store.keep_alive("busy", 0.05, lambda: alive)
+    # the event loop (and so every coroutine) is blocked for longer than dead_after
+    time.sleep(1.5)  # noqa: ASYNC251
+    assert await store.reclaim_dead_workers(dead_after=1.0, decider=decider) == 0
+    alive = False  # a loop stuck for good: the worker gives its work up
+    await asyncio.sleep(1.3)
+    assert await store.reclaim_dead_workers(dead_after=1.0, decider=decider) == 1
+    alive = True
+    await asyncio.sleep(0.3)  # beats again: back to life
+    await store.stop_keeping_alive("busy")
+    assert await store.reclaim_dead_workers(dead_after=1.0, decider=decider) == 0
+    await asyncio.sleep(1.3)  # stopped: no beat lands any more
+    assert await store.reclaim_dead_workers(dead_after=1.0, decider=decider) == 1
 
 
 async def test_no_task_queues_match_nothing(store: WorkflowStore) -> None:

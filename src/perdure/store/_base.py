@@ -375,6 +375,17 @@ class WorkflowStore:
         running activities whose cancellation was requested."""
         raise NotImplementedError
 
+    def keep_alive(self, worker_id: str, interval: float, alive: Callable[[], bool]) -> None:
+        """Beat ``worker_id``'s liveness heartbeat every ``interval`` seconds from a thread
+        on a connection of the store's own, whether or not the caller's event loop is free,
+        for as long as ``alive()`` (called in that thread) is true, until
+        :meth:`stop_keeping_alive` or :meth:`close`."""
+        raise NotImplementedError
+
+    async def stop_keeping_alive(self, worker_id: str) -> None:
+        """Stop beating ``worker_id``; no beat of it lands after this returns."""
+        raise NotImplementedError
+
     async def remove_worker(self, worker_id: str) -> None:
         raise NotImplementedError
 

@@ -9,6 +9,7 @@ The concurrency rule (lock a run's row before changing it) is ``_sql_runs``'s.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -19,6 +20,7 @@ import msgspec
 
 from perdure._errors import InvalidArgumentError
 from perdure.store._base import ASYNC_COMPLETION_OWNER, StoreNotes, TimeoutDecider
+from perdure.store._liveness import LivenessThread
 from perdure.store._records import (
     ActivityDecision,
     ActivityTaskClaim,
@@ -57,6 +59,30 @@ def _check_retention(closed_before: float, limit: int) -> None:
 
 class SqlStore(SqlRunStore):
     """Every store operation, in SQL; a backend supplies the writer and the dialect."""
+
+    _liveness: LivenessThread | None = None
+
+    # ---------------------------------------------------------------- liveness
+    def _liveness_connection(self) -> Any:
+        """A new connection of the backend's for the liveness thread (``?`` placeholders,
+        each statement committed by itself)."""
+        raise NotImplementedError
+
+    def keep_alive(self, worker_id: str, interval: float, alive: Callable[[], bool]) -> None:
+        if self._liveness is None:
+            self._liveness = LivenessThread(self._liveness_connection, "perdure-liveness")
+        self._liveness.add(worker_id, interval, alive)
+
+    async def stop_keeping_alive(self, worker_id: str) -> None:
+        if self._liveness is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._liveness.remove,
+                                                             worker_id)
+
+    async def _stop_liveness(self) -> None:
+        """On close: the liveness thread ends (and its connection closes)."""
+        liveness, self._liveness = self._liveness, None
+        if liveness is not None:
+            await asyncio.get_running_loop().run_in_executor(None, liveness.stop)
 
     # ---------------------------------------------------------------- retention
     async def delete_closed_runs(self, closed_before: float, limit: int) -> int:
