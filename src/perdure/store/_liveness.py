@@ -66,10 +66,6 @@ class LivenessThread:
         with self._lock, self._wake:
             self._workers.pop(worker_id, None)
 
-    def empty(self) -> bool:
-        with self._wake:
-            return not self._workers
-
     def stop(self) -> None:
         with self._wake:
             self._stopping = True
