@@ -7,6 +7,7 @@ import asyncio
 import collections
 import dataclasses
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -84,6 +85,11 @@ class WorkerFleet:
             if time.monotonic() > deadline:
                 raise AssertionError(f"workers not ready within {timeout}s:\n{self.stderr_tail()}")
             await asyncio.sleep(0.05)
+
+    def victim(self, rng: random.Random, spare: WorkerProcess | None = None) -> WorkerProcess:
+        """A random serving worker (not ``spare``, the replacement just started)."""
+        serving = [w for w in self.live() if w.ready() and w is not spare]
+        return rng.choice(serving or [w for w in self.live() if w is not spare])
 
     def kill(self, worker: WorkerProcess) -> None:
         worker.proc.send_signal(signal.SIGKILL)
@@ -174,6 +180,23 @@ async def start_workflows(client: Client, keys: range, count: int) -> None:
                                   task_queue=TASK_QUEUE)
             for key in key_list[first:first + 50]
         ))
+
+
+def _count_completed_activities(url: str) -> int:
+    import psycopg
+
+    base, _, schema = url.partition("?schema=")
+    with psycopg.connect(base, autocommit=True) as conn:
+        if schema:
+            conn.execute(f'SET search_path TO "{schema}"')
+        row = conn.execute("SELECT count(*) FROM history_events "
+                           "WHERE event_type = 'ActivityCompleted'").fetchone()
+    return int(row[0]) if row else 0
+
+
+async def completed_activities(url: str) -> int:
+    """How many activity completions the histories hold (PostgreSQL): progress."""
+    return await asyncio.to_thread(_count_completed_activities, url)
 
 
 async def count_closed(client: Client, total: int) -> int:

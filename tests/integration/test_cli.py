@@ -1,4 +1,5 @@
-"""The ``perdure`` command: ``db migrate`` and ``db status`` on both backends."""
+"""The ``perdure`` command: ``db migrate``, ``db status`` and ``db prune`` on both backends;
+the numbers it takes (durations, batch sizes, limits) are finite and in range."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from perdure import Client
 from perdure.cli import main
 from perdure.store._schema import SCHEMA_VERSION
+
+from ._cli import assert_refused, perdure
 
 
 def test_migrate_creates_then_reports_up_to_date(
@@ -41,10 +46,11 @@ def test_bad_urls_exit_2_with_the_reason(capsys: pytest.CaptureFixture[str]) -> 
     assert "unsupported database URL scheme 'mysql'" in err
 
 
-def test_no_database_named(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_database_named(monkeypatch: pytest.MonkeyPatch,
+                           capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("PERDURE_DATABASE_URL", raising=False)
-    with pytest.raises(SystemExit, match="PERDURE_DATABASE_URL"):
-        main(["db", "migrate"])
+    assert main(["db", "migrate"]) == 2
+    assert "PERDURE_DATABASE_URL" in capsys.readouterr().err
 
 
 def test_passwords_are_not_printed(capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,6 +166,81 @@ async def test_prune_deletes_old_closed_runs_only(
 
 
 def test_prune_rejects_a_bad_duration(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["db", "prune", "--database-url", "sqlite:///x.db", "--older-than", "soon"])
+    assert main(["db", "prune", "--database-url", "sqlite:///x.db", "--older-than",
+                 "soon"]) == 2
     assert "not a duration" in capsys.readouterr().err
+
+
+async def _closed_and_running(client: Client) -> None:
+    """Two runs closed just now (terminated) and one running: no worker needed."""
+    for index in range(2):
+        handle = await client.start_workflow("Kept", id=f"closed-{index}", task_queue="q")
+        await handle.terminate("closed just now")
+    await client.start_workflow("Kept", id="running", task_queue="q")
+
+
+NOT_FINITE = ["nan", "NaN", "-nan", "inf", "-inf", "nand", "infh", "1e999", "1e306d"]
+OUT_OF_RANGE = ["-1d", "-0.5", "36501d"]
+
+
+async def test_prune_refuses_durations_that_are_not_finite_or_in_range(
+    database_url: str,
+) -> None:
+    """``--older-than nan`` deleted every closed run on PostgreSQL (NaN sorts above every
+    number there), however recent, and nothing on SQLite; both exited 0. Every such
+    duration, and a batch size that is not a positive count, is now refused with exit 2,
+    and nothing is deleted."""
+    client = await Client.connect(database_url)
+    try:
+        await _closed_and_running(client)
+        for text in [*NOT_FINITE, *OUT_OF_RANGE]:
+            done = await asyncio.to_thread(
+                perdure, "db", "prune", f"--older-than={text}", "--database-url",
+                database_url, console_script=True)
+            assert_refused(done, 2, "--older-than")
+        for batch in ("0", "-1", "nan", "1.5", "100001"):
+            done = await asyncio.to_thread(
+                perdure, "db", "prune", "--older-than=1s", f"--batch={batch}",
+                "--database-url", database_url)
+            assert_refused(done, 2, "--batch")
+        assert len(await client.list_workflows()) == 3
+        # the longest duration taken: nothing closed that long ago
+        done = await asyncio.to_thread(perdure, "db", "prune", "--older-than=36500d",
+                                       "--database-url", database_url)
+        assert done.returncode == 0 and "deleted 0 closed runs" in done.stdout, done.stderr
+        done = await asyncio.to_thread(perdure, "db", "prune", "--older-than=0s",
+                                       "--database-url", database_url)
+        assert done.returncode == 0 and "deleted 2 closed runs" in done.stdout, done.stderr
+        assert [d.workflow_id for d in await client.list_workflows()] == ["running"]
+    finally:
+        await client.close()
+
+
+async def test_replay_refuses_a_limit_that_checks_nothing(database_url: str,
+                                                          tmp_path: Path) -> None:
+    """``replay --limit 0`` (or -1) checked nothing and exited 0: a CI replay gate passed
+    vacuously. A limit below 1 is bad input (2); a replay that found no history to check
+    exits 3 (not found), unless ``--allow-empty`` says that is expected."""
+    client = await Client.connect(database_url)
+    try:
+        await _closed_and_running(client)
+    finally:
+        await client.close()
+    code = ("--workflows", "tests.replay.pipelines:Original", "--database-url", database_url)
+    for limit in ("0", "-1", "nan", "1000001"):
+        done = await asyncio.to_thread(perdure, "replay", *code, f"--limit={limit}",
+                                       console_script=True)
+        assert_refused(done, 2, "--limit")
+    # the only running run is of a type no filter matches: zero histories
+    done = await asyncio.to_thread(perdure, "replay", *code, "--type", "Pipeline")
+    assert_refused(done, 3, "nothing was checked")
+    assert "0 histories checked" in done.stdout
+    done = await asyncio.to_thread(perdure, "replay", *code, "--type", "Pipeline",
+                                   "--allow-empty")
+    assert done.returncode == 0, done.stderr
+    # a directory without histories: the same
+    (tmp_path / "histories").mkdir()
+    done = await asyncio.to_thread(perdure, "replay", "--workflows",
+                                   "tests.replay.pipelines:Original",
+                                   str(tmp_path / "histories"))
+    assert_refused(done, 3, "hold no .json history")

@@ -8,7 +8,9 @@ rejection of late completions, reclaiming a dead worker's tasks, group commit.
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,6 +18,7 @@ import msgspec
 import pytest
 
 from perdure import (
+    InvalidArgumentError,
     RetryPolicy,
     SchemaVersionError,
     WorkflowAlreadyStartedError,
@@ -253,6 +256,47 @@ async def test_pruning_a_closed_run_leaves_none_of_its_rows(store: WorkflowStore
     with pytest.raises(WorkflowNotFoundError):
         await store.get_run("pruned", run_id)
     del claim, task
+
+
+@pytest.mark.parametrize("cutoff", [math.nan, math.inf, -math.inf, -1.0])
+async def test_pruning_refuses_a_cutoff_that_is_not_a_time(store: WorkflowStore,
+                                                            cutoff: float) -> None:
+    """NaN sorts above every number in PostgreSQL (``closed_at < 'NaN'`` is true for every
+    run) and below none in SQLite: a NaN cutoff deleted every closed run on one backend and
+    none on the other. Neither is asked for; the store refuses it (the API path too)."""
+    run_id = await _start(store, "recent")
+    await store.terminate("recent", run_id, b'{"type":"WorkflowTerminated","reason":""}', b"{}")
+    with pytest.raises(InvalidArgumentError, match="closed_before"):
+        await store.delete_closed_runs(cutoff, 10)
+    for limit in (0, -1, True):
+        with pytest.raises(InvalidArgumentError, match="limit"):
+            await store.delete_closed_runs(store.clock.now() + 1, limit)
+    assert (await store.get_run("recent", run_id)).status == "terminated"
+    assert await store.delete_closed_runs(store.clock.now() + 1, 10) == 1
+
+
+async def test_keep_alive_beats_while_the_event_loop_is_blocked(store: WorkflowStore) -> None:
+    """The liveness heartbeat comes from the store's thread, on its own connection: a
+    blocked event loop does not stop it; ``alive()`` false, or stopping, does."""
+
+    def decider(seq: int, kind: str, last: bytes | None):  # type: ignore[no-untyped-def]
+        return activity_timed_out_outcome(seq, kind, None, store.clock.now())
+
+    await store.register_worker("busy", ["q"], "", [])
+    alive = True
+    store.keep_alive("busy", 0.05, lambda: alive)
+    # the event loop (and so every coroutine) is blocked for longer than dead_after
+    time.sleep(1.5)  # noqa: ASYNC251
+    assert await store.reclaim_dead_workers(dead_after=1.0, decider=decider) == 0
+    alive = False  # a loop stuck for good: the worker gives its work up
+    await asyncio.sleep(1.3)
+    assert await store.reclaim_dead_workers(dead_after=1.0, decider=decider) == 1
+    alive = True
+    await asyncio.sleep(0.3)  # beats again: back to life
+    await store.stop_keeping_alive("busy")
+    assert await store.reclaim_dead_workers(dead_after=1.0, decider=decider) == 0
+    await asyncio.sleep(1.3)  # stopped: no beat lands any more
+    assert await store.reclaim_dead_workers(dead_after=1.0, decider=decider) == 1
 
 
 async def test_no_task_queues_match_nothing(store: WorkflowStore) -> None:

@@ -1,4 +1,5 @@
-"""The ``perdure`` command line: database administration (``perdure db ...``)."""
+"""The ``perdure`` command line: ``db``, ``replay``, ``workflow`` and ``agent`` commands
+(see ``docs/cli.md``; exit statuses in ``_exit``)."""
 
 from perdure.cli._main import main
 

@@ -1,7 +1,8 @@
 """``perdure db migrate | status | prune``, ``perdure replay`` and ``perdure workflow ...``.
 
 Every command takes ``--database-url`` and falls back to ``$PERDURE_DATABASE_URL``,
-as :meth:`perdure.Client.connect` does.
+as :meth:`perdure.Client.connect` does. Whatever goes wrong is one line on standard
+error and an exit status that says what kind of thing went wrong (``_exit``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from perdure._errors import PerdureError, SchemaVersionError
+from perdure._errors import SchemaVersionError
 from perdure.cli._agent import add_agent_parser, run_agent_command
+from perdure.cli._exit import CommandError, CommandParser, ExitStatus, report_error
 from perdure.cli._replay import add_replay_parser, run_replay
+from perdure.cli._values import duration, whole_number
 from perdure.cli._workflow import add_workflow_parser, run_workflow_command
 from perdure.store import WorkflowStore, open_store
 from perdure.store._schema import SCHEMA_VERSION
@@ -27,9 +30,10 @@ def _database_url(args: argparse.Namespace, *, required: bool = True) -> str:
     if not url and not required:
         return ""
     if not url:
-        raise SystemExit(
-            "perdure: no database: pass --database-url URL or set PERDURE_DATABASE_URL "
-            "(for example postgresql://user@host:5432/dbname or sqlite:///perdure.db)"
+        raise CommandError(
+            "no database: pass --database-url URL or set PERDURE_DATABASE_URL "
+            "(for example postgresql://user@host:5432/dbname or sqlite:///perdure.db)",
+            ExitStatus.USAGE,
         )
     return str(url)
 
@@ -62,31 +66,12 @@ async def _status(url: str) -> tuple[str, int]:
             "run `perdure db migrate`"), 1
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(text: str) -> float:
-    """``30d``, ``12h``, ``90m``, ``3600s`` (or plain seconds) to seconds."""
-    value = text.strip().lower()
-    try:
-        if value and value[-1] in _UNITS:
-            seconds = float(value[:-1]) * _UNITS[value[-1]]
-        else:
-            seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration; write it as 30d, 12h, 90m or 3600s"
-        ) from None
-    if seconds < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
-    return seconds
-
-
 async def _prune(url: str, older_than: float, batch: int) -> str:
     store = open_store(url)
     try:
         await _require_current_schema(store)
-        cutoff = store.clock.now() - older_than
+        # nothing closed before 1970: a cutoff past it would only be refused
+        cutoff = max(0.0, store.clock.now() - older_than)
         deleted = 0
         while True:
             count = await store.delete_closed_runs(cutoff, batch)
@@ -118,8 +103,8 @@ def _redact(url: str) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="perdure", description="Perdure: durable execution for AI agents."
+    parser = CommandParser(
+        prog="perdure", description="Perdure: durable execution for AI agents.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     db = commands.add_parser("db", help="create, upgrade and inspect the database schema")
@@ -132,39 +117,46 @@ def _parser() -> argparse.ArgumentParser:
         sub = db_commands.add_parser(name, help=help_text)
         sub.add_argument("--database-url", help="database URL (default: $PERDURE_DATABASE_URL)")
         if name == "prune":
-            sub.add_argument("--older-than", type=_duration, required=True,
-                             help="closed at least this long ago: 30d, 12h, 90m, 3600s")
-            sub.add_argument("--batch", type=int, default=1000,
-                             help="runs deleted per transaction (default 1000)")
+            sub.add_argument("--older-than", type=duration, required=True,
+                             help="closed at least this long ago: 30d, 12h, 90m, 3600s "
+                             "(finite, at most 100 years)")
+            sub.add_argument("--batch", type=whole_number(1, 100_000), default=1000,
+                             help="runs deleted per transaction, 1 to 100000 (default 1000)")
     add_replay_parser(commands)
     add_workflow_parser(commands)
     add_agent_parser(commands)
     return parser
 
 
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "replay":
+        return asyncio.run(run_replay(args, _database_url(args, required=False) or None))
+    url = _database_url(args)
+    if args.command == "workflow":
+        return asyncio.run(run_workflow_command(args, url))
+    if args.command == "agent":
+        return asyncio.run(run_agent_command(args, url))
+    if args.db_command == "migrate":
+        print(asyncio.run(_migrate(url)))
+        return ExitStatus.OK
+    if args.db_command == "prune":
+        print(asyncio.run(_prune(url, args.older_than, args.batch)))
+        return ExitStatus.OK
+    message, status = asyncio.run(_status(url))
+    print(message)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``perdure`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    """Run the ``perdure`` command; returns the exit status (see ``perdure --help``)."""
     try:
-        if args.command == "replay":
-            return asyncio.run(run_replay(args, _database_url(args, required=False) or None))
-        url = _database_url(args)
-        if args.command == "workflow":
-            return asyncio.run(run_workflow_command(args, url))
-        if args.command == "agent":
-            return asyncio.run(run_agent_command(args, url))
-        if args.db_command == "migrate":
-            print(asyncio.run(_migrate(url)))
-            return 0
-        if args.db_command == "prune":
-            print(asyncio.run(_prune(url, args.older_than, max(1, args.batch))))
-            return 0
-        message, status = asyncio.run(_status(url))
-        print(message)
+        status = _run(_parser().parse_args(argv))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
         return status
-    except PerdureError as exc:
-        print(f"perdure: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    except SystemExit:  # --help, --version: argparse's own exits
+        raise
+    except BaseException as exc:  # every error: one line and its status (_exit)
+        return report_error(exc)
 
 
 if __name__ == "__main__":

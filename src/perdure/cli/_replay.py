@@ -7,11 +7,12 @@ import importlib
 import inspect
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from perdure._errors import ConfigurationError
+from perdure.cli._exit import CommandError, ExitStatus
+from perdure.cli._values import when, whole_number
 from perdure.client import Client, WorkflowStatus
 from perdure.replay import Replayer, ReplayReport
 from perdure.workflow._definition import get_workflow_definition
@@ -29,9 +30,10 @@ def load_workflows(specs: list[str]) -> list[type]:
         module_name, _, attr = spec.partition(":")
         try:
             module = importlib.import_module(module_name)
-        except ImportError as exc:
+        except Exception as exc:  # not found, or the module itself fails (a syntax error)
             raise ConfigurationError(
-                f"cannot import {module_name!r} (from --workflows {spec}): {exc}"
+                f"cannot import {module_name!r} (from --workflows {spec}): "
+                f"{type(exc).__name__}: {exc}"
             ) from None
         if attr:
             try:
@@ -60,22 +62,9 @@ def _history_files(paths: list[str]) -> list[Path]:
         elif path.exists():
             files.append(path)
         else:
-            raise ConfigurationError(f"no such history file or directory: {text}")
+            raise CommandError(f"no such history file or directory: {text}",
+                               ExitStatus.NOT_FOUND)
     return files
-
-
-def _when(text: str) -> datetime:
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a date: write it as 2026-11-29 or 2026-11-29T08:00:00+00:00"
-        ) from None
-    if value.tzinfo is None:
-        from datetime import UTC
-
-        value = value.replace(tzinfo=UTC)
-    return value
 
 
 def add_replay_parser(commands: Any) -> None:
@@ -84,7 +73,8 @@ def add_replay_parser(commands: Any) -> None:
         "replay", help="replay stored histories against the code on disk; exit 1 if any fails",
         description="Replay histories (from the database, or exported files and directories) "
         "against the workflow code on disk. Prints ok or the first mismatch for each, and "
-        "exits 1 if any history cannot be continued by this code.",
+        "exits 1 if any history cannot be continued by this code, 3 if there was no history "
+        "to check (a gate that checked nothing does not pass, unless --allow-empty).",
     )
     sub.add_argument("files", nargs="*", help="exported history files or directories of them")
     sub.add_argument("--workflows", action="append", required=True, metavar="MODULE[:ATTR]",
@@ -97,14 +87,19 @@ def add_replay_parser(commands: Any) -> None:
                      help="runs of this status (repeatable; default: running)")
     sub.add_argument("--include-closed", action="store_true",
                      help="closed runs too (every status)")
-    sub.add_argument("--started-after", type=_when, help="runs started at or after this date")
-    sub.add_argument("--started-before", type=_when, help="runs started before this date")
-    sub.add_argument("--limit", type=int, default=1000,
-                     help="at most this many runs from the database (default 1000)")
+    sub.add_argument("--started-after", type=when, help="runs started at or after this date")
+    sub.add_argument("--started-before", type=when, help="runs started before this date")
+    sub.add_argument("--limit", type=whole_number(1, 1_000_000), default=1000,
+                     help="at most this many runs from the database, 1 to 1000000 "
+                     "(default 1000)")
+    sub.add_argument("--allow-empty", action="store_true",
+                     help="exit 0 when no history matched (default: exit 3, since nothing "
+                     "was checked)")
 
 
 async def run_replay(args: argparse.Namespace, url: str | None) -> int:
-    """Run ``perdure replay``; print the report; 0 if every history replays, else 1."""
+    """Run ``perdure replay``; print the report; 0 if every history replays, 1 if one does
+    not, 3 if there was none to check (unless ``--allow-empty``)."""
     replayer = Replayer(load_workflows(args.workflows))
     report = ReplayReport()
     if args.files:
@@ -127,4 +122,10 @@ async def run_replay(args: argparse.Namespace, url: str | None) -> int:
         finally:
             await client.close()
     print(report.describe())
-    return 0 if report.ok else 1
+    if not report and not args.allow_empty:
+        where = ("the files and directories given hold no .json history" if args.files
+                 else "no run in the database matched (by default: running runs only)")
+        raise CommandError(
+            f"no history to replay: {where}; nothing was checked (pass --allow-empty if "
+            "that is expected)", ExitStatus.NOT_FOUND)
+    return ExitStatus.OK if report.ok else ExitStatus.FAILED

@@ -346,7 +346,9 @@ class WorkflowStore:
 
     async def delete_closed_runs(self, closed_before: float, limit: int) -> int:
         """Delete up to ``limit`` runs closed before ``closed_before`` (store clock), with
-        their histories; return how many. Retention: running runs are never touched."""
+        their histories; return how many. Retention: running runs are never touched.
+        :class:`InvalidArgumentError` for a cutoff that is not a finite time >= 0, or a
+        ``limit`` below 1."""
         raise NotImplementedError
 
     async def enqueue_query(self, workflow_id: str, run_id: str, task_queue: str, name: str,
@@ -371,6 +373,17 @@ class WorkflowStore:
     async def worker_heartbeat(self, worker_id: str) -> list[tuple[str, str, int]]:
         """Record liveness; return (workflow_id, run_id, seq) of this worker's
         running activities whose cancellation was requested."""
+        raise NotImplementedError
+
+    def keep_alive(self, worker_id: str, interval: float, alive: Callable[[], bool]) -> None:
+        """Beat ``worker_id``'s liveness heartbeat every ``interval`` seconds from a thread
+        on a connection of the store's own, whether or not the caller's event loop is free,
+        for as long as ``alive()`` (called in that thread) is true, until
+        :meth:`stop_keeping_alive` or :meth:`close`."""
+        raise NotImplementedError
+
+    async def stop_keeping_alive(self, worker_id: str) -> None:
+        """Stop beating ``worker_id``; no beat of it lands after this returns."""
         raise NotImplementedError
 
     async def remove_worker(self, worker_id: str) -> None:

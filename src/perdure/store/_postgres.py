@@ -24,7 +24,7 @@ import psycopg.conninfo
 
 from perdure._clock import Clock, SystemClock
 from perdure.store._base import StoreNotes, StoreNotifier
-from perdure.store._postgres_writer import PgConnection, PostgresWriterPool
+from perdure.store._postgres_writer import PgConnection, PostgresWriterPool, _to_psycopg
 from perdure.store._schema import POSTGRES_MIGRATIONS
 from perdure.store._sql import Conn, Op, SqlStore
 
@@ -173,7 +173,20 @@ class PostgresStore(SqlStore):
             self._listener.start()
         return self._pool.submit(op, self.notifier)
 
+    def _liveness_connection(self) -> _LivenessConnection:
+        raw = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5)
+        try:
+            conn = PgConnection(raw)
+            self._setup_connection(conn)
+            # soft state: a lost heartbeat is harmless (the next one follows)
+            conn.execute("SET synchronous_commit = off")
+        except BaseException:
+            raw.close()
+            raise
+        return _LivenessConnection(raw)
+
     async def close(self) -> None:
+        await self._stop_liveness()
         self._closed = True
         pool, listener = self._pool, self._listener
         self._pool = self._listener = None
@@ -258,6 +271,19 @@ class PostgresStore(SqlStore):
     def _may_reclaim(self, dead_after: float) -> bool:
         pool = self._pool
         return pool is None or time.time() - pool.reconnected_at >= dead_after
+
+
+class _LivenessConnection:
+    """The liveness thread's session: the shared SQL's ``?`` placeholders, autocommit."""
+
+    def __init__(self, raw: psycopg.Connection[Any]) -> None:
+        self.raw = raw
+
+    def execute(self, sql: str, params: Any) -> None:
+        self.raw.execute(_to_psycopg(sql)[0], params)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.raw.close()
 
 
 class _NotificationListener:

@@ -9,14 +9,18 @@ The concurrency rule (lock a run's row before changing it) is ``_sql_runs``'s.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
 
+from perdure._errors import InvalidArgumentError
 from perdure.store._base import ASYNC_COMPLETION_OWNER, StoreNotes, TimeoutDecider
+from perdure.store._liveness import LivenessThread
 from perdure.store._records import (
     ActivityDecision,
     ActivityTaskClaim,
@@ -38,11 +42,52 @@ def _queue_filter(task_queues: Sequence[str] | None) -> str:
     return f" AND task_queue IN ({','.join('?' * len(task_queues))})"
 
 
+def _check_retention(closed_before: float, limit: int) -> None:
+    """Refuse a cutoff that is not a time: NaN compares above every number in PostgreSQL
+    (``closed_at < 'NaN'`` holds for every run: all would go) and below none in SQLite."""
+    if (isinstance(closed_before, bool) or not isinstance(closed_before, int | float)
+            or not math.isfinite(closed_before) or closed_before < 0):
+        raise InvalidArgumentError(
+            f"delete_closed_runs: closed_before must be a finite time (seconds since the "
+            f"epoch, >= 0), not {closed_before!r}"
+        )
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidArgumentError(
+            f"delete_closed_runs: limit must be a whole number >= 1, not {limit!r}"
+        )
+
+
 class SqlStore(SqlRunStore):
     """Every store operation, in SQL; a backend supplies the writer and the dialect."""
 
+    _liveness: LivenessThread | None = None
+
+    # ---------------------------------------------------------------- liveness
+    def _liveness_connection(self) -> Any:
+        """A new connection of the backend's for the liveness thread (``?`` placeholders,
+        each statement committed by itself)."""
+        raise NotImplementedError
+
+    def keep_alive(self, worker_id: str, interval: float, alive: Callable[[], bool]) -> None:
+        if self._liveness is None:
+            self._liveness = LivenessThread(self._liveness_connection, "perdure-liveness")
+        self._liveness.add(worker_id, interval, alive)
+
+    async def stop_keeping_alive(self, worker_id: str) -> None:
+        if self._liveness is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._liveness.remove,
+                                                             worker_id)
+
+    async def _stop_liveness(self) -> None:
+        """On close: the liveness thread ends (and its connection closes)."""
+        liveness, self._liveness = self._liveness, None
+        if liveness is not None:
+            await asyncio.get_running_loop().run_in_executor(None, liveness.stop)
+
     # ---------------------------------------------------------------- retention
     async def delete_closed_runs(self, closed_before: float, limit: int) -> int:
+        _check_retention(closed_before, limit)
+
         def op(conn: Conn, notes: StoreNotes) -> int:
             rows = conn.execute(
                 "SELECT workflow_id, run_id FROM workflow_runs WHERE status <> 'running' "

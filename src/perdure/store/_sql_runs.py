@@ -43,6 +43,7 @@ from perdure.store import _sql_children as _children
 from perdure.store import _sql_cron as _cron
 from perdure.store import _sql_reset as _reset
 from perdure.store._base import ASYNC_COMPLETION_OWNER, StoreNotes, StoreNotifier, WorkflowStore
+from perdure.store._liveness import LIVENESS_UPSERT
 from perdure.store._records import (
     ActivityAttempt,
     ActivityDecision,
@@ -1001,14 +1002,7 @@ class SqlRunStore(WorkflowStore):
     async def worker_heartbeat(self, worker_id: str) -> list[tuple[str, str, int]]:
         def op(conn: Conn, notes: StoreNotes) -> list[tuple[str, str, int]]:
             now = time.time()
-            # an upsert: a worker declared dead (say its loop stalled) comes back to life,
-            # so that its later leases stay reclaimable if it then really dies
-            conn.execute(
-                "INSERT INTO workers (worker_id, task_queues, heartbeat_at, started_at) "
-                "VALUES (?, '[]', ?, ?) ON CONFLICT (worker_id) DO UPDATE SET "
-                "heartbeat_at = excluded.heartbeat_at",
-                (worker_id, now, now),
-            )
+            conn.execute(LIVENESS_UPSERT, (worker_id, now, now))
             rows = conn.execute(
                 "SELECT workflow_id, run_id, seq FROM activity_tasks "
                 "WHERE lease_owner = ? AND cancel_requested = 1",

@@ -57,7 +57,14 @@ class SqliteStore(SqlStore):
                     self._started = True
         return self._writer.submit(op, self.notifier)
 
+    def _liveness_connection(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=10.0)
+        conn.execute("PRAGMA busy_timeout=10000")
+        return conn
+
     async def close(self) -> None:
+        await self._stop_liveness()
         if self._started:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.stop)
             self._started = False

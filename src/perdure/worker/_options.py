@@ -18,7 +18,7 @@ _COUNTS = {  # field: least value
 _DURATIONS = {  # field: whether 0 is allowed
     "workflow_task_lease": False, "liveness_interval": False, "dead_worker_timeout": False,
     "sticky_timeout": True, "max_poll_interval": False, "graceful_shutdown_timeout": True,
-    "max_heartbeat_interval": False,
+    "max_heartbeat_interval": False, "loop_stall_timeout": False,
 }
 
 
@@ -37,8 +37,15 @@ class WorkerOptions:
     liveness_interval: float = 0.5
     """Seconds between liveness heartbeats."""
     dead_worker_timeout: float = 2.0
-    """A worker silent this long is dead; its tasks are reclaimed. Keep it well above
-    the longest time workflow code may block this worker's event loop."""
+    """A worker silent this long is dead; its tasks are reclaimed. The heartbeat is
+    beaten from a thread of its own, so a worker falls silent when its process does
+    (crashed, frozen, cut off from the database), not while its event loop is busy or
+    blocked, up to ``loop_stall_timeout``."""
+    loop_stall_timeout: float = 60.0
+    """Seconds this worker's event loop may go without running (workflow code or an
+    async activity blocking it, a starved machine) before the worker stops its liveness
+    heartbeat, so that other workers take over its work. Until then a slow or blocked
+    loop does not make it look dead."""
     sticky_timeout: float = 5.0
     """Seconds a run's next workflow task waits for this worker (its cache) first."""
     max_poll_interval: float = 0.25

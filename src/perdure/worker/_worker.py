@@ -48,6 +48,7 @@ from perdure.store._records import (
     WorkflowTaskCompletion,
 )
 from perdure.worker._activities import ActivityRunner, _RunningActivity
+from perdure.worker._loop_watch import LoopWatch
 from perdure.worker._options import WorkerOptions
 from perdure.worker._registration import (
     check_activity_executor,
@@ -152,6 +153,8 @@ class Worker(ActivityRunner):
         self._stopping = asyncio.Event()
         self._stopped = asyncio.Event()
         self._started = False
+        self._loop_watch = LoopWatch(self.identity, self.options.liveness_interval,
+                                     self.options.loop_stall_timeout)
         self.stats = {"workflow_tasks": 0, "replays": 0, "activities": 0, "eager_activities": 0,
                       "task_failures": 0, "rejected_completions": 0, "rejected_activity_results": 0,
                       "fused_completions": 0, "stale_claims": 0,
@@ -196,6 +199,10 @@ class Worker(ActivityRunner):
             [(d.name, [*d.signals, *(["*"] if d.dynamic_signals else [])], list(d.queries))
              for d in self.workflows.values()],
         )
+        # alive while the process is, not only while the loop is free (invariant 5)
+        self._loop_watch.start()
+        self.store.keep_alive(self.identity, self.options.liveness_interval,
+                              self._loop_watch.alive)
         self._loops = [
             asyncio.create_task(self._supervise(self._liveness_loop), name="perdure-liveness"),
             asyncio.create_task(self._supervise(self._due_work_loop), name="perdure-due-work"),
@@ -259,7 +266,9 @@ class Worker(ActivityRunner):
         for task in liveness:
             task.cancel()
         await asyncio.gather(*liveness, return_exceptions=True)
+        self._loop_watch.stop()
         try:
+            await self.store.stop_keeping_alive(self.identity)
             await self.store.remove_worker(self.identity)
         except Exception:
             _log.exception("could not deregister worker %s", self.identity)
@@ -644,6 +653,8 @@ class Worker(ActivityRunner):
             if outcome != "fused":
                 self._activity_slots -= len(reserved)
                 self._forget(run_id, instance)
+                if outcome == "rejected":  # the attempt was superseded (timed out, reclaimed)
+                    self.stats["rejected_activity_results"] += 1
                 return True
             self.stats["workflow_tasks"] += 1
             self.stats["fused_completions"] += 1
@@ -667,6 +678,8 @@ class Worker(ActivityRunner):
 
     # ------------------------------------------------------------------ background duties
     async def _liveness_loop(self) -> None:
+        # cancellation requests for running activities; it beats too, but liveness does
+        # not depend on it (the store's liveness thread beats while the loop is blocked)
         while True:  # also during shutdown's drain: cancelled just before deregistering
             cancelled = await self.store.worker_heartbeat(self.identity)
             for key in cancelled:
