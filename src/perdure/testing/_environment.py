@@ -148,7 +148,7 @@ class WorkflowEnvironment:
         catches up, so that such an activity's timeouts come as on a real clock. Work that is ready but that no worker here
         takes (an activity type nobody registered) counts as settled after ``_STUCK``
         seconds without any change, and so do activities that keep running that long
-        without anything being committed (one waiting on an event the test sets later).
+        without committing or heartbeating (one waiting on an event the test sets later).
         """
         store = self.client.store
         loop = asyncio.get_running_loop()
@@ -182,7 +182,10 @@ class WorkflowEnvironment:
                 if clock.frozen and loop.time() - unsettled_since > _SLOW:
                     clock.thaw()
                     store.notifier.notify(store.notifier.KINDS)  # deadlines may be due
-                if store.notifier.version != busy_version:
+                progress = max((w.last_activity_progress for w in self._all_workers()),
+                               default=0.0)
+                if store.notifier.version != busy_version or progress > busy_since:
+                    # a commit, or an activity heartbeating: at work, not waiting
                     busy_version, busy_since = store.notifier.version, loop.time()
                 elif (loop.time() - busy_since > _STUCK
                       and not any(w._inflight_workflow_tasks for w in self._all_workers())):

@@ -78,6 +78,9 @@ class ActivityRunner:
     stats: dict[str, Any]
     _stopping: asyncio.Event
     _running_activities: dict[tuple[str, str, int], _RunningActivity]
+    last_activity_progress: float = 0.0
+    """When (event-loop time) an activity running here last heartbeated: time skipping
+    tells an activity at work from one waiting on the outside world by it."""
     _activity_slots: int
     _inflight_workflow_tasks: int
     _executor: concurrent.futures.Executor | None
@@ -351,6 +354,7 @@ class ActivityRunner:
         def record() -> None:
             running.heartbeat_pending = details
             running.heartbeat_dirty = True
+            self.last_activity_progress = loop.time()
             if running.heartbeat_flush is None:
                 interval = self.options.max_heartbeat_interval
                 if running.claim.heartbeat_timeout:
