@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from perdure._errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from perdure._converter import PayloadConverter
 
 __all__ = ["check_memo", "check_search_attributes"]
 
@@ -53,13 +56,17 @@ def check_search_attributes(
     return checked
 
 
-def check_memo(memo: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """A memo as stored: a dict of JSON values (shown, never searched)."""
+def check_memo(memo: Mapping[str, Any] | None, *,
+               converter: PayloadConverter | None = None) -> dict[str, Any] | None:
+    """A memo as stored: a dict of JSON values (shown, never searched), encoded by
+    ``converter`` (its payload cap, and no NaN or infinity)."""
     if memo is None:
         return None
     if not isinstance(memo, Mapping) or not all(isinstance(k, str) for k in memo):
         raise InvalidArgumentError("a memo must be a dict with string keys")
-    try:
-        return msgspec.json.decode(msgspec.json.encode(dict(memo)))  # type: ignore[no-any-return]
-    except (TypeError, msgspec.EncodeError) as exc:
-        raise InvalidArgumentError(f"the memo is not JSON-serializable: {exc}") from None
+    if converter is None:
+        from perdure._converter import PayloadConverter
+
+        converter = PayloadConverter()
+    data = converter.encode(dict(memo), what="the memo")
+    return msgspec.json.decode(data)  # type: ignore[no-any-return]

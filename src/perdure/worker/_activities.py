@@ -170,7 +170,7 @@ class ActivityRunner:
                 value = await self._invoke(definition, args, running)
             finally:
                 running.invoking = False
-            result = self.converter.encode(value, what=f"result of activity {definition.name!r}")
+            result = self._encode_result(definition.name, value)
         except CompleteAsyncError:
             left_open = True  # activity.raise_complete_async(): someone else completes it
         except asyncio.CancelledError as exc:
@@ -217,6 +217,16 @@ class ActivityRunner:
                 await self._process_workflow_task(wf_claim)
             finally:
                 self._inflight_workflow_tasks -= 1
+
+    def _encode_result(self, activity_type: str, value: Any) -> bytes:
+        """The attempt's result as a payload. One that cannot be encoded (not JSON, a NaN,
+        too large) fails the attempt for good: another attempt would do the (paid) work
+        again and most likely return the same."""
+        try:
+            return self.converter.encode(value, what=f"result of activity {activity_type!r}")
+        except PayloadError as exc:
+            raise ApplicationError(str(exc), type=type(exc).__name__,
+                                   non_retryable=True) from None
 
     async def _finish_attempt(
         self, claim: ActivityTaskClaim, key: tuple[str, str, int], decide: ActivityDecision,
