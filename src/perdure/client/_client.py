@@ -27,6 +27,7 @@ from perdure._retry import RetryPolicy
 from perdure.client._arguments import check_args, list_filters
 from perdure.client._async_activity import AsyncActivityHandle, async_activity_handle
 from perdure.client._handle import WorkflowHandle
+from perdure.client._start import commit_start
 from perdure.client._types import (
     IdConflictPolicy,
     IdReusePolicy,
@@ -314,8 +315,8 @@ class Client:
             # run the first activation now, to commit it with the start: one transaction
             prepared = eager.prepare_eager_start(id, new_run_id, workflow_type, started_event,
                                                  now)
-        start = asyncio.ensure_future(self.store.start_workflow(
-            StartWorkflowRecord(
+        start = asyncio.ensure_future(commit_start(
+            self.store, StartWorkflowRecord(
                 workflow_id=id, run_id=new_run_id, workflow_type=workflow_type,
                 task_queue=task_queue, input=data, started_event=started_event,
                 execution_timeout=timeout, id_reuse_policy=str(id_reuse_policy), now=now,
@@ -342,26 +343,26 @@ class Client:
             )
         ))
 
-        def hand_over(done: asyncio.Future[str]) -> None:
+        def hand_over(done: asyncio.Future[tuple[str, bool]]) -> None:
             """Give the eager worker what the start committed for it, even if our caller
             was cancelled meanwhile (a cancelled caller must not strand the run)."""
             committed = not done.cancelled() and done.exception() is None
             if eager is None:
                 return
             if prepared is not None:
-                eager.finish_eager_start(prepared,
-                                         committed=committed and done.result() == new_run_id)
+                eager.finish_eager_start(
+                    prepared, committed=committed and done.result() == (new_run_id, True))
             elif committed:
                 eager.run_eager_start(
                     WorkflowTaskClaim(
-                        workflow_id=id, run_id=done.result(), workflow_type=workflow_type,
+                        workflow_id=id, run_id=done.result()[0], workflow_type=workflow_type,
                         task_queue=task_queue, attempt=1, history_length=1, inbox=[],
                         history=[(1, "WorkflowStarted", started_event)],
                     )
                 )
 
         start.add_done_callback(hand_over)
-        run_id = await asyncio.shield(start)
+        run_id, _ = await asyncio.shield(start)
         hint = result_type
         if hint is None and definition is not None:
             hint = definition.run_return_hint
