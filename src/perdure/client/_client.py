@@ -95,7 +95,8 @@ class Client:
         With ``migrate=False`` (schemas managed by ``perdure db migrate``), a database
         whose schema is not exactly this version's is refused instead.
         """
-        url = url or os.environ.get("PERDURE_DATABASE_URL") or DEFAULT_DATABASE_URL
+        if url is None:
+            url = os.environ.get("PERDURE_DATABASE_URL") or DEFAULT_DATABASE_URL
         store = open_store(url, clock=clock, **store_options)
         try:
             if migrate:
