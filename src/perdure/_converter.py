@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import re
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -82,7 +83,9 @@ class PayloadConverter:
                 "pass JSON-compatible values: primitives, lists, dicts, dataclasses, "
                 "msgspec Structs or pydantic models"
             ) from None
-        if b"null" in data:  # msgspec and pydantic write NaN and infinity as null
+        # msgspec and pydantic write NaN and infinity as null: look for them only then,
+        # and walk the value (slow, in Python) only if its msgpack form holds one
+        if b"null" in data and _may_hold_non_finite(value):
             where = non_finite_path(value)
             if where is not None:
                 path, number = where
@@ -157,6 +160,28 @@ class PayloadConverter:
             hint = hints[index] if index < len(hints) else Any
             out.append(self.decode(bytes(raw), hint, what=f"argument {index + 1} of {what}"))
         return out
+
+
+def _python_hook(obj: Any) -> Any:
+    if _is_pydantic_model(obj):
+        return obj.model_dump(mode="python")  # "json" mode writes NaN as null
+    raise NotImplementedError(type(obj))
+
+
+_msgpack = msgspec.msgpack.Encoder(enc_hook=_python_hook)
+_NON_FINITE_FLOAT64 = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
+"""A msgpack float64 whose exponent bits are all ones: NaN or an infinity."""
+
+
+def _may_hold_non_finite(value: Any) -> bool:
+    """Whether ``value`` may hold a NaN or an infinity: its msgpack form (C-fast, floats
+    kept as they are) has one, or could not be made. False positives (the bytes inside a
+    string) only cost a walk."""
+    try:
+        packed = _msgpack.encode(value)
+    except Exception:
+        return True
+    return _NON_FINITE_FLOAT64.search(packed) is not None
 
 
 def non_finite_path(value: Any) -> tuple[str, float] | None:
