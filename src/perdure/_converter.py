@@ -8,7 +8,10 @@ Pickle never.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
+import re
 import typing
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -18,7 +21,7 @@ import msgspec.inspect
 
 from perdure._errors import PayloadDecodingError, PayloadEncodingError, PayloadTooLargeError
 
-__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "PayloadConverter"]
+__all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "PayloadConverter", "non_finite_path"]
 
 DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
 """Default cap on one encoded payload (arguments, result or signal body)."""
@@ -58,15 +61,40 @@ class PayloadConverter:
         self._decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
     def encode(self, value: Any, *, what: str = "value") -> bytes:
-        """Encode one value; ``what`` names it in errors ("argument 1 of call_model")."""
+        """Encode one value; ``what`` names it in errors ("argument 1 of call_model").
+
+        NaN and infinity are refused (:class:`PayloadEncodingError`), not written as
+        ``null``: JSON has no such numbers, and a ``null`` where a float was would
+        change the value silently (and then fail a ``float`` parameter)."""
         try:
             data = _encoder.encode(value)
-        except (TypeError, NotImplementedError, msgspec.EncodeError) as exc:
+        except RecursionError:
+            raise PayloadEncodingError(
+                f"cannot serialize {what}: it is nested too deeply for JSON; flatten it"
+            ) from None
+        except UnicodeEncodeError as exc:
+            raise PayloadEncodingError(
+                f"cannot serialize {what}: a string in it is not valid UTF-8 (a lone "
+                f"surrogate {exc.object[exc.start:exc.end]!r}); JSON text must be UTF-8"
+            ) from None
+        except Exception as exc:  # TypeError, NotImplementedError, EncodeError, a hook's
             raise PayloadEncodingError(
                 f"cannot serialize {what} of type {type(value).__name__} to JSON ({exc}); "
                 "pass JSON-compatible values: primitives, lists, dicts, dataclasses, "
                 "msgspec Structs or pydantic models"
             ) from None
+        # msgspec and pydantic write NaN and infinity as null: look for them only then,
+        # and walk the value (slow, in Python) only if its msgpack form holds one
+        if b"null" in data and _may_hold_non_finite(value):
+            where = non_finite_path(value)
+            if where is not None:
+                path, number = where
+                raise PayloadEncodingError(
+                    f"cannot serialize {what}: {f'the value at {path}' if path else 'it'} "
+                    f"is {number!r}, which JSON "
+                    "cannot hold (it would be stored as null); pass a finite number, None "
+                    "or a string"
+                )
         if len(data) > self.max_payload_bytes:
             raise PayloadTooLargeError(
                 f"{what} is {len(data)} bytes encoded, over the limit of "
@@ -95,7 +123,7 @@ class PayloadConverter:
             self._decoders[hint] = decoder
         try:
             return decoder.decode(data)
-        except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, ValueError, RecursionError) as exc:
             raise PayloadDecodingError(
                 f"cannot decode {what} as {getattr(hint, '__name__', hint)}: {exc}; "
                 "check that the sender and the receiving function agree on the type"
@@ -125,13 +153,77 @@ class PayloadConverter:
         """Decode a JSON array of arguments, each by its parameter's hint."""
         try:
             raws = _raw_list.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise PayloadDecodingError(f"malformed arguments for {what}: {exc}") from None
         out = []
         for index, raw in enumerate(raws):
             hint = hints[index] if index < len(hints) else Any
             out.append(self.decode(bytes(raw), hint, what=f"argument {index + 1} of {what}"))
         return out
+
+
+def _python_hook(obj: Any) -> Any:
+    if _is_pydantic_model(obj):
+        return obj.model_dump(mode="python")  # "json" mode writes NaN as null
+    raise NotImplementedError(type(obj))
+
+
+_msgpack = msgspec.msgpack.Encoder(enc_hook=_python_hook)
+_NON_FINITE_FLOAT64 = re.compile(rb"\xcb[\x7f\xff][\xf0-\xff]")
+"""A msgpack float64 whose exponent bits are all ones: NaN or an infinity."""
+
+
+def _may_hold_non_finite(value: Any) -> bool:
+    """Whether ``value`` may hold a NaN or an infinity: its msgpack form (C-fast, floats
+    kept as they are) has one, or could not be made. False positives (the bytes inside a
+    string) only cost a walk."""
+    try:
+        packed = _msgpack.encode(value)
+    except Exception:
+        return True
+    return _NON_FINITE_FLOAT64.search(packed) is not None
+
+
+def non_finite_path(value: Any) -> tuple[str, float] | None:
+    """The first NaN or infinity inside ``value`` (and where: ``["a"][2].price``), or None.
+
+    Walks what the encoder walks: dicts, lists, tuples, sets, dataclasses, msgspec
+    Structs, attrs classes and pydantic models; iteratively, so that a deep value cannot
+    exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    seen: set[int] = set()
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return path, item
+            continue
+        if isinstance(item, str | bytes | int | bool) or item is None:
+            continue
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        children: list[tuple[str, Any]] = []
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, float) and not math.isfinite(key):
+                    return f"{path}[{key!r}]", key
+                children.append((f"{path}[{key!r}]", child))
+        elif isinstance(item, list | tuple | set | frozenset):
+            children = [(f"{path}[{index}]", child) for index, child in enumerate(item)]
+        elif isinstance(item, msgspec.Struct):
+            children = [(f"{path}.{name}", getattr(item, name, None))
+                        for name in item.__struct_fields__]
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            children = [(f"{path}.{field.name}", getattr(item, field.name, None))
+                        for field in dataclasses.fields(item)]
+        elif hasattr(type(item), "__attrs_attrs__"):
+            children = [(f"{path}.{a.name}", getattr(item, a.name, None))
+                        for a in type(item).__attrs_attrs__]
+        elif _is_pydantic_model(item):
+            children = [(path, item.model_dump(mode="python"))]
+        stack.extend(reversed(children))
+    return None
 
 
 def _custom_types(node: Any, seen: set[int]) -> Iterator[Any]:

@@ -4,14 +4,14 @@ Every error Perdure raises on purpose derives from :class:`PerdureError`::
 
     PerdureError
     ├── ConfigurationError            bad setup: database URL, options
-    │   └── InvalidDatabaseURLError
-    ├── DatabaseUnavailableError      the database cannot be reached at first connect
+    │   └── InvalidDatabaseURLError   also: a URL naming another application's database
+    ├── DatabaseUnavailableError      the database cannot be reached, or cannot take writes
     ├── SchemaVersionError            database schema newer than this code
     ├── PayloadError                  a value that cannot cross the durable boundary
-    │   ├── PayloadEncodingError      argument/result not serializable to JSON
+    │   ├── PayloadEncodingError      not JSON: a wrong type, NaN or infinity, too deep
     │   ├── PayloadDecodingError      stored payload does not match the type hint
     │   └── PayloadTooLargeError
-    ├── InvalidArgumentError          arguments that do not fit the function
+    ├── InvalidArgumentError          arguments that do not fit: type, id rule, timeout
     ├── WorkflowAlreadyStartedError   id reuse policy refused a start
     ├── WorkflowNotFoundError
     ├── UnknownWorkflowTypeError      no definition registered under that name
@@ -95,10 +95,12 @@ class InvalidDatabaseURLError(ConfigurationError):
 
 
 class DatabaseUnavailableError(PerdureError):
-    """The database cannot be reached (server down, wrong host, port, database or user).
+    """The database cannot be reached (server down, wrong host, port, database or user),
+    or cannot take a write (SQLite: a full disk, a lock held too long, an I/O error, a
+    read-only or corrupt file, a file deleted or replaced while open).
 
-    Raised when a store first connects. Once connected, a store rides out an outage
-    by reconnecting with back-off instead of raising.
+    A PostgreSQL store raises it when it first connects; once connected, it rides out
+    an outage by reconnecting with back-off instead. Nothing of the call was committed.
     """
 
 
@@ -111,7 +113,8 @@ class PayloadError(PerdureError):
 
 
 class PayloadEncodingError(PayloadError):
-    """A value could not be serialized to JSON."""
+    """A value could not be serialized to JSON: a type JSON has no form for, a NaN or an
+    infinity (never written as ``null``), a lone surrogate, nesting too deep."""
 
 
 class PayloadDecodingError(PayloadError):
@@ -123,7 +126,9 @@ class PayloadTooLargeError(PayloadError):
 
 
 class InvalidArgumentError(PerdureError, ValueError):
-    """A call's arguments do not fit the function it names (count, kind)."""
+    """A call's arguments do not fit the function it names (count, kind), or what both
+    backends store: an id or name with a NUL, a lone surrogate or over 1,000 bytes, a NaN
+    or negative timeout, an unknown enum value. The message names the argument."""
 
 
 class WorkflowAlreadyStartedError(PerdureError):

@@ -7,12 +7,14 @@ import traceback
 
 import msgspec
 
+from perdure._converter import PayloadConverter
 from perdure._errors import (
     ActivityError,
     ApplicationError,
     CancelledFailure,
     ChildWorkflowError,
     FailureError,
+    PayloadError,
     TerminatedFailure,
     TimeoutFailure,
 )
@@ -22,6 +24,8 @@ __all__ = ["exception_from_failure", "failure_from_exception"]
 
 _MAX_DEPTH = 20
 _NO_DETAILS = Failure(type="", message="").details
+_details = PayloadConverter(max_payload_bytes=2**62)
+"""Failure details are encoded as payloads are (no NaN), but never refused for size."""
 
 
 def _type_name(exc: BaseException) -> str:
@@ -31,8 +35,26 @@ def _type_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _utf8(text: str) -> str:
+    """``text``, with lone surrogates escaped: a failure's message must encode."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 def failure_from_exception(exc: BaseException, *, depth: int = 0) -> Failure:
-    """Record ``exc`` (and its cause chain) as a :class:`Failure`."""
+    """Record ``exc`` (and its cause chain) as a :class:`Failure`; text that is not
+    valid UTF-8 (a lone surrogate in a message) is escaped, so that it always encodes."""
+    failure = _record(exc, depth)
+    fixed = {name: _utf8(getattr(failure, name)) for name in ("type", "message", "stack")}
+    if any(fixed[name] is not getattr(failure, name) for name in fixed):
+        failure = msgspec.structs.replace(failure, **fixed)
+    return failure
+
+
+def _record(exc: BaseException, depth: int) -> Failure:
     stack = exc.stack if isinstance(exc, FailureError) and exc.stack else ""
     if not stack and exc.__traceback__ is not None:
         stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, chain=False))
@@ -89,9 +111,11 @@ def failure_from_exception(exc: BaseException, *, depth: int = 0) -> Failure:
         details = _NO_DETAILS
         if exc.details:
             try:
-                details = msgspec.Raw(msgspec.json.encode(list(exc.details)))
-            except (TypeError, msgspec.EncodeError):
-                details = msgspec.Raw(msgspec.json.encode([repr(d) for d in exc.details]))
+                details = msgspec.Raw(_details.encode(list(exc.details),
+                                                      what="the failure's details"))
+            except PayloadError:  # not JSON (or a NaN in it): kept as their reprs instead
+                details = msgspec.Raw(msgspec.json.encode(
+                    [_utf8(repr(d)) for d in exc.details]))
         delay = getattr(exc, "next_retry_delay", None)
         return Failure(
             type=exc.type,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
+
+from perdure._errors import InvalidArgumentError
+from perdure._identifiers import shown
 
 __all__ = ["RetryPolicy", "next_attempt_at"]
 
@@ -30,12 +34,33 @@ class RetryPolicy:
     """Error type names (the exception class name, or ApplicationError.type) never retried."""
 
     def __post_init__(self) -> None:
-        if self.backoff_coefficient < 1:
-            raise ValueError("RetryPolicy.backoff_coefficient must be at least 1")
-        if self.maximum_attempts < 0:
-            raise ValueError("RetryPolicy.maximum_attempts must be 0 (unlimited) or positive")
-        if self.initial_interval <= timedelta(0):
-            raise ValueError("RetryPolicy.initial_interval must be positive")
+        # recorded in history as JSON: a NaN or a wrong type would come back as null
+        # (or not at all), so every field is checked here, where the mistake is made
+        coefficient = self.backoff_coefficient
+        if not isinstance(coefficient, int | float) or isinstance(coefficient, bool) \
+                or not math.isfinite(coefficient) or coefficient < 1:
+            raise InvalidArgumentError(
+                f"RetryPolicy.backoff_coefficient must be a finite number of at least 1, not "
+                f"{shown(coefficient)}")
+        attempts = self.maximum_attempts
+        if not isinstance(attempts, int) or isinstance(attempts, bool) \
+                or not 0 <= attempts <= 2**31 - 1:
+            raise InvalidArgumentError(
+                "RetryPolicy.maximum_attempts must be 0 (unlimited) or a positive whole "
+                f"number, not {shown(attempts)}")
+        for name in ("initial_interval", "maximum_interval"):
+            interval = getattr(self, name)
+            if interval is None and name == "maximum_interval":
+                continue
+            if not isinstance(interval, timedelta) or interval <= timedelta(0):
+                raise InvalidArgumentError(
+                    f"RetryPolicy.{name} must be a positive timedelta, not {shown(interval)}")
+        types = self.non_retryable_error_types
+        if not isinstance(types, list | tuple | set | frozenset) \
+                or not all(isinstance(t, str) for t in types):
+            raise InvalidArgumentError(
+                "RetryPolicy.non_retryable_error_types must be a list of error type names "
+                f"(strings), not {shown(types)}")
 
     def delay_after(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
@@ -45,7 +70,11 @@ class RetryPolicy:
             if self.maximum_interval is not None
             else base * 100
         )
-        return float(min(base * self.backoff_coefficient ** (attempt - 1), cap))
+        try:
+            grown = base * self.backoff_coefficient ** (attempt - 1)
+        except OverflowError:  # attempt 1,025 of a doubling back-off: long past the cap
+            grown = math.inf
+        return float(min(grown, cap))
 
     def allows_another_attempt(self, attempt: int) -> bool:
         """Whether a retry may follow failed attempt number ``attempt``."""
@@ -91,6 +120,8 @@ def next_attempt_at(
         return None
     if not policy.allows_another_attempt(attempt):
         return None
+    if delay is not None and not (math.isfinite(delay) and delay >= 0):
+        delay = None  # a hint (ApplicationError.next_retry_delay) that is no duration
     at = now + (delay if delay is not None else policy.delay_after(attempt))
     if deadline is not None and at >= deadline:
         return None

@@ -12,6 +12,7 @@ from typing import Literal
 import msgspec
 
 from perdure._errors import InvalidArgumentError
+from perdure._identifiers import shown
 
 __all__ = ["AttemptRef", "decode_task_token", "encode_task_token"]
 
@@ -32,9 +33,9 @@ def decode_task_token(token: bytes) -> AttemptRef:
     """The attempt a token names; :class:`InvalidArgumentError` for anything else."""
     try:
         _tag, workflow_id, run_id, seq, attempt = _decoder.decode(token)
-    except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, UnicodeError):
         raise InvalidArgumentError(
-            f"{bytes(token)[:80]!r} is not a Perdure activity task token; pass the bytes of "
+            f"{shown(token, 80)} is not a Perdure activity task token; pass the bytes of "
             "activity.info().task_token unchanged"
         ) from None
     return workflow_id, run_id, seq, attempt

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from perdure import InvalidArgumentError, WorkflowStatus, workflow
+from perdure import InvalidArgumentError, PayloadEncodingError, WorkflowStatus, workflow
 from perdure.testing import WorkflowEnvironment
 
 from ._helpers import wait_until
@@ -151,7 +151,8 @@ async def test_bad_search_attributes_are_refused(
 
 
 async def test_bad_memo_is_refused(env: WorkflowEnvironment) -> None:
-    with pytest.raises(InvalidArgumentError, match="not JSON-serializable"):
+    # a memo is a payload: what cannot be encoded is refused as an argument would be
+    with pytest.raises(PayloadEncodingError, match="cannot serialize the memo"):
         await env.client.start_workflow(Build.run, "x", id="bad-memo", task_queue=TQ,
                                         memo={"when": object()})
 

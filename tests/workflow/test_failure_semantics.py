@@ -140,3 +140,4 @@ def test_a_history_an_older_version_failed_on_a_bug_still_replays() -> None:
     ]
     handlers = new_instance(Handlers)
     assert handlers.replay(old_update) == []
+

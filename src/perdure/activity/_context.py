@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from datetime import datetime
 from typing import Any, NoReturn, Protocol
 
+from perdure._arguments import check_whole_number
 from perdure._converter import PayloadConverter
 from perdure._errors import CancelledFailure, NotInActivityError
+from perdure._identifiers import check_name, check_optional_name
 
 __all__ = [
     "ActivityContext",
@@ -39,6 +41,9 @@ __all__ = [
     "wait_for_cancelled",
     "wait_for_cancelled_sync",
 ]
+
+_MAX_TOKENS = 2**31 - 1
+"""Token counts are 32-bit columns on PostgreSQL."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +332,9 @@ async def load_payloads(*refs: str, workflow_id: str | None = None) -> dict[str,
     context = current()
     if context.payload_store is None:
         raise NotInActivityError("this activity runs without a payload store")
+    check_optional_name(workflow_id, "load_payloads' workflow_id")
+    for ref in refs:
+        check_name(ref, "a payload reference")
     return await context.payload_store.get_payloads(workflow_id or context.info.workflow_id,
                                                     list(refs))
 
@@ -335,6 +343,7 @@ def publish(event: Any, *, workflow_id: str | None = None) -> None:
     """Publish a progress event (any JSON value: a token, a status line) to this
     activity's workflow's stream, or to ``workflow_id``'s, for ``WorkflowHandle.stream()``
     followers in any process. Batched (about every 50 ms), never in history."""
+    check_optional_name(workflow_id, "publish's workflow_id")
     current().publish(event, workflow_id)
 
 
@@ -349,7 +358,7 @@ class RatePermit:
 
     def used(self, tokens: int) -> None:
         """The tokens really used (counted against the per-minute limit)."""
-        self.tokens = tokens
+        self.tokens = check_whole_number(tokens, "tokens", maximum=_MAX_TOKENS)
 
 
 @contextlib.asynccontextmanager
@@ -366,6 +375,11 @@ async def rate_limit(
     store = context.payload_store
     if store is None:
         raise NotInActivityError("this activity runs without a store for shared limits")
+    check_name(name, "the rate limit's name")
+    for value, what in ((concurrency, "concurrency"), (tokens_per_minute, "tokens_per_minute")):
+        if value is not None:
+            check_whole_number(value, what, minimum=1, maximum=_MAX_TOKENS)
+    check_whole_number(tokens, "tokens", maximum=_MAX_TOKENS)
     info = context.info
     holder = f"{info.workflow_id}/{info.run_id}/{info.activity_id}/{info.attempt}"
     lease = info.start_to_close_timeout or 600.0

@@ -313,6 +313,23 @@ async def _complete(agent: Agent, request: ModelRequest, target: str) -> ModelRe
     return await agent.model.complete(request)
 
 
+def subagent_workflow_id(parent_id: str, subagent: str, call_id: str) -> str:
+    """The workflow id of the sub-agent a tool call starts. The call's id comes from the
+    model: it enters only through a hash, so that no model output can make the id
+    unstorable (a NUL, a lone surrogate, a megabyte) or collide with another's. Readable
+    when the parent's id leaves room: ``<parent>/<sub-agent>/<hash>``."""
+    digest = hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    readable = f"{parent_id}/{subagent}/{digest}"
+    try:
+        fits = len(readable.encode()) <= 900 and "\x00" not in readable
+    except UnicodeEncodeError:
+        fits = False
+    if fits:
+        return readable
+    whole = hashlib.sha256(readable.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"subagent-{whole}"
+
+
 def _spent(exc: BaseException) -> Usage:
     """What a failed sub-agent reported it spent (its failure's details carry it)."""
     cause: BaseException | None = exc
@@ -703,8 +720,7 @@ class AgentWorkflow:
                 else max(0.0, cost - self.usage.cost) / share,
             ),
         )
-        info = workflow.info()
-        child_id = f"{info.workflow_id}/{sub.name}/{call.id}"
+        child_id = subagent_workflow_id(workflow.info().workflow_id, sub.name, call.id)
         # the sub-agent works in a workspace of its own, starting from this one's files
         base = self.sandbox
         if base.checkpoint is not None:

@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from perdure._arguments import check_whole_number
 from perdure._errors import (
     ActivityNotFoundError,
     AsyncActivityCancelledError,
     InvalidArgumentError,
 )
 from perdure._failure import failure_from_exception
+from perdure._identifiers import check_name, check_optional_name, shown
 from perdure._task_token import decode_task_token, encode_task_token
 from perdure.engine import activity_completed_outcome, activity_failed_outcome
 from perdure.history import Failure
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
     from perdure.client._client import Client
 
 __all__ = ["AsyncActivityHandle", "async_activity_handle"]
+
+_MAX_SEQ = 2**31 - 1
+"""Activity ids and attempt numbers are 32-bit columns on PostgreSQL."""
 
 
 class AsyncActivityHandle:
@@ -90,7 +95,7 @@ class AsyncActivityHandle:
         failure, whether another attempt runs (``ApplicationError(non_retryable=True)``
         stops it)."""
         if not isinstance(error, BaseException):
-            raise InvalidArgumentError(f"fail() takes an exception, not {error!r}")
+            raise InvalidArgumentError(f"fail() takes an exception, not {shown(error)}")
         failure = failure_from_exception(error)
         await self._resolve_failure("fail", failure)
 
@@ -136,17 +141,33 @@ def async_activity_handle(
             raise InvalidArgumentError(
                 "give either task_token, or workflow_id and activity_id (and optionally "
                 "run_id), not both")
+        if not isinstance(task_token, bytes | bytearray | memoryview | str):
+            raise InvalidArgumentError(
+                f"task_token must be bytes (activity.info().task_token), not "
+                f"{type(task_token).__name__}")
         token_workflow, token_run, seq, attempt = decode_task_token(task_token)
+        try:
+            check_name(token_workflow, "the task token's workflow id")
+            check_name(token_run, "the task token's run id")
+            check_whole_number(seq, "the task token's activity id", minimum=1,
+                               maximum=_MAX_SEQ)
+            check_whole_number(attempt, "the task token's attempt", minimum=1,
+                               maximum=_MAX_SEQ)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(
+                f"the task token is not one Perdure made ({exc}); pass the bytes of "
+                "activity.info().task_token unchanged") from None
         return AsyncActivityHandle(client, workflow_id=token_workflow, run_id=token_run,
                                    seq=seq, attempt=attempt)
-    if not workflow_id or activity_id is None:
+    if workflow_id is None or activity_id is None:
         raise InvalidArgumentError(
             "get_async_activity_handle needs task_token, or workflow_id and activity_id")
-    try:
-        seq = int(activity_id)
-    except ValueError:
+    check_name(workflow_id, "workflow_id")
+    check_optional_name(run_id, "run_id")
+    if not isinstance(activity_id, str) or not activity_id.isascii() \
+            or not activity_id.isdigit() or not 1 <= int(activity_id) <= _MAX_SEQ:
         raise InvalidArgumentError(
-            f"activity_id {activity_id!r} is not an activity id of Perdure's (a number, as "
-            "activity.info().activity_id and ActivityHandle.activity_id give)") from None
-    return AsyncActivityHandle(client, workflow_id=workflow_id, run_id=run_id, seq=seq,
-                               attempt=None)
+            f"activity_id {shown(activity_id)} is not an activity id of Perdure's (a number, "
+            "as activity.info().activity_id and ActivityHandle.activity_id give)")
+    return AsyncActivityHandle(client, workflow_id=workflow_id, run_id=run_id,
+                               seq=int(activity_id), attempt=None)

@@ -11,29 +11,30 @@ from typing import Any
 
 import msgspec
 
+from perdure._arguments import check_enum, check_retry_policy
 from perdure._attributes import check_memo, check_search_attributes
 from perdure._clock import Clock
 from perdure._converter import PayloadConverter
 from perdure._cron import CronSchedule
 from perdure._errors import (
-    InvalidArgumentError,
     SchemaVersionError,
     UnknownHandlerError,
     UnknownWorkflowTypeError,
 )
+from perdure._identifiers import check_name, check_optional_name, shown
 from perdure._retry import RetryPolicy
+from perdure.client._arguments import check_args, list_filters
 from perdure.client._async_activity import AsyncActivityHandle, async_activity_handle
 from perdure.client._handle import WorkflowHandle
+from perdure.client._start import commit_start
 from perdure.client._types import (
     IdConflictPolicy,
     IdReusePolicy,
     WorkflowDescription,
     WorkflowPage,
     WorkflowStatus,
-    decode_page_token,
     encode_fitting,
     encode_page_token,
-    epoch,
 )
 from perdure.client._types import seconds as _seconds
 from perdure.client._update import (
@@ -94,7 +95,8 @@ class Client:
         With ``migrate=False`` (schemas managed by ``perdure db migrate``), a database
         whose schema is not exactly this version's is refused instead.
         """
-        url = url or os.environ.get("PERDURE_DATABASE_URL") or DEFAULT_DATABASE_URL
+        if url is None:
+            url = os.environ.get("PERDURE_DATABASE_URL") or DEFAULT_DATABASE_URL
         store = open_store(url, clock=clock, **store_options)
         try:
             if migrate:
@@ -119,11 +121,11 @@ class Client:
     # ------------------------------------------------------------------ start
     def _resolve_workflow(self, workflow: Any) -> tuple[str, WorkflowDefinition | None]:
         if isinstance(workflow, str):
-            return workflow, None
+            return check_name(workflow, "workflow type"), None
         definition = get_workflow_definition(workflow)
         if definition is None:
             raise UnknownWorkflowTypeError(
-                f"{getattr(workflow, '__qualname__', workflow)!r} is not a workflow: pass a "
+                f"{shown(getattr(workflow, '__qualname__', workflow))} is not a workflow: pass a "
                 "@workflow.defn class, its @workflow.run method, or a workflow type name"
             )
         return definition.name, definition
@@ -179,10 +181,13 @@ class Client:
         """
         return await self._start(
             workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
-            id_reuse_policy=IdReusePolicy(id_reuse_policy), result_type=result_type,
-            signal=(self._signal_event(start_signal, tuple(start_signal_args))
+            id_reuse_policy=check_enum(IdReusePolicy, id_reuse_policy, "id_reuse_policy"),
+            result_type=result_type,
+            signal=(self._signal_event(start_signal,
+                                       check_args(start_signal_args, "start_signal_args"))
                     if start_signal is not None else None),
-            id_conflict_policy=IdConflictPolicy(id_conflict_policy), memo=memo,
+            id_conflict_policy=check_enum(IdConflictPolicy, id_conflict_policy,
+                                          "id_conflict_policy"), memo=memo,
             search_attributes=search_attributes, run_timeout=run_timeout,
             retry_policy=retry_policy, cron_schedule=cron_schedule,
         )
@@ -233,8 +238,9 @@ class Client:
         a new run may start (refused: :class:`WorkflowAlreadyStartedError`, nothing sent)."""
         return await self._start(
             workflow, args, id=id, task_queue=task_queue, execution_timeout=execution_timeout,
-            id_reuse_policy=IdReusePolicy(id_reuse_policy), result_type=result_type,
-            signal=self._signal_event(signal, tuple(signal_args)), memo=memo,
+            id_reuse_policy=check_enum(IdReusePolicy, id_reuse_policy, "id_reuse_policy"),
+            result_type=result_type,
+            signal=self._signal_event(signal, check_args(signal_args, "signal_args")), memo=memo,
             search_attributes=search_attributes, run_timeout=run_timeout,
             retry_policy=retry_policy,
         )
@@ -255,7 +261,8 @@ class Client:
         op = start_workflow_operation
         probe: WorkflowHandle[Any] = WorkflowHandle(self, op.id, None)
         name, hint = probe._update_name(update)
-        update_id = update_id or id or str(uuid.uuid4())
+        update_id = check_optional_name(update_id or id, "update_id") or str(uuid.uuid4())
+        wait_for_stage = check_enum(WorkflowUpdateStage, wait_for_stage, "wait_for_stage")
         event = UpdateRequested(update_id=update_id, name=name,
                                 args=msgspec.Raw(self._update_args(update, name, args)))
         try:
@@ -275,7 +282,7 @@ class Client:
         update_handle: WorkflowUpdateHandle[Any] = WorkflowUpdateHandle(
             self, op.id, update_id, name=name, workflow_run_id=handle.run_id,
             result_type=result_type or hint)
-        await update_handle.wait_for_stage(WorkflowUpdateStage(wait_for_stage))
+        await update_handle.wait_for_stage(wait_for_stage)
         return update_handle
 
     async def execute_update_with_start_workflow(
@@ -303,10 +310,9 @@ class Client:
         update_request: tuple[str, str, bytes] | None = None,
         cron_schedule: str | None = None,
     ) -> WorkflowHandle[Any]:
-        if not id or not isinstance(id, str):
-            raise InvalidArgumentError("start_workflow needs a non-empty string id")
-        if not task_queue:
-            raise InvalidArgumentError("start_workflow needs a task_queue")
+        check_name(id, "workflow id")
+        check_name(task_queue, "task_queue")
+        check_retry_policy(retry_policy)
         workflow_type, definition = self._resolve_workflow(workflow)
         if definition is not None:
             data = encode_fitting(self.converter, args, definition.run_method,
@@ -317,13 +323,15 @@ class Client:
         schedule = CronSchedule(cron_schedule) if cron_schedule is not None else None
         now = self.store.clock.now()
         first_task_at = schedule.first_time(now) if schedule is not None else None
-        timeout = _seconds(execution_timeout)
-        memo = check_memo(memo) or None
-        search_attributes = check_search_attributes(search_attributes) or None
+        timeout = _seconds(execution_timeout, "execution_timeout")
+        memo = check_memo(memo, converter=self.converter) or None
+        search_attributes = check_search_attributes(
+            search_attributes, max_bytes=self.converter.max_payload_bytes) or None
         started = WorkflowStarted(
             workflow_type=workflow_type, task_queue=task_queue, input=msgspec.Raw(data),
             started_at=now, execution_timeout=timeout, memo=memo,
-            search_attributes=search_attributes, run_timeout=_seconds(run_timeout),
+            search_attributes=search_attributes,
+            run_timeout=_seconds(run_timeout, "run_timeout"),
             retry_policy=retry_policy.to_dict() if retry_policy is not None else None,
             cron_schedule=cron_schedule,
         )
@@ -341,8 +349,8 @@ class Client:
             # run the first activation now, to commit it with the start: one transaction
             prepared = eager.prepare_eager_start(id, new_run_id, workflow_type, started_event,
                                                  now)
-        start = asyncio.ensure_future(self.store.start_workflow(
-            StartWorkflowRecord(
+        start = asyncio.ensure_future(commit_start(
+            self.store, StartWorkflowRecord(
                 workflow_id=id, run_id=new_run_id, workflow_type=workflow_type,
                 task_queue=task_queue, input=data, started_event=started_event,
                 execution_timeout=timeout, id_reuse_policy=str(id_reuse_policy), now=now,
@@ -370,26 +378,26 @@ class Client:
             )
         ))
 
-        def hand_over(done: asyncio.Future[str]) -> None:
+        def hand_over(done: asyncio.Future[tuple[str, bool]]) -> None:
             """Give the eager worker what the start committed for it, even if our caller
             was cancelled meanwhile (a cancelled caller must not strand the run)."""
             committed = not done.cancelled() and done.exception() is None
             if eager is None:
                 return
             if prepared is not None:
-                eager.finish_eager_start(prepared,
-                                         committed=committed and done.result() == new_run_id)
+                eager.finish_eager_start(
+                    prepared, committed=committed and done.result() == (new_run_id, True))
             elif committed:
                 eager.run_eager_start(
                     WorkflowTaskClaim(
-                        workflow_id=id, run_id=done.result(), workflow_type=workflow_type,
+                        workflow_id=id, run_id=done.result()[0], workflow_type=workflow_type,
                         task_queue=task_queue, attempt=1, history_length=1, inbox=[],
                         history=[(1, "WorkflowStarted", started_event)],
                     )
                 )
 
         start.add_done_callback(hand_over)
-        run_id = await asyncio.shield(start)
+        run_id, _ = await asyncio.shield(start)
         hint = result_type
         if hint is None and definition is not None:
             hint = definition.run_return_hint
@@ -419,6 +427,9 @@ class Client:
         result_type: Any = None, first_execution_run_id: str | None = None,
     ) -> WorkflowHandle[Any]:
         """A handle to an existing workflow (its latest run unless ``run_id`` is given)."""
+        check_name(workflow_id, "workflow_id")
+        check_optional_name(run_id, "run_id")
+        check_optional_name(first_execution_run_id, "first_execution_run_id")
         definition = None
         if workflow is not None:
             _, definition = self._resolve_workflow(workflow)
@@ -459,21 +470,12 @@ class Client:
         page; it is None on the last one. Pages are keyed, not offset: runs started
         meanwhile do not shift them.
         """
-        if not isinstance(limit, int) or limit < 1:
-            raise InvalidArgumentError(f"limit must be a positive whole number, not {limit!r}")
-        if parent_run_id is not None and parent_workflow_id is None:
-            raise InvalidArgumentError("parent_run_id needs parent_workflow_id as well")
-        before = decode_page_token(page_token) if page_token is not None else None
-        records = await self.store.list_runs(
-            status=str(WorkflowStatus(status)) if status is not None else None,
-            workflow_type=workflow_type, limit=limit + 1,
-            started=(epoch(started_after), epoch(started_before)),
-            closed=(epoch(closed_after), epoch(closed_before)),
-            before=before,
-            parent=(parent_workflow_id, parent_run_id) if parent_workflow_id is not None
-            else None,
-            search_attributes=check_search_attributes(search_attributes),
-        )
+        records = await self.store.list_runs(**list_filters(
+            status=status, workflow_type=workflow_type, started_after=started_after,
+            started_before=started_before, closed_after=closed_after,
+            closed_before=closed_before, parent_workflow_id=parent_workflow_id,
+            parent_run_id=parent_run_id, search_attributes=search_attributes, limit=limit,
+            page_token=page_token))
         page = WorkflowPage(WorkflowDescription.from_record(r) for r in records[:limit])
         if len(records) > limit:
             last = records[limit - 1]
@@ -495,11 +497,11 @@ class Client:
     # ------------------------------------------------------------------ helpers
     def _signal_name(self, signal: Callable[..., Any] | str) -> str:
         if isinstance(signal, str):
-            return signal
+            return check_name(signal, "signal name")
         name = handler_name(signal, "signal")
         if name is None:
             raise UnknownHandlerError(
-                f"{getattr(signal, '__qualname__', signal)!r} is not a signal handler; mark it "
+                f"{shown(getattr(signal, '__qualname__', signal))} is not a signal handler; mark it "
                 "with @workflow.signal or pass the signal name"
             )
         return name

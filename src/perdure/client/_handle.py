@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
+from perdure._arguments import check_bool, check_enum, check_whole_number
 from perdure._clock import VirtualClock
 from perdure._errors import (
     CancelledFailure,
@@ -24,6 +25,7 @@ from perdure._errors import (
     WorkflowFailureError,
 )
 from perdure._failure import exception_from_failure
+from perdure._identifiers import check_name, check_optional_name, check_text, shown
 from perdure.client._types import (
     StreamEvent,
     WorkflowDescription,
@@ -95,8 +97,10 @@ class WorkflowHandle(Generic[T]):
         reset, is followed to the run that carries on; without, the outcome of
         ``result_run_id``'s run itself is returned (a continuation raises)."""
         deadline = None
-        if timeout is not None:
-            deadline = asyncio.get_running_loop().time() + (_seconds(timeout) or 0.0)
+        wait = _seconds(timeout, "timeout", zero=True)
+        check_bool(follow_runs, "follow_runs")
+        if wait is not None:
+            deadline = asyncio.get_running_loop().time() + wait
         clock = self._store.clock
         if isinstance(clock, VirtualClock):
             clock.result_waiters += 1
@@ -217,6 +221,9 @@ class WorkflowHandle(Generic[T]):
         none does within ``timeout``.
         """
         converter = self.client.converter
+        seconds = _seconds(timeout, "timeout") or 5.0
+        if isinstance(query, str):
+            check_name(query, "query name")
         args_data = converter.encode_args(args, what="query")
         record = await self._current_run()
         if not isinstance(query, str):
@@ -224,7 +231,7 @@ class WorkflowHandle(Generic[T]):
             definition = get_workflow_definition(query)
             if name is None or definition is None:
                 raise UnknownHandlerError(
-                    f"{getattr(query, '__qualname__', query)!r} is not a query handler; mark it "
+                    f"{shown(getattr(query, '__qualname__', query))} is not a query handler; mark it "
                     "with @workflow.query or pass the query name"
                 )
             if definition.name != record.workflow_type:
@@ -258,7 +265,6 @@ class WorkflowHandle(Generic[T]):
         query_id = await self._store.enqueue_query(
             record.workflow_id, record.run_id, record.task_queue, query, args_data
         )
-        seconds = _seconds(timeout) or 5.0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         backoff = 0.005
@@ -296,6 +302,7 @@ class WorkflowHandle(Generic[T]):
         :class:`UpdateFailedError`. Pass the same ``update_id`` (``id``, Temporal's
         name) to ask again after a lost connection without running the update twice.
         """
+        _seconds(timeout, "timeout", zero=True)  # checked before the update is sent
         handle = await self.start_update(
             update, *args, update_id=update_id, id=id, result_type=result_type,
             wait_for_stage=WorkflowUpdateStage.ADMITTED)
@@ -313,7 +320,9 @@ class WorkflowHandle(Generic[T]):
         ``await handle.result()`` gives the value."""
         name, hint = self._update_name(update)
         data = self.client._update_args(update, name, args)
-        update_id = update_id or id or str(uuid.uuid4())
+        update_id = check_optional_name(update_id or id, "update_id") or str(uuid.uuid4())
+        stage = check_enum(WorkflowUpdateStage, wait_for_stage, "wait_for_stage")
+        wait = _seconds(timeout, "timeout", zero=True)
         event = UpdateRequested(update_id=update_id, name=name, args=msgspec.Raw(data))
         run_id = await self._store.request_update(self.workflow_id, self.run_id, update_id,
                                                   name, encode_event(event))
@@ -321,42 +330,47 @@ class WorkflowHandle(Generic[T]):
             self.client, self.workflow_id, update_id, name=name, workflow_run_id=run_id,
             result_type=result_type or hint)
         deadline = None
-        if timeout is not None:
-            deadline = asyncio.get_running_loop().time() + (_seconds(timeout) or 0.0)
-        await handle.wait_for_stage(WorkflowUpdateStage(wait_for_stage), deadline=deadline)
+        if wait is not None:
+            deadline = asyncio.get_running_loop().time() + wait
+        await handle.wait_for_stage(stage, deadline=deadline)
         return handle
 
     def get_update_handle(self, update_id: str, *, result_type: Any = None,
                           ) -> WorkflowUpdateHandle[Any]:
         """A handle to an update sent earlier (by any client), by its id."""
+        check_name(update_id, "update_id")
         return WorkflowUpdateHandle(self.client, self.workflow_id, update_id,
                                     workflow_run_id=self.run_id, result_type=result_type)
 
     def _update_name(self, update: Callable[..., Any] | str) -> tuple[str, Any]:
         if isinstance(update, str):
-            return update, Any
+            return check_name(update, "update name"), Any
         name = handler_name(update, "update")
         definition = get_workflow_definition(update)
         if name is None or definition is None:
             raise UnknownHandlerError(
-                f"{getattr(update, '__qualname__', update)!r} is not an update handler; mark "
+                f"{shown(getattr(update, '__qualname__', update))} is not an update handler; mark "
                 "it with @workflow.update or pass the update's name"
             )
         return name, definition.updates[name].return_hint
 
     async def cancel(self, reason: str = "") -> None:
         """Request cancellation: the workflow sees ``asyncio.CancelledError`` at its awaits."""
-        event = CancelRequested(reason=reason)
+        event = CancelRequested(reason=self._reason(reason))
         await self._store.deliver_event(self.workflow_id, self.run_id, encode_event(event))
 
     async def terminate(self, reason: str = "") -> None:
         """Close the workflow at once, without running its code; pending work is dropped."""
+        reason = self._reason(reason)
         event = WorkflowTerminated(reason=reason)
         failure = Failure(type="TerminatedFailure", message=reason or "terminated",
                           kind="terminated")
         await self._store.terminate(
             self.workflow_id, self.run_id, encode_event(event), msgspec.json.encode(failure)
         )
+
+    def _reason(self, reason: str) -> str:
+        return check_text(reason, "reason", limit=self.client.converter.max_payload_bytes)
 
     async def reset(
         self, *, to_event: int | None = None, to_last_workflow_task: bool = False,
@@ -373,7 +387,7 @@ class WorkflowHandle(Generic[T]):
         ``reapply_signals`` is False. The old run is kept, closed as ``reset`` (a
         ``WorkflowReset`` event ends its history); handles follow to the new run.
         """
-        return await self._reset(None, to_event=to_event, reason=reason,
+        return await self._reset(None, to_event=to_event, reason=self._reason(reason),
                                  to_last_workflow_task=to_last_workflow_task,
                                  reapply_signals=reapply_signals, edit_results=None,
                                  task_queue=None)
@@ -391,12 +405,12 @@ class WorkflowHandle(Generic[T]):
         another answer, and see what the agent would have done. Without ``to_event``,
         the fork starts right after the last edited event.
         """
-        if not new_id or not isinstance(new_id, str):
-            raise InvalidArgumentError("fork needs a non-empty string id for the new workflow")
+        check_name(new_id, "fork's new workflow id")
         if new_id == self.workflow_id:
             raise InvalidArgumentError("a fork needs another workflow id; use reset() to "
                                        "restart this workflow from an earlier point")
-        if to_event is None and not to_last_workflow_task and edit_results:
+        if to_event is None and not to_last_workflow_task and isinstance(edit_results, dict) \
+                and edit_results and all(type(n) is int for n in edit_results):
             to_event = max(edit_results)
         return await self._reset(new_id, to_event=to_event, reason="",
                                  to_last_workflow_task=to_last_workflow_task,
@@ -411,7 +425,17 @@ class WorkflowHandle(Generic[T]):
         from perdure.engine import cut_point, plan_reset
         from perdure.store._records import ResetRecord
 
-        edits = {int(n): self.client.converter.encode(v, what=f"edited result of event {n}")
+        if to_event is not None:
+            check_whole_number(to_event, "to_event", minimum=1)
+        check_bool(to_last_workflow_task, "to_last_workflow_task")
+        check_bool(reapply_signals, "reapply_signals")
+        check_optional_name(task_queue, "task_queue")
+        if edit_results is not None and not isinstance(edit_results, dict):
+            raise InvalidArgumentError(
+                "edit_results must be a dict of event number to the result to record there, "
+                f"not {type(edit_results).__name__}")
+        edits = {check_whole_number(n, "an event number in edit_results", minimum=1):
+                 self.client.converter.encode(v, what=f"edited result of event {n}")
                  for n, v in (edit_results or {}).items()}
         for attempt in range(5):
             record = await self._store.get_run(self.workflow_id, self.run_id)
@@ -447,6 +471,8 @@ class WorkflowHandle(Generic[T]):
         ``activity.publish``), in order, from any process. With ``follow``, waits for
         more until the workflow (its last run, across continue-as-new) has closed and
         every event is read. ``after`` is the id of the last event already seen."""
+        check_whole_number(after, "after")
+        check_bool(follow, "follow")
         store = self._store
         notifier = store.notifier
         backoff = notifier.first_poll

@@ -7,6 +7,7 @@ import dataclasses
 import enum
 import inspect
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,9 +15,11 @@ from typing import Any
 
 import msgspec
 
+from perdure._arguments import check_seconds
 from perdure._converter import PayloadConverter
 from perdure._errors import InvalidArgumentError, PayloadDecodingError
 from perdure._failure import exception_from_failure
+from perdure._identifiers import name_problem, shown
 from perdure.history import Failure, HistoryEvent, WorkflowStarted, WorkflowTaskCompleted
 from perdure.store._records import PendingActivityRecord, RunRecord
 
@@ -72,12 +75,23 @@ class WorkflowPage(list["WorkflowDescription"]):
     next_page_token: str | None = None
 
 
-def epoch(when: datetime | float | None) -> float | None:
-    if when is None or isinstance(when, int | float):
-        return when
+def epoch(when: datetime | float | None, what: str = "time") -> float | None:
+    """A time filter as epoch seconds: an aware datetime or a finite number."""
+    if when is None:
+        return None
+    if isinstance(when, int | float) and not isinstance(when, bool):
+        if not math.isfinite(when):
+            raise InvalidArgumentError(
+                f"{what} must be finite epoch seconds, not {shown(when)}")
+        return float(when)
+    if not isinstance(when, datetime):
+        raise InvalidArgumentError(
+            f"{what} must be an aware datetime or epoch seconds, not "
+            f"{type(when).__name__} ({shown(when)})")
     if when.tzinfo is None:
         raise InvalidArgumentError(
-            f"{when!r} has no time zone; pass an aware datetime (tzinfo=UTC) or epoch seconds"
+            f"{what} {when!r} has no time zone; pass an aware datetime (tzinfo=UTC) or epoch "
+            "seconds"
         )
     return when.timestamp()
 
@@ -87,13 +101,19 @@ def encode_page_token(key: tuple[float, str, str]) -> str:
 
 
 def decode_page_token(token: str) -> tuple[float, str, str]:
+    problem = f"page_token {shown(token)} is not one that list_workflows returned"
+    if not isinstance(token, str):
+        raise InvalidArgumentError(problem)
     try:
         created, workflow_id, run_id = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return float(created), str(workflow_id), str(run_id)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgumentError(
-            f"page_token {token!r} is not one that list_workflows returned"
-        ) from exc
+    except (ValueError, TypeError, UnicodeError, RecursionError) as exc:
+        raise InvalidArgumentError(problem) from exc
+    if not (isinstance(created, int | float) and not isinstance(created, bool)
+            and math.isfinite(created) and isinstance(workflow_id, str)
+            and isinstance(run_id, str) and name_problem(workflow_id) is None
+            and name_problem(run_id) is None):
+        raise InvalidArgumentError(problem)
+    return float(created), workflow_id, run_id
 
 
 class IdConflictPolicy(enum.StrEnum):
@@ -312,10 +332,11 @@ class _HistoryDocument(msgspec.Struct):
 
 
 
-def seconds(value: timedelta | float | None) -> float | None:
-    if value is None:
-        return None
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+def seconds(value: timedelta | float | None, what: str = "timeout", *,
+            zero: bool = False) -> float | None:
+    """A duration argument as seconds: finite and positive (``zero``: or 0), else
+    :class:`InvalidArgumentError` naming ``what``."""
+    return check_seconds(value, what, zero=zero)
 
 
 def encode_fitting(converter: PayloadConverter, args: Sequence[Any], method: Callable[..., Any],

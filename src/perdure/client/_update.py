@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
+from perdure._arguments import check_enum
 from perdure._errors import UpdateFailedError, UpdateRejectedError, WorkflowNotFoundError
 from perdure._failure import exception_from_failure
 from perdure._retry import RetryPolicy
@@ -56,8 +57,9 @@ class WorkflowUpdateHandle(Generic[T]):
         :class:`UpdateRejectedError` if the validator refused the update and
         :class:`UpdateFailedError` if the handler raised or the run closed first."""
         deadline = None
-        if timeout is not None:
-            deadline = asyncio.get_running_loop().time() + (seconds(timeout) or 0.0)
+        wait = seconds(timeout, "timeout", zero=True)
+        if wait is not None:
+            deadline = asyncio.get_running_loop().time() + wait
         state, result, failure = await self.wait_for_stage(WorkflowUpdateStage.COMPLETED,
                                                            deadline=deadline)
         self._raise_if_failed(state, failure)
@@ -127,8 +129,9 @@ class WithStartWorkflowOperation:
         self.args = args
         self.id = id
         self.task_queue = task_queue
-        self.id_conflict_policy = IdConflictPolicy(id_conflict_policy)
-        self.id_reuse_policy = IdReusePolicy(id_reuse_policy)
+        self.id_conflict_policy = check_enum(IdConflictPolicy, id_conflict_policy,
+                                             "id_conflict_policy")
+        self.id_reuse_policy = check_enum(IdReusePolicy, id_reuse_policy, "id_reuse_policy")
         self.execution_timeout = execution_timeout
         self.run_timeout = run_timeout
         self.retry_policy = retry_policy

@@ -37,7 +37,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from perdure._errors import DatabaseUnavailableError
+from perdure._errors import DatabaseUnavailableError, InvalidArgumentError
 from perdure.store._base import STOP, StoreNotes, StoreNotifier, take_batch
 from perdure.store._base import resolve_batch as _resolve
 from perdure.store._sql import Op
@@ -314,7 +314,7 @@ class PostgresWriterPool:
             except BaseException as exc:  # the thread must survive anything
                 _log.exception("PostgreSQL writer: batch failed")
                 results = [(None, None, exc, None) for _ in batch]
-            _deliver(list(zip(batch, results, strict=True)))
+            _deliver(list(zip(batch, results, strict=True)), self._describe)
             if stop:
                 break
         if conn is not None:
@@ -624,10 +624,32 @@ class PostgresWriterPool:
             pass
 
 
-def _deliver(items: list[tuple[Any, Result]]) -> None:
-    """Hand results to the event loops that wait for them, grouped per loop."""
+def typed_error(exc: BaseException, describe: str) -> BaseException:
+    """``exc`` as Perdure's error when PostgreSQL (or psycopg's adaptation) refused a value
+    or ran short of something; anything else unchanged (a bug should show as itself).
+    Lost connections and conflicts never get here: the writer rides them out."""
+    typed: BaseException
+    if isinstance(exc, psycopg.DataError | psycopg.IntegrityError
+                  | psycopg.errors.ProgramLimitExceeded | UnicodeEncodeError | OverflowError):
+        reason = " ".join(str(exc).split())
+        typed = InvalidArgumentError(
+            f"PostgreSQL at {describe} cannot store a value of this call ({reason})")
+    elif isinstance(exc, psycopg.OperationalError):
+        reason = " ".join(str(exc).split())
+        typed = DatabaseUnavailableError(f"PostgreSQL at {describe} failed: {reason}")
+    else:
+        return exc
+    typed.__cause__ = exc
+    return typed
+
+
+def _deliver(items: list[tuple[Any, Result]], describe: str = "") -> None:
+    """Hand results to the event loops that wait for them, grouped per loop; driver
+    errors as Perdure's (see :func:`typed_error`)."""
     by_loop: dict[Any, list[Any]] = {}
     for (_op, future, loop, notifier), (_f, value, error, notes) in items:
+        if error is not None:
+            error = typed_error(error, describe)
         by_loop.setdefault((loop, notifier), []).append((future, value, error, notes))
     for (loop, notifier), group in by_loop.items():
         try:

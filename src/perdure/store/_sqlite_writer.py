@@ -19,8 +19,10 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from perdure._errors import DatabaseUnavailableError
 from perdure.store._base import STOP, StoreNotes, StoreNotifier, take_batch
 from perdure.store._base import resolve_batch as _resolve
+from perdure.store._sqlite_file import FileIdentity, check_openable, refuse_foreign, typed_error
 
 __all__ = ["Op", "WriterThread"]
 
@@ -44,6 +46,9 @@ class WriterThread:
         self._startup_error: BaseException | None = None
         self._checkpoint_stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._identity: FileIdentity | None = None
+        self._lost: BaseException | None = None
+        """Set once the file was deleted or replaced: every later operation fails so."""
         self.commits = 0
         self.operations = 0
 
@@ -86,8 +91,24 @@ class WriterThread:
             conn.close()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                               timeout=30.0)
+        """Open the file, refusing what is not Perdure's to use (see ``_sqlite_file``)
+        before anything is written to it; errors name the file."""
+        check_openable(self._path)
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
+                                   timeout=30.0)
+        except sqlite3.Error as exc:
+            raise typed_error(exc, self._path) from None
+        try:
+            refuse_foreign(conn, self._path)
+            self._identity = FileIdentity(self._path)
+            self._configure(conn)
+        except BaseException as exc:
+            conn.close()
+            raise typed_error(exc, self._path) from None
+        return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA busy_timeout=30000")
@@ -95,7 +116,6 @@ class WriterThread:
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute("PRAGMA temp_store=MEMORY")
         conn.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
-        return conn
 
     def _run(self) -> None:
         try:
@@ -122,11 +142,7 @@ class WriterThread:
                         conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-                for _op, future, loop, notifier in batch:
-                    try:
-                        loop.call_soon_threadsafe(_resolve, [(future, None, exc, None)], notifier)
-                    except RuntimeError:
-                        pass  # that loop is closed
+                self._fail_batch(batch, typed_error(exc, self._path))  # that loop is closed
             if stop:
                 break
         conn.close()
@@ -177,15 +193,21 @@ class WriterThread:
                 results.append((future, value, None, notes))
         return results
 
+    def _fail_batch(self, batch: list[Any], exc: BaseException) -> None:
+        for _op, future, loop, notifier in batch:
+            try:
+                loop.call_soon_threadsafe(_resolve, [(future, None, exc, None)], notifier)
+            except RuntimeError:
+                pass  # that loop is closed
+
     def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
+        if self._lost is not None:
+            self._fail_batch(batch, self._lost)
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            for _op, future, loop, notifier in batch:
-                try:
-                    loop.call_soon_threadsafe(_resolve, [(future, None, exc, None)], notifier)
-                except RuntimeError:
-                    pass  # that loop is closed
+            self._fail_batch(batch, typed_error(exc, self._path))
             return
         results = self._execute(conn, batch, savepoints=False)
         if results is None:
@@ -196,20 +218,29 @@ class WriterThread:
             conn.execute("BEGIN IMMEDIATE")
             results = self._execute(conn, batch, savepoints=True)
             assert results is not None
+        lost = self._identity.problem() if self._identity is not None else None
         try:
+            if lost is not None:
+                # the file was deleted or replaced: what this commit acknowledged would
+                # be lost with the old inode; stop instead
+                self._lost = lost
+                raise lost
             conn.execute("COMMIT")
-        except sqlite3.Error as commit_error:
+        except (sqlite3.Error, DatabaseUnavailableError) as commit_error:
             try:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            results = [(f, None, commit_error, None) for f, _, _, _ in results]
+            failed = typed_error(commit_error, self._path)
+            results = [(f, None, failed, None) for f, _, _, _ in results]
         self.commits += 1
         self.operations += len(batch)
         by_loop: dict[Any, list[Any]] = {}
         for (future, value, error, op_notes), (_, _, loop, notifier) in zip(
             results, batch, strict=True
         ):
+            if error is not None:
+                error = typed_error(error, self._path)
             by_loop.setdefault((loop, notifier), []).append((future, value, error, op_notes))
         for (loop, notifier), items in by_loop.items():
             try:

@@ -19,8 +19,6 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import msgspec.structs
-
 from perdure._clock import Clock
 from perdure._converter import PayloadConverter
 from perdure._errors import ApplicationError, PayloadError
@@ -156,7 +154,6 @@ class ActivityRunner:
         self._running_activities[key] = running
         result: bytes | None = None
         error: BaseException | None = None
-        unstorable = False
         left_open = False
         try:
             if definition is None:
@@ -176,13 +173,7 @@ class ActivityRunner:
                 value = await self._invoke(definition, args, running)
             finally:
                 running.invoking = False
-            try:
-                result = self.converter.encode(value,
-                                               what=f"result of activity {definition.name!r}")
-            except PayloadError as exc:
-                # the work is done (and maybe paid for): running it again would give a result
-                # that cannot be stored either, so this attempt's failure is final
-                error, unstorable = exc, True
+            result = self._encode_result(definition.name, value)
         except CompleteAsyncError:
             left_open = True  # activity.raise_complete_async(): someone else completes it
         except asyncio.CancelledError as exc:
@@ -212,10 +203,8 @@ class ActivityRunner:
             if not isinstance(error, asyncio.CancelledError | PayloadError | ApplicationError):
                 _log.warning("activity %s (workflow %s, attempt %d) failed: %r",
                              claim.activity_type, claim.workflow_id, claim.attempt, error)
-            failure = failure_from_exception(error)
-            if unstorable:
-                failure = msgspec.structs.replace(failure, non_retryable=True)
-            decide = activity_failed_outcome(claim.seq, failure, self.clock.now())
+            decide = activity_failed_outcome(claim.seq, failure_from_exception(error),
+                                             self.clock.now())
         if error is None and result is not None:
             try:
                 if await self._complete_and_advance(claim, result):
@@ -230,6 +219,16 @@ class ActivityRunner:
                 await self._process_workflow_task(wf_claim)
             finally:
                 self._inflight_workflow_tasks -= 1
+
+    def _encode_result(self, activity_type: str, value: Any) -> bytes:
+        """The attempt's result as a payload. One that cannot be encoded (not JSON, a NaN,
+        too large) fails the attempt for good: another attempt would do the (paid) work
+        again and most likely return the same."""
+        try:
+            return self.converter.encode(value, what=f"result of activity {activity_type!r}")
+        except PayloadError as exc:
+            raise ApplicationError(str(exc), type=type(exc).__name__,
+                                   non_retryable=True) from None
 
     async def _finish_attempt(
         self, claim: ActivityTaskClaim, key: tuple[str, str, int], decide: ActivityDecision,

@@ -13,6 +13,7 @@ from typing import Any
 
 from perdure._converter import PayloadConverter
 from perdure._errors import ConfigurationError
+from perdure._identifiers import MAX_NAME_BYTES, name_problem, shown
 from perdure.activity._definition import (
     ActivityDefinition,
     executable_definition,
@@ -72,6 +73,16 @@ def check_annotations(fn: Callable[..., Any], what: str, converter: PayloadConve
             )
 
 
+def check_storable_name(name: str, what: str) -> None:
+    """Refuse a name the database could not store (see ``_identifiers``): every task of
+    a worker that serves it would fail to commit."""
+    problem = name_problem(name) if isinstance(name, str) and name else "is not a non-empty str"
+    if problem is not None:
+        raise ConfigurationError(
+            f"{what} {shown(name)} {problem}; names are at most {MAX_NAME_BYTES} bytes of "
+            "UTF-8 without NUL characters")
+
+
 def _show(hint: Any) -> str:
     return hint.__qualname__ if isinstance(hint, type) else repr(hint)
 
@@ -104,6 +115,7 @@ def register_activities(
             )
         declared = get_activity_definition(fn)  # the decorated function itself
         assert declared is not None
+        check_storable_name(definition.name, "activity name")
         check_annotations(declared.fn, f"activity {definition.name!r} ({_describe(fn)})",
                           converter, skip_self=declared.is_method)
         registered[definition.name] = definition
@@ -131,6 +143,7 @@ def register_workflows(
                 f"worker: {_describe(previous.cls)} and {_describe(definition.cls)}; give "
                 "one another name with @workflow.defn(name=...)"
             )
+        check_storable_name(definition.name, "workflow name")
         what = f"workflow {definition.name!r} ({_describe(definition.cls)})"
         check_annotations(definition.run_method, f"{what}, its run method", converter,
                           skip_self=True)
@@ -138,6 +151,7 @@ def register_workflows(
                                         ("update", definition.updates, True),
                                         ("query", definition.queries, True)):
             for name, handler in handlers.items():
+                check_storable_name(name, f"{what}: {kind} name")
                 check_annotations(handler.method, f"{what}, {kind} {name!r}", converter,
                                   skip_self=True, check_return=returns)
         registered[definition.name] = definition

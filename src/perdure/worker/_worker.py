@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from perdure._errors import ConfigurationError, NondeterminismError
+from perdure._identifiers import shown, storable_text
 from perdure.activity._definition import ActivityDefinition
 from perdure.engine import (
     activity_timed_out_outcome,
@@ -52,6 +53,7 @@ from perdure.worker._loop_watch import LoopWatch
 from perdure.worker._options import WorkerOptions
 from perdure.worker._registration import (
     check_activity_executor,
+    check_storable_name,
     register_activities,
     register_workflows,
 )
@@ -127,8 +129,10 @@ class Worker(ActivityRunner):
                 *workflow_failure_exception_types))
         if not all(isinstance(q, str) and q for q in self.task_queues):
             raise ConfigurationError(
-                f"task queues are non-empty strings, not {task_queue!r}"
+                f"task queues are non-empty strings, not {shown(task_queue)}"
             )
+        for queue in self.task_queues:
+            check_storable_name(queue, "task queue")
         check_activity_executor(activity_executor)
         self.workflows: dict[str, WorkflowDefinition] = register_workflows(workflows,
                                                                            self.converter)
@@ -136,6 +140,8 @@ class Worker(ActivityRunner):
                                                                              self.converter)
         self.build_id = build_id or self._derive_build_id()
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        check_storable_name(self.build_id, "build_id")
+        check_storable_name(self.identity, "identity")
         if self.identity == ASYNC_COMPLETION_OWNER:
             raise ConfigurationError(
                 f"a worker's identity cannot be {identity!r}: the store marks attempts left "
@@ -664,7 +670,7 @@ class Worker(ActivityRunner):
     async def _fail_workflow_task(self, claim: WorkflowTaskClaim, exc: BaseException) -> None:
         self._forget(claim.run_id)
         self.stats["task_failures"] += 1
-        delay = min(0.5 * 2 ** (claim.attempt - 1), 60.0)
+        delay = min(0.5 * 2.0 ** min(claim.attempt - 1, 16), 60.0)  # no overflow at 1,025
         _log.error(
             "workflow task for %s (run %s, attempt %d) failed; retrying in %.1fs (the run "
             "stays running: a deploy that fixes the code resumes it): %s",
@@ -733,7 +739,8 @@ class Worker(ActivityRunner):
         try:
             answer = await self._query_answer(claim)
         except Exception as exc:
-            await self.store.answer_query(claim.id, None, f"{type(exc).__name__}: {exc}")
+            await self.store.answer_query(claim.id, None,
+                                          storable_text(f"{type(exc).__name__}: {exc}"))
             return
         await self.store.answer_query(claim.id, answer, None)
 
@@ -789,11 +796,12 @@ def task_failure_text(exc: BaseException) -> str:
     workflow's code it was raised (the innermost frames, at most about 4,000 characters)."""
     head = f"{type(exc).__name__}: {exc}"
     if exc.__traceback__ is None or isinstance(exc, NondeterminismError):
-        return head  # a mismatch already names the line of workflow code
+        return storable_text(head)  # a mismatch already names the line of workflow code
     frames = traceback.extract_tb(exc.__traceback__)
     own = [f for f in frames if not f.filename.startswith(_PACKAGE_DIR)]
     lines = traceback.format_list((own or frames)[-6:])
-    return (head + "\nTraceback (innermost last):\n" + "".join(lines))[:4000]
+    # storable as it is: a NUL or a lone surrogate (from untrusted text) is escaped
+    return storable_text((head + "\nTraceback (innermost last):\n" + "".join(lines))[:4000])
 
 
 def _make_timeout_decider(now: Callable[[], float]) -> Callable[[int, str, bytes | None], Any]:

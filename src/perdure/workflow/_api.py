@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping
 from datetime import datetime, timedelta
@@ -11,7 +12,9 @@ from typing import Any, Generic, NoReturn, TypeVar
 
 import msgspec
 
+from perdure._arguments import check_retry_policy, check_seconds
 from perdure._failure import exception_from_failure
+from perdure._identifiers import check_name, check_optional_name, shown
 from perdure._retry import RetryPolicy
 from perdure.activity._definition import get_activity_definition
 from perdure.history import MemoUpserted, SearchAttributesUpserted, WorkflowContinuedAsNew
@@ -52,13 +55,20 @@ T = TypeVar("T")
 _DEFAULT_RETRY = RetryPolicy().to_dict()
 
 
-def _seconds(value: timedelta | float | None) -> float | None:
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if seconds <= 0:
-        raise ValueError("timeouts must be positive")
-    return seconds
+def _seconds(value: timedelta | float | None, what: str = "timeout") -> float | None:
+    return check_seconds(value, what)
+
+
+def _wait_seconds(value: timedelta | float | None, what: str) -> float | None:
+    """A wait's duration, as asyncio takes it (a negative one waits no time); NaN,
+    infinity and what is no duration are refused: a timer recorded with them could not
+    be read back."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0 \
+            and math.isfinite(value):
+        return 0.0
+    return check_seconds(value, what, zero=True)
 
 
 class ActivityHandle(Generic[T]):
@@ -109,15 +119,17 @@ def _schedule(
     result_type: Any,
 ) -> tuple[WorkflowInstance, str, int, asyncio.Future[Any]]:
     instance = _context.current()
+    check_optional_name(task_queue, "the activity's task_queue")
+    check_retry_policy(retry_policy)
     if isinstance(activity, str):
-        name, hint = activity, result_type
+        name, hint = check_name(activity, "activity type"), result_type
     else:
         definition = get_activity_definition(activity)
         if definition is None:
             from perdure._errors import UnknownActivityTypeError
 
             raise UnknownActivityTypeError(
-                f"{getattr(activity, '__qualname__', activity)!r} is not an activity; "
+                f"{shown(getattr(activity, '__qualname__', activity))} is not an activity; "
                 "decorate it with @activity.defn"
             )
         name = definition.name
@@ -128,10 +140,10 @@ def _schedule(
         args,
         task_queue=task_queue,
         result_hint=hint if hint is not None else Any,
-        start_to_close_timeout=_seconds(start_to_close_timeout),
-        schedule_to_close_timeout=_seconds(schedule_to_close_timeout),
-        schedule_to_start_timeout=_seconds(schedule_to_start_timeout),
-        heartbeat_timeout=_seconds(heartbeat_timeout),
+        start_to_close_timeout=_seconds(start_to_close_timeout, "start_to_close_timeout"),
+        schedule_to_close_timeout=_seconds(schedule_to_close_timeout, "schedule_to_close_timeout"),
+        schedule_to_start_timeout=_seconds(schedule_to_start_timeout, "schedule_to_start_timeout"),
+        heartbeat_timeout=_seconds(heartbeat_timeout, "heartbeat_timeout"),
         retry_policy=policy_dict,
     )
     return instance, name, seq, future
@@ -314,8 +326,7 @@ def all_handlers_finished() -> bool:
 
 async def sleep(duration: timedelta | float) -> None:
     """Wait on a durable timer; the same as ``asyncio.sleep`` inside a workflow."""
-    seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(_wait_seconds(duration, "sleep's duration") or 0.0)
 
 
 async def wait_condition(
@@ -326,11 +337,11 @@ async def wait_condition(
     With ``timeout``, raises ``TimeoutError`` when it passes first; the timeout is
     a durable timer, so it holds across restarts and costs no process.
     """
+    seconds = _wait_seconds(timeout, "wait_condition's timeout")
     future = _context.current().wait_condition(fn)
-    if timeout is None:
+    if seconds is None:
         await future
         return
-    seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
     await asyncio.wait_for(future, seconds)
 
 
@@ -351,14 +362,15 @@ def continue_as_new(
 
     instance = _context.current()
     assert instance.info is not None
+    check_optional_name(task_queue, "continue_as_new's task_queue")
     workflow_type = instance.info.workflow_type
     if isinstance(workflow, str):
-        workflow_type = workflow
+        workflow_type = check_name(workflow, "continue_as_new's workflow type")
     elif workflow is not None:
         definition = get_workflow_definition(workflow)
         if definition is None:
             raise UnknownWorkflowTypeError(
-                f"{getattr(workflow, '__qualname__', workflow)!r} is not a workflow: pass a "
+                f"{shown(getattr(workflow, '__qualname__', workflow))} is not a workflow: pass a "
                 "@workflow.defn class, its @workflow.run method, or a workflow type name"
             )
         workflow_type = definition.name
@@ -377,6 +389,7 @@ def publish(event: Any, *, workflow_id: str | None = None) -> None:
     the activation that published it commits.
     """
     instance = _context.current()
+    check_optional_name(workflow_id, "publish's workflow_id")
     instance.publish(instance.converter.encode(event, what="stream event"), workflow_id)
 
 
@@ -407,9 +420,11 @@ def upsert_search_attributes(attributes: dict[str, Any]) -> None:
     history, applied with this activation's commit."""
     from perdure._attributes import check_search_attributes
 
-    checked = check_search_attributes(attributes, removals=True)
+    instance = _context.current()
+    checked = check_search_attributes(attributes, removals=True,
+                                      max_bytes=instance.converter.max_payload_bytes)
     if checked:
-        _context.current().upsert(SearchAttributesUpserted(attributes=checked))
+        instance.upsert(SearchAttributesUpserted(attributes=checked))
 
 
 def upsert_memo(memo: dict[str, Any]) -> None:
@@ -417,9 +432,10 @@ def upsert_memo(memo: dict[str, Any]) -> None:
     ``describe()`` and ``list_workflows``, never searched."""
     from perdure._attributes import check_memo
 
-    checked = check_memo(memo)
+    instance = _context.current()
+    checked = check_memo(memo, converter=instance.converter)
     if checked:
-        _context.current().upsert(MemoUpserted(memo=checked))
+        instance.upsert(MemoUpserted(memo=checked))
 
 
 def now() -> datetime:

@@ -9,8 +9,10 @@ from collections.abc import Callable, Generator
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
+from perdure._arguments import check_enum, check_retry_policy, check_seconds
 from perdure._cron import CronSchedule
 from perdure._errors import InvalidArgumentError, UnknownHandlerError, UnknownWorkflowTypeError
+from perdure._identifiers import check_name, check_optional_name, shown
 from perdure._retry import RetryPolicy
 from perdure.workflow import _context
 from perdure.workflow._definition import get_workflow_definition, handler_name
@@ -52,22 +54,17 @@ class ChildWorkflowCancellationType(enum.StrEnum):
     """Do not tell the child; raise ``CancelledError`` at once."""
 
 
-def _seconds(value: timedelta | float | None) -> float | None:
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if seconds <= 0:
-        raise ValueError("timeouts must be positive")
-    return seconds
+def _seconds(value: timedelta | float | None, what: str) -> float | None:
+    return check_seconds(value, what)
 
 
 def _signal_name(signal: Callable[..., Any] | str) -> str:
     if isinstance(signal, str):
-        return signal
+        return check_name(signal, "signal name")
     name = handler_name(signal, "signal")
     if name is None:
         raise UnknownHandlerError(
-            f"{getattr(signal, '__qualname__', signal)!r} is not a signal handler; pass a "
+            f"{shown(getattr(signal, '__qualname__', signal))} is not a signal handler; pass a "
             "@workflow.signal method or the signal's name"
         )
     return name
@@ -146,7 +143,8 @@ def get_external_workflow_handle(workflow_id: str, *, run_id: str | None = None
                                  ) -> ExternalWorkflowHandle:
     """A handle to signal another workflow (its latest run, unless ``run_id`` is given)."""
     _context.current()
-    return ExternalWorkflowHandle(workflow_id, run_id)
+    return ExternalWorkflowHandle(check_name(workflow_id, "external workflow id"),
+                                  check_optional_name(run_id, "external run id"))
 
 
 async def _wait(instance: WorkflowInstance, child: PendingChild, future: asyncio.Future[Any],
@@ -169,11 +167,11 @@ async def _wait(instance: WorkflowInstance, child: PendingChild, future: asyncio
 
 def _resolve(workflow: Any, args: tuple[Any, ...], result_type: Any) -> tuple[str, Any]:
     if isinstance(workflow, str):
-        return workflow, result_type
+        return check_name(workflow, "child workflow type"), result_type
     definition = get_workflow_definition(workflow)
     if definition is None:
         raise UnknownWorkflowTypeError(
-            f"{getattr(workflow, '__qualname__', workflow)!r} is not a workflow: pass a "
+            f"{shown(getattr(workflow, '__qualname__', workflow))} is not a workflow: pass a "
             "@workflow.defn class, its @workflow.run method, or a workflow type name"
         )
     try:
@@ -222,18 +220,26 @@ async def start_child_workflow(
     from perdure._attributes import check_memo, check_search_attributes
 
     instance = _context.current()
+    # everything is checked before the command exists: a child the store could not
+    # insert would fail this workflow task on every retry
     workflow_type, hint = _resolve(workflow, args, result_type)
     if cron_schedule is not None:
         CronSchedule(cron_schedule)  # InvalidArgumentError here, not when the task commits
-    policy = ParentClosePolicy(parent_close_policy)
-    cancel_type = ChildWorkflowCancellationType(cancellation_type)
+    check_optional_name(id, "child workflow id")
+    check_optional_name(task_queue, "child workflow task_queue")
+    policy = check_enum(ParentClosePolicy, parent_close_policy, "parent_close_policy")
+    cancel_type = check_enum(ChildWorkflowCancellationType, cancellation_type,
+                             "cancellation_type")
+    cap = instance.converter.max_payload_bytes
     child = instance.start_child(
         workflow_type, args, workflow_id=id, task_queue=task_queue,
-        execution_timeout=_seconds(execution_timeout), parent_close_policy=str(policy),
-        result_hint=hint, memo=check_memo(memo),
-        search_attributes=check_search_attributes(search_attributes),
-        run_timeout=_seconds(run_timeout),
-        retry_policy=retry_policy.to_dict() if retry_policy is not None else None,
+        execution_timeout=_seconds(execution_timeout, "execution_timeout"),
+        parent_close_policy=str(policy), result_hint=hint,
+        memo=check_memo(memo, converter=instance.converter),
+        search_attributes=check_search_attributes(search_attributes, max_bytes=cap),
+        run_timeout=_seconds(run_timeout, "run_timeout"),
+        retry_policy=check_retry_policy(retry_policy).to_dict()
+        if retry_policy is not None else None,
         cron_schedule=cron_schedule,
     )
     await _wait(instance, child, child.started, cancel_type)

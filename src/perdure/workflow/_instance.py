@@ -33,6 +33,7 @@ from perdure._errors import (
     InvalidArgumentError,
     NondeterminismError,
     PayloadError,
+    PayloadTooLargeError,
     QueryRejectedError,
     TimeoutFailure,
     UnknownHandlerError,
@@ -40,6 +41,7 @@ from perdure._errors import (
     WorkflowNotFoundError,
 )
 from perdure._failure import exception_from_failure, failure_from_exception
+from perdure._identifiers import check_name, check_optional_name, check_text, name_problem
 from perdure.history import (
     COMMAND_EVENT_TYPES,
     ActivityCancelRequested,
@@ -368,6 +370,10 @@ class WorkflowInstance:
         """While replaying an activation: whether its recorded commands fail the run."""
         self._recorded_update_failures: set[str] = set()
         """While replaying an activation: updates its recorded commands failed."""
+        self._recorded_child_ids: dict[int, str] = {}
+        """While replaying an activation: the workflow id each child it started got. Replay
+        does not compare child ids (the code that derives them may change); the child is
+        the one history names, so signals and cancellation reach it."""
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.converter = converter or PayloadConverter()
@@ -462,6 +468,9 @@ class WorkflowInstance:
             self._recorded_update_failures = {
                 e.update_id for _, e in activation.commands
                 if isinstance(e, UpdateCompleted) and e.failure is not None}
+            self._recorded_child_ids = {
+                e.seq: e.workflow_id for _, e in activation.commands
+                if isinstance(e, ChildWorkflowScheduled)}
             try:
                 produced = self.activate(
                     [e for _, e in activation.inbound], wtc.time, replaying=True
@@ -469,6 +478,7 @@ class WorkflowInstance:
             finally:
                 self._recorded_failure = False
                 self._recorded_update_failures = set()
+                self._recorded_child_ids = {}
                 self._recorded_patches = set()
                 self._capture_locations = False
                 sys.set_coroutine_origin_tracking_depth(tracking)
@@ -1158,8 +1168,14 @@ class WorkflowInstance:
         """Emit ChildWorkflowScheduled; the child's start and outcome arrive as events."""
         data = self.converter.encode_args(args, what=f"child workflow {workflow_type!r}")
         seq = self.next_seq()
-        if workflow_id is None:
+        recorded = self._recorded_child_ids.get(seq) if self.replaying else None
+        if recorded is not None:
+            workflow_id = recorded
+        elif workflow_id is None:
             workflow_id = f"{self.workflow_id}/{self.run_id[:8]}/{seq}"
+            if name_problem(workflow_id) is not None:  # a parent id near the length limit
+                digest = hashlib.sha256(self.workflow_id.encode()).hexdigest()[:32]
+                workflow_id = f"child-of-{digest}/{self.run_id[:8]}/{seq}"
         child = PendingChild(
             seq=seq, workflow_id=workflow_id, workflow_type=workflow_type,
             result_hint=result_hint, started=self.loop.create_future(),
@@ -1188,6 +1204,9 @@ class WorkflowInstance:
         self, workflow_id: str, run_id: str | None, name: str, args: Sequence[Any]
     ) -> asyncio.Future[None]:
         """Emit ExternalSignalSent; the future resolves once the signal was delivered."""
+        check_name(workflow_id, "the signalled workflow's id")
+        check_optional_name(run_id, "the signalled workflow's run id")
+        check_name(name, "signal name")
         data = self.converter.encode_args(args, what=f"signal {name!r}")
         seq = self.next_seq()
         future: asyncio.Future[None] = self.loop.create_future()
@@ -1230,18 +1249,33 @@ class WorkflowInstance:
         assert self.info is not None
         if isinstance(command, SearchAttributesUpserted):
             target, changes = self.info.search_attributes, command.attributes
+            what = "search attributes"
         else:
             target, changes = self.info.memo, command.memo
+            what = "memo"
+        merged = dict(target)
         for key, value in changes.items():
             if value is None:
-                target.pop(key, None)
+                merged.pop(key, None)
             else:
-                target[key] = value
+                merged[key] = value
+        # the run row holds the merged whole: held to the payload cap, as at start
+        size = len(msgspec.json.encode(merged))
+        if size > self.converter.max_payload_bytes:
+            raise PayloadTooLargeError(
+                f"the run's {what} would be {size} bytes encoded after this upsert, over the "
+                f"limit of {self.converter.max_payload_bytes} bytes; remove keys (set them "
+                "to None) or keep less")
+        target.clear()
+        target.update(merged)
         self._emit(command)
 
     def cancel_external(self, workflow_id: str, run_id: str | None,
                         reason: str) -> asyncio.Future[None]:
         """Emit ExternalCancelSent; the future resolves once the cancellation is delivered."""
+        check_name(workflow_id, "the cancelled workflow's id")
+        check_optional_name(run_id, "the cancelled workflow's run id")
+        check_text(reason, "the cancellation's reason", limit=self.converter.max_payload_bytes)
         seq = self.next_seq()
         future: asyncio.Future[None] = self.loop.create_future()
         self._external_signals[seq] = future

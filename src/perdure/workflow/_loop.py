@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import math
 import zlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from perdure._errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from perdure.workflow._instance import WorkflowInstance
@@ -105,6 +108,11 @@ class WorkflowEventLoop(asyncio.AbstractEventLoop):  # type: ignore[misc]
         *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
+        if not math.isfinite(delay):
+            # a durable timer is recorded as JSON, which has no NaN or infinity
+            raise InvalidArgumentError(
+                f"a workflow timer needs a finite delay, not {delay!r}; to wait without a "
+                "limit, wait without a timeout (workflow.wait_condition(fn))")
         if delay <= 0:
             handle = asyncio.TimerHandle(self.time(), callback, args, self, context)
             self._ready.append(handle)
