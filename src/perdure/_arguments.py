@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from perdure._errors import InvalidArgumentError
 from perdure._identifiers import shown
+from perdure._recorded import replaying_recorded
 
 __all__ = [
     "MAX_WHOLE_NUMBER",
@@ -38,11 +39,16 @@ def check_seconds(value: Any, what: str, *, zero: bool = False) -> float | None:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float: no duration is that long
+            seconds = math.inf
     else:
         raise InvalidArgumentError(
             f"{what} must be a timedelta or a number of seconds, not "
             f"{type(value).__name__} ({shown(value)})")
+    if replaying_recorded():
+        return seconds  # history holds it already (older Perdure let infinity through)
     if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
         raise InvalidArgumentError(
             f"{what} must be a finite, {'non-negative' if zero else 'positive'} duration, "

@@ -13,6 +13,7 @@ import inspect
 import math
 import re
 import typing
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ import msgspec
 import msgspec.inspect
 
 from perdure._errors import PayloadDecodingError, PayloadEncodingError, PayloadTooLargeError
+from perdure._recorded import replaying_recorded
 
 __all__ = ["DEFAULT_MAX_PAYLOAD_BYTES", "PayloadConverter", "non_finite_path"]
 
@@ -85,6 +87,8 @@ class PayloadConverter:
             ) from None
         # msgspec and pydantic write NaN and infinity as null: look for them only then,
         # and walk the value (slow, in Python) only if its msgpack form holds one
+        if replaying_recorded():
+            return data  # recorded already (an older Perdure wrote NaN as null): as it was
         if b"null" in data and _may_hold_non_finite(value):
             where = non_finite_path(value)
             if where is not None:
@@ -267,7 +271,10 @@ def return_hint(fn: Callable[..., Any]) -> Any:
         return Any
 
 
-_ARITY: dict[tuple[Any, bool], tuple[int, int | None]] = {}
+_ARITY: dict[bool, weakref.WeakKeyDictionary[Any, tuple[int, int | None]]] = {
+    False: weakref.WeakKeyDictionary(), True: weakref.WeakKeyDictionary()}
+"""Per function (weakly: a closure registered at run time goes with its run), bound or
+not: its positional arity."""
 
 
 def positional_arity(fn: Callable[..., Any]) -> tuple[int, int | None]:
@@ -275,8 +282,11 @@ def positional_arity(fn: Callable[..., Any]) -> tuple[int, int | None]:
     ``*args``), not counting a bound method's ``self``. Cached per function."""
     func = getattr(fn, "__func__", fn)
     bound = func is not fn
-    key = (func, bound)
-    known = _ARITY.get(key)
+    cache = _ARITY[bound]
+    try:
+        known = cache.get(func)
+    except TypeError:  # not weakly referenceable (a builtin): not cached
+        cache, known = None, None  # type: ignore[assignment]
     if known is not None:
         return known
     params = list(inspect.signature(func).parameters.values())
@@ -288,7 +298,8 @@ def positional_arity(fn: Callable[..., Any]) -> tuple[int, int | None]:
                            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         most = None
-    _ARITY[key] = (least, most)
+    if cache is not None:
+        cache[func] = (least, most)
     return least, most
 
 

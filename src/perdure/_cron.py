@@ -36,6 +36,10 @@ _HELP = (
 )
 
 
+_LONGEST = 100 * 365 * 86400.0
+"""The longest ``@every`` period accepted (a hundred years)."""
+
+
 def _period(text: str, expression: str) -> float:
     """Seconds of a Go-style duration (``1h30m``, ``90s``), whole, at least one."""
     position, total = 0, 0.0
@@ -44,10 +48,11 @@ def _period(text: str, expression: str) -> float:
             break
         total += float(match.group(1)) * _UNITS[match.group(2)]
         position = match.end()
-    if not text or position != len(text):
+    if not text or position != len(text) or not math.isfinite(total) or total > _LONGEST:
         raise InvalidArgumentError(
-            f"cron schedule {expression!r}: {text!r} is not a duration; write it as Go "
-            "durations are written, such as '@every 90m', '@every 1h30m' or '@every 45s'"
+            f"cron schedule {expression!r}: {text!r} is not a duration of at most a hundred "
+            "years; write it as Go durations are written, such as '@every 90m', "
+            "'@every 1h30m' or '@every 45s'"
         )
     return max(1.0, float(math.floor(total)))
 

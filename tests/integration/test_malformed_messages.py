@@ -102,3 +102,19 @@ async def _signals_processed(handle: Any) -> bool:
     history = (await handle.fetch_history()).events
     return sum(event_type_name(e) == "SignalReceived" for e in history) >= 4 and \
         (await handle.describe()).pending_events == 0
+
+
+async def test_a_start_by_name_with_the_wrong_count_fails_the_run(
+    env: WorkflowEnvironment,
+) -> None:
+    """Started by type name (another process, the CLI), the client cannot check the
+    count: the run fails at once, as an input that does not decode does, rather than
+    stalling its first task for ever."""
+    from perdure import WorkflowFailureError
+
+    async with env.worker(task_queue=TQ, workflows=[Tally]):
+        handle = await env.client.start_workflow("Tally", "a", "b", id="by-name",
+                                                 task_queue=TQ)
+        with pytest.raises(WorkflowFailureError) as info:
+            await handle.result(timeout=10)
+    assert "takes at most 1 argument" in str(info.value.cause)

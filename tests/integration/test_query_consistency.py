@@ -147,3 +147,41 @@ async def _pending_events(handle: object) -> bool:
 
 async def _history_length_at_least(handle: object, length: int) -> bool:
     return (await handle.describe()).history_length >= length  # type: ignore[attr-defined]
+
+
+@workflow.defn
+class Patched:
+    def __init__(self) -> None:
+        self.path = "none yet"
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: False)
+
+    @workflow.signal
+    def go(self) -> None:
+        self.path = "new path" if workflow.patched("go-v2") else "old path"
+
+    @workflow.query
+    def taken(self) -> str:
+        return self.path
+
+
+async def test_a_query_decides_pending_events_as_the_next_task_will(
+    env: WorkflowEnvironment,
+) -> None:
+    """A patch first asked about in a pending signal's handler takes the new path, as the
+    live workflow task will: not the old path, as a replay of recorded history would."""
+    async with env.worker(task_queue=TQ, workflows=[Patched]):
+        handle = await env.client.start_workflow(Patched.run, id="qc-patch", task_queue=TQ)
+        await wait_until(lambda: _history_length_at_least(handle, 2), what="first task")
+    await handle.signal(Patched.go)  # no worker: it waits in the inbox
+    assert await handle.query(Patched.taken) == "new path"
+    async with env.worker(task_queue=TQ, workflows=[Patched]):
+        await wait_until(lambda: _no_pending(handle), what="the signal taken")
+        assert await handle.query("taken") == "new path"
+    await handle.terminate()
+
+
+async def _no_pending(handle: object) -> bool:
+    return (await handle.describe()).pending_events == 0  # type: ignore[attr-defined]

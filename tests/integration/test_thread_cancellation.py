@@ -273,3 +273,46 @@ async def test_a_thread_activitys_own_timeout_error_is_its_failure(
             task_queue=Q)
     assert result == "ApplicationError:TimeoutError:the upstream API did not answer"
 
+
+
+RUNS: list[str] = []
+
+
+@activity.defn
+def slow_sync_step() -> str:
+    RUNS.append("start")
+    time.sleep(1.6)  # longer than the grace; no heartbeat: it cannot be told to stop
+    RUNS.append("returned")
+    return "result"
+
+
+@workflow.defn
+class OneSlowStep:
+    @workflow.run
+    async def run(self) -> str:
+        return await workflow.execute_activity(
+            slow_sync_step, start_to_close_timeout=timedelta(seconds=60))
+
+
+async def test_a_thread_that_returns_while_its_worker_leaves_is_recorded_not_rerun(
+    real_env: WorkflowEnvironment,
+) -> None:
+    """The worker shuts down mid-activity; the thread returns within the second grace
+    period: its result is recorded, not handed back to be run (and paid for) again."""
+    RUNS.clear()
+    options = WorkerOptions(graceful_shutdown_timeout=1.0)
+    worker = real_env.worker(task_queue=Q, workflows=[OneSlowStep],
+                             activities=[slow_sync_step], options=options)
+    await worker.start()
+    handle = await real_env.client.start_workflow(OneSlowStep.run, id="slow-sync",
+                                                  task_queue=Q)
+    await wait_until(lambda: _slow_step_started(), what="the thread to start")
+    await worker.shutdown()
+    async with real_env.worker(task_queue=Q, workflows=[OneSlowStep],
+                               activities=[slow_sync_step]):
+        assert await handle.result(timeout=30) == "result"
+    assert RUNS == ["start", "returned"]
+
+
+async def _slow_step_started() -> bool:
+    return bool(RUNS)

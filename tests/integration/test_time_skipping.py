@@ -109,3 +109,49 @@ async def test_skipping_for_a_result_and_sleeping_take_turns(env: WorkflowEnviro
         days = [round((t - start) / 86400) for t in WAKES]
         assert days[:3] == [0, 30, 60] and len(days) == len(set(days))
         await waker.terminate()
+
+
+ATTEMPTS: list[int] = []
+
+
+@activity.defn
+async def slow_without_heartbeats() -> str:
+    ATTEMPTS.append(activity.info().attempt)
+    await asyncio.sleep(1.5)  # real time, no heartbeat: at work, not waiting on anything
+    return "done"
+
+
+@workflow.defn
+class SlowStep:
+    @workflow.run
+    async def run(self) -> str:
+        from perdure import RetryPolicy
+
+        return await workflow.execute_activity(
+            slow_without_heartbeats, start_to_close_timeout=30,
+            retry_policy=RetryPolicy(maximum_attempts=3))
+
+
+async def test_skipping_never_jumps_over_a_running_attempts_own_deadline(
+    env: WorkflowEnvironment,
+) -> None:
+    """While someone awaits a result, time skips; an activity that takes real time
+    (without heartbeating) must not be timed out by a jump to its own deadline."""
+    ATTEMPTS.clear()
+    async with env.worker(task_queue=TQ, workflows=[SlowStep],
+                          activities=[slow_without_heartbeats]):
+        handle = await env.client.start_workflow(SlowStep.run, id="slow", task_queue=TQ)
+        assert await handle.result(timeout=30) == "done"
+    assert ATTEMPTS == [1]
+
+
+async def test_sleeping_for_no_finite_time_is_refused(env: WorkflowEnvironment) -> None:
+    import math
+
+    import pytest
+
+    from perdure import InvalidArgumentError
+
+    for bad in (math.nan, math.inf, -1.0):
+        with pytest.raises(InvalidArgumentError):
+            await env.sleep(bad)

@@ -497,11 +497,13 @@ class WorkflowStore:
         raise NotImplementedError
 
     async def next_due_time(self, task_queues: Sequence[str] | None = None, *,
-                            after: float | None = None) -> float | None:
+                            after: float | None = None,
+                            running_on: Sequence[str] = ()) -> float | None:
         """The earliest time at which anything becomes due (timers, retries, timeouts).
 
         With ``task_queues``, unclaimed tasks count only on those queues; with ``after``,
-        only times later than it (what is overdue already is someone else's to take).
+        only times later than it (what is overdue already is someone else's to take);
+        deadlines of attempts running on the workers ``running_on`` are left out.
         """
         raise NotImplementedError
 

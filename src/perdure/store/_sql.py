@@ -503,28 +503,35 @@ class SqlStore(SqlRunStore):
 
     # ---------------------------------------------------------------- time skipping
     async def next_due_time(self, task_queues: Sequence[str] | None = None, *,
-                            after: float | None = None) -> float | None:
+                            after: float | None = None,
+                            running_on: Sequence[str] = ()) -> float | None:
         queues = _queue_filter(task_queues)
-        later = "" if after is None else " AND {} > ?"
-        params: list[Any] = []
-        for queue_filter in (False, False, True, True):  # timers, deadlines, two task kinds
-            if queue_filter and task_queues is not None:
-                params += task_queues
-            if after is not None:
-                params.append(after)
+        queue_params = list(task_queues) if task_queues is not None else []
+
+        def later(column: str) -> tuple[str, list[Any]]:
+            return ("", []) if after is None else (f" AND {column} > ?", [after])
+
+        parts: list[tuple[str, list[Any]]] = []
+        sql, params = later("fire_at")
+        parts.append((f"SELECT min(fire_at) AS t FROM timers WHERE 1 = 1{sql}", params))
+        sql, params = later("deadline")
+        if running_on:
+            # deadlines of attempts running on ``running_on`` (a test environment's
+            # workers) pass with the real time those attempts take, not by a jump
+            sql += (" AND NOT (started_at IS NOT NULL AND lease_owner IN "
+                    f"({','.join('?' * len(running_on))}))")
+            params = [*params, *running_on]
+        parts.append((f"SELECT min(deadline) FROM activity_tasks WHERE 1 = 1{sql}", params))
+        for table in ("activity_tasks", "workflow_tasks"):
+            sql, params = later("visible_at")
+            parts.append((f"SELECT min(visible_at) FROM {table} WHERE lease_owner IS NULL"
+                          f"{queues}{sql}", [*queue_params, *params]))
+        statement = ("SELECT min(t) FROM (" + " UNION ALL ".join(p[0] for p in parts)
+                     + ") AS due")
+        arguments = [value for _, values in parts for value in values]
 
         def op(conn: Conn, notes: StoreNotes) -> float | None:
-            row = conn.execute(
-                "SELECT min(t) FROM ("
-                f"SELECT min(fire_at) AS t FROM timers WHERE 1 = 1{later.format('fire_at')} "
-                "UNION ALL SELECT min(deadline) FROM activity_tasks WHERE 1 = 1"
-                f"{later.format('deadline')} "
-                "UNION ALL SELECT min(visible_at) FROM activity_tasks WHERE lease_owner IS NULL"
-                f"{queues}{later.format('visible_at')} "
-                "UNION ALL SELECT min(visible_at) FROM workflow_tasks WHERE lease_owner IS NULL"
-                f"{queues}{later.format('visible_at')}) AS due",
-                params,
-            ).fetchone()
+            row = conn.execute(statement, arguments).fetchone()
             return float(row[0]) if row and row[0] is not None else None
 
         return await self._run(op)

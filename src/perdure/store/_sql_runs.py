@@ -534,6 +534,15 @@ class SqlRunStore(WorkflowStore):
                         return run_id
                     if record.id_conflict_policy == "use_existing":
                         if record.update_request is not None:
+                            # again, now that the run is locked: a request_update of the
+                            # same id may have committed in between
+                            asked = conn.execute(
+                                "SELECT run_id FROM updates WHERE workflow_id = ? "
+                                "AND update_id = ?",
+                                (record.workflow_id, record.update_request[0]),
+                            ).fetchone()
+                            if asked is not None:
+                                return str(asked[0])
                             self._insert_update(conn, record.workflow_id, run_id,
                                                 record.update_request, record.now, notes)
                         return run_id

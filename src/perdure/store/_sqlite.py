@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from perdure._clock import Clock, SystemClock
 from perdure.store._base import StoreNotes, StoreNotifier
@@ -56,6 +56,13 @@ class SqliteStore(SqlStore):
                     self._writer.start()
                     self._started = True
         return self._writer.submit(op, self.notifier)
+
+    def keep_alive(self, worker_id: str, interval: float, alive: Any) -> None:
+        if self.path == ":memory:" or self.path.startswith("file::memory:"):
+            # another connection would open another, empty database: in-memory stores
+            # serve one process, whose workers' event loops beat for themselves
+            return
+        super().keep_alive(worker_id, interval, alive)
 
     def _liveness_connection(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,

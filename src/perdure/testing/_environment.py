@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -88,7 +89,7 @@ class WorkflowEnvironment:
         real clock, it really sleeps.
         """
         seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
-        if seconds < 0:
+        if not math.isfinite(seconds) or seconds < 0:
             raise InvalidArgumentError(f"env.sleep needs a duration of 0 or more, not {seconds}")
         clock = self.clock
         if not isinstance(clock, VirtualClock):
@@ -100,8 +101,8 @@ class WorkflowEnvironment:
                 target = clock.now() + seconds
                 await self._settle(clock)
                 while True:
-                    due = await self.client.store.next_due_time(self._served_queues(),
-                                                                after=clock.now())
+                    due = await self.client.store.next_due_time(
+                        self._served_queues(), after=clock.now(), running_on=self._identities())
                     if due is None or due > target + _SAME_INSTANT:
                         break
                     self._advance(clock, due)
@@ -128,6 +129,10 @@ class WorkflowEnvironment:
 
     def _running_workers(self) -> list[Worker]:
         return [w for w in self._all_workers() if w._started and not w._stopping.is_set()]
+
+    def _identities(self) -> list[str]:
+        """The workers whose running attempts' deadlines time passes only really."""
+        return [w.identity for w in self._running_workers()]
 
     def _served_queues(self) -> list[str]:
         # tasks on queues that no worker here serves must not stop time skipping
@@ -214,7 +219,8 @@ class WorkflowEnvironment:
                 try:
                     if not await self._settle(clock, waiting):
                         continue
-                    due = await store.next_due_time(self._served_queues(), after=clock.now())
+                    due = await store.next_due_time(self._served_queues(), after=clock.now(),
+                                                    running_on=self._identities())
                     if due is None:
                         continue
                     self._advance(clock, due)

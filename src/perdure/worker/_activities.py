@@ -310,6 +310,11 @@ class ActivityRunner:
         except asyncio.CancelledError:
             context.cancelled.set()  # the thread is told; its next heartbeat raises
             await self._thread_ended(future, running)
+            if running.shutdown and future.done() and not future.cancelled() \
+                    and future.exception() is None:
+                # the worker is leaving, but the work got done within its grace: record
+                # it rather than hand the attempt back to be done (and paid for) again
+                return future.result()
             raise
         if future.done():
             return future.result()

@@ -784,6 +784,7 @@ class Worker(ActivityRunner):
             history=[decode_event(data) for data in snapshot.history or ()],
             pending=[decode_event(data) for _, data in snapshot.inbox],
             now=self.clock.now(), determinism_guard=self.options.determinism_guard,
+            failure_exception_types=self.options.workflow_failure_exception_types,
         )
         try:
             return throwaway.query(claim.name, claim.args)

@@ -42,6 +42,7 @@ from perdure._errors import (
 )
 from perdure._failure import exception_from_failure, failure_from_exception
 from perdure._identifiers import check_name, check_optional_name, check_text, name_problem
+from perdure._recorded import replaying_history, replaying_recorded
 from perdure.history import (
     COMMAND_EVENT_TYPES,
     ActivityCancelRequested,
@@ -370,6 +371,8 @@ class WorkflowInstance:
         """While replaying an activation: whether its recorded commands fail the run."""
         self._recorded_update_failures: set[str] = set()
         """While replaying an activation: updates its recorded commands failed."""
+        self._recorded_drops = False
+        """While replaying an activation: whether it recorded a dropped signal."""
         self._recorded_child_ids: dict[int, str] = {}
         """While replaying an activation: the workflow id each child it started got. Replay
         does not compare child ids (the code that derives them may change); the child is
@@ -429,6 +432,10 @@ class WorkflowInstance:
         self._in_query = False
         self.closed = False
         """Dropped (:meth:`close`): its coroutines are closed and its commands ignored."""
+        self.speculative = False
+        """Applying events no workflow task has processed yet, for a query: silent like a
+        replay (no logs, no stream events), but deciding like live code (a patch asked
+        about for the first time takes the new path, as the next task will)."""
         self._guard = DeterminismGuard(self, determinism_guard)
         """Fails (or, with "warn", logs) calls to the clock, randomness and I/O made by
         workflow code: "raise", "warn" or "off" (see :mod:`perdure.workflow._guard`)."""
@@ -471,6 +478,7 @@ class WorkflowInstance:
             self._recorded_child_ids = {
                 e.seq: e.workflow_id for _, e in activation.commands
                 if isinstance(e, ChildWorkflowScheduled)}
+            self._recorded_drops = any(_is_informational(e) for _, e in activation.commands)
             try:
                 produced = self.activate(
                     [e for _, e in activation.inbound], wtc.time, replaying=True
@@ -479,6 +487,7 @@ class WorkflowInstance:
                 self._recorded_failure = False
                 self._recorded_update_failures = set()
                 self._recorded_child_ids = {}
+                self._recorded_drops = False
                 self._recorded_patches = set()
                 self._capture_locations = False
                 sys.set_coroutine_origin_tracking_depth(tracking)
@@ -501,7 +510,11 @@ class WorkflowInstance:
             first = inbound[0]
             if isinstance(first, WorkflowStarted):
                 now = max(now, first.started_at)
-            self.activate(inbound, max(now, self.now_timestamp), replaying=True)
+            self.speculative = True
+            try:
+                self.activate(inbound, max(now, self.now_timestamp), replaying=True)
+            finally:
+                self.speculative = False
 
     def _check(self, activation: Activation, produced: list[HistoryEvent]) -> None:
         recorded = [(seq, e) for seq, e in activation.commands if not _is_informational(e)]
@@ -594,13 +607,15 @@ class WorkflowInstance:
             # dropped instances, whose `finally:` blocks would then run inside this one's
             gc.disable()
         try:
-            for event in inbound:
-                self._apply(event)
-                if self._conditions:
-                    # a signal that made a condition true wins over a timeout
-                    # recorded after it in the same activation
-                    self._check_conditions()
-            self._run_until_blocked()
+            # a recorded activation's values pass the edge checks as history holds them
+            with replaying_history(replaying and not self.speculative):
+                for event in inbound:
+                    self._apply(event)
+                    if self._conditions:
+                        # a signal that made a condition true wins over a timeout
+                        # recorded after it in the same activation
+                        self._check_conditions()
+                self._run_until_blocked()
         finally:
             violation = self._guard.stop(guarded)
             if collecting:
@@ -939,6 +954,12 @@ class WorkflowInstance:
             # retrying cannot help an input that does not fit the signature: fail the run
             self._complete(WorkflowFailed(failure=failure_from_exception(exc)))
             return
+        problem = arity_problem(definition.run_method.__get__(object()), len(args))
+        if problem is not None:  # started by type name with the wrong count: the same
+            self._complete(WorkflowFailed(failure=failure_from_exception(InvalidArgumentError(
+                f"the input does not fit workflow {definition.name!r}: its run method "
+                f"{problem}; start it again with the right arguments"))))
+            return
         self.workflow_object = (definition.cls(*args) if definition.init_takes_arguments
                                 else definition.cls())
         for name, handler in definition.signals.items():
@@ -965,7 +986,7 @@ class WorkflowInstance:
             self._drop_signal(name, str(exc))
             return
         problem = arity_problem(handler, len(values))
-        if problem is not None:
+        if problem is not None and not self._recorded_handler_call():
             self._drop_signal(name, f"the handler of signal {name!r} {problem}")
             return
         if asyncio.iscoroutinefunction(handler):
@@ -978,6 +999,13 @@ class WorkflowInstance:
             handler(*values)
         except Exception as exc:
             self._fail_from_handler(exc)
+
+    def _recorded_handler_call(self) -> bool:
+        """Replaying an activation in which an older Perdure called a handler with the
+        wrong arguments (its ``TypeError`` failed the run, and no drop was recorded):
+        call it again, so that the replay reproduces what history holds."""
+        return (self.replaying and not self.speculative and self._recorded_failure
+                and not self._recorded_drops)
 
     def _drop_signal(self, name: str, why: str) -> None:
         """A signal whose arguments do not fit its handler is input, not a bug: it cannot
@@ -1225,7 +1253,8 @@ class WorkflowInstance:
         if self._in_query:
             return False  # a query cannot record a marker; before any call, the old path
         # replaying: what the history recorded; live: the new path
-        taken = patch_id in self._recorded_patches if self.replaying else True
+        taken = (patch_id in self._recorded_patches if self.replaying and not self.speculative
+                 else True)
         self._patches[patch_id] = taken
         if taken:
             self._emit(MarkerRecorded(seq=0, name=PATCH_MARKER,
@@ -1261,7 +1290,7 @@ class WorkflowInstance:
                 merged[key] = value
         # the run row holds the merged whole: held to the payload cap, as at start
         size = len(msgspec.json.encode(merged))
-        if size > self.converter.max_payload_bytes:
+        if size > self.converter.max_payload_bytes and not replaying_recorded():
             raise PayloadTooLargeError(
                 f"the run's {what} would be {size} bytes encoded after this upsert, over the "
                 f"limit of {self.converter.max_payload_bytes} bytes; remove keys (set them "

@@ -26,6 +26,7 @@ def query_instance(
     definition: WorkflowDefinition, *, workflow_id: str, run_id: str,
     converter: PayloadConverter, history: Sequence[HistoryEvent],
     pending: Sequence[HistoryEvent], now: float, determinism_guard: str = "raise",
+    failure_exception_types: Sequence[type[BaseException]] = (),
 ) -> WorkflowInstance:
     """A throwaway instance at the state a query sees; the caller closes it.
 
@@ -36,7 +37,8 @@ def query_instance(
 
     def build() -> WorkflowInstance:
         return WorkflowInstance(definition, workflow_id=workflow_id, run_id=run_id,
-                                converter=converter, determinism_guard=determinism_guard)
+                                converter=converter, determinism_guard=determinism_guard,
+                                failure_exception_types=failure_exception_types)
 
     instance = build()
     if not pending:
